@@ -1,0 +1,1 @@
+"""Backends: NIR files, the reference simulator (importable as ``spikec.backends``)."""

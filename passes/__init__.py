@@ -1,0 +1,1 @@
+"""Rewrite passes over canonical spikec GraphModules (importable as ``spikec.passes``)."""

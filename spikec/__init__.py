@@ -1,0 +1,1 @@
+"""spikec: compile transformer language models into spiking neural networks."""

@@ -1,0 +1,158 @@
+"""Canonical operators of a captured transformer.
+
+After capture and canonicalization a spikec graph calls only these functions (plus
+the neuron encoder of ``neurons``), and the reference simulator executes the NIR
+nodes with the very same functions, so that both agree bit for bit.
+
+Real-valued tensors are ``[batch, positions, features]``; spike trains are
+``[T, batch, positions, features]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .neurons import SignedIFParams, signed_if_encode
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def embedding(
+    ids: torch.Tensor, weight: torch.Tensor, position_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Token embedding ``weight[ids]`` plus, if given, learned positions
+    ``position_weight[0..P-1]``. ids: ``[batch, positions]`` int64 -> ``[batch, positions, d]``."""
+    out = F.embedding(ids, weight)
+    if position_weight is not None:
+        out = out + position_weight[: ids.shape[-1]]
+    return out
+
+
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """LayerNorm over the last axis; ``weight``/``bias`` may be folded away (None)."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis (Llama convention, computed in float32)."""
+    xf = x.float()
+    out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    out = out.to(x.dtype)
+    return out if weight is None else out * weight
+
+
+def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Elementwise activation by name (one of ``ACTIVATIONS``)."""
+    return ACTIVATIONS[kind](x)
+
+
+def gated_activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Gated MLP activation: ``act(gate) * up`` where ``x = [gate | up]`` on the last axis."""
+    gate, up = x.chunk(2, dim=-1)
+    return ACTIVATIONS[kind](gate) * up
+
+
+def add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Residual addition."""
+    return a + b
+
+
+def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias``; weight is ``[out, in]`` (nn.Linear layout)."""
+    return F.linear(x, weight, bias)
+
+
+def rate_readout_affine(
+    spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean over time of ``affine(spikes[t])``: the current an Affine layer driven by
+    a spike train delivers over a window of T steps, read out as a real value.
+
+    spikes: ``[T, ..., in]`` integers; weight ``[out, in]`` already holds the folded
+    thresholds. By linearity this equals ``affine(sum_t spikes[t] / T)``, which is how
+    it is computed (one matmul instead of T). Returns ``[..., out]``.
+    """
+    timesteps = spikes.shape[0]
+    rate = spikes.sum(0, dtype=torch.float32) / timesteps
+    return F.linear(rate.to(weight.dtype), weight, bias)
+
+
+def rotary_cos_sin(
+    positions: int, head_dim: int, base: float, device=None, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position tables (Hugging Face Llama convention). Returns ``cos, sin``
+    of shape ``[positions, head_dim]``."""
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim)
+    )
+    t = torch.arange(positions, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def attention(
+    qkv: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    rope_theta: float = 0.0,
+    scale: float | None = None,
+    causal: bool = True,
+) -> torch.Tensor:
+    """Softmax self-attention core between projections.
+
+    qkv: ``[batch, positions, (num_heads + 2*num_kv_heads) * head_dim]``, the fused
+    query/key/value projections. Rotary embeddings are applied when ``rope_theta > 0``
+    (positions 0..P-1); grouped-query attention when ``num_kv_heads < num_heads``.
+    Returns ``[batch, positions, num_heads * head_dim]``.
+    """
+    b, p, _ = qkv.shape
+    q, k, v = qkv.split(
+        [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1
+    )
+    q = q.view(b, p, num_heads, head_dim).transpose(1, 2)
+    k = k.view(b, p, num_kv_heads, head_dim).transpose(1, 2)
+    v = v.view(b, p, num_kv_heads, head_dim).transpose(1, 2)
+    if rope_theta > 0:
+        cos, sin = rotary_cos_sin(p, head_dim, rope_theta, device=qkv.device, dtype=qkv.dtype)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+    if num_kv_heads != num_heads:
+        rep = num_heads // num_kv_heads
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return out.transpose(1, 2).reshape(b, p, num_heads * head_dim)
+
+
+def signed_if(
+    x: torch.Tensor,
+    threshold: torch.Tensor,
+    timesteps: int,
+    max_spikes: int = 1,
+    signed: bool = True,
+    v_init: float = 0.5,
+) -> torch.Tensor:
+    """Graph form of ``neurons.signed_if_encode``: real current ``[..., F]`` ->
+    spike train ``[T, ..., F]`` (int8). Flat arguments so that an fx node can hold
+    the threshold as a ``get_attr`` tensor."""
+    params = SignedIFParams(threshold, max_spikes=max_spikes, signed=signed, v_init=v_init)
+    return signed_if_encode(x, params, timesteps)

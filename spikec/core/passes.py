@@ -1,0 +1,103 @@
+"""The pass registry and the context every pass receives.
+
+A pass is a plain function ``(gm, ctx) -> GraphModule | None`` over a canonical
+torch.fx GraphModule (returning None means "modified in place"). Register it with
+``@register_pass("name")``; its docstring's first line is its one-line summary.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+PassFn = Callable[[torch.fx.GraphModule, "PassContext"], "torch.fx.GraphModule | None"]
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """A registered pass: its name, the function, and a one-line summary."""
+
+    name: str
+    fn: PassFn
+    summary: str
+    source: str  # "builtin", a plugin file path, or an entry point name
+
+
+_REGISTRY: dict[str, PassInfo] = {}
+_current_source = "builtin"
+
+
+class UnknownPassError(KeyError):
+    """A pass name that is not registered."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, known
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"unknown pass {self.name!r}; known passes: {', '.join(self.known)}"
+
+
+def register_pass(name: str) -> Callable[[PassFn], PassFn]:
+    """Decorator registering ``fn`` as the pass ``name`` (names are unique)."""
+
+    def decorate(fn: PassFn) -> PassFn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"a pass named {name!r} is already registered ({_REGISTRY[name].source})")
+        doc = inspect.getdoc(fn) or ""
+        summary = doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"
+        _REGISTRY[name] = PassInfo(name, fn, summary, _current_source)
+        return fn
+
+    return decorate
+
+
+def set_registration_source(source: str) -> str:
+    """Label passes registered from now on (used while importing plugins); returns the old label."""
+    global _current_source
+    old, _current_source = _current_source, source
+    return old
+
+
+def get_pass(name: str) -> PassInfo:
+    """The registered pass ``name``; raises ``UnknownPassError`` listing known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownPassError(name, sorted(_REGISTRY)) from None
+
+
+def registered_passes() -> list[PassInfo]:
+    """Every registered pass, sorted by name."""
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+@dataclass
+class PassContext:
+    """What a pass may read and where it records what it did.
+
+    options: compile options (``timesteps``, ``levels`` ...), read with ``ctx.option``.
+    calibration: calibration token ids ``[samples, positions]`` (int64), or None.
+    config: the model's configuration (a transformers PretrainedConfig or dict).
+    stats: per-pass statistics, filled by ``ctx.record`` and written to report.json.
+    """
+
+    options: dict[str, Any] = field(default_factory=dict)
+    calibration: torch.Tensor | None = None
+    config: Any = None
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    current_pass: str = ""
+
+    @property
+    def timesteps(self) -> int:
+        return int(self.options.get("timesteps", 16))
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+    def record(self, key: str, value: Any) -> None:
+        """Record a statistic for the pass that is running (JSON-serialisable values)."""
+        self.stats.setdefault(self.current_pass, {})[key] = value
