@@ -101,3 +101,41 @@ class PassContext:
     def record(self, key: str, value: Any) -> None:
         """Record a statistic for the pass that is running (JSON-serialisable values)."""
         self.stats.setdefault(self.current_pass, {})[key] = value
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What one pass did: its name, wall time in seconds and recorded statistics."""
+
+    name: str
+    seconds: float
+    stats: dict[str, Any]
+
+
+def run_passes(
+    gm: torch.fx.GraphModule,
+    names: list[str],
+    ctx: PassContext,
+    on_pass: Callable[[str], None] | None = None,
+) -> tuple[torch.fx.GraphModule, list[PassRecord]]:
+    """Run the named passes in order. Each pass gets the module returned by the one
+    before; the graph is linted and recompiled after each. ``on_pass(name)`` is called
+    before each pass (for progress display). Unknown names fail before anything runs."""
+    import time
+
+    infos = [get_pass(n) for n in names]
+    records: list[PassRecord] = []
+    for info in infos:
+        if on_pass is not None:
+            on_pass(info.name)
+        ctx.current_pass = info.name
+        start = time.perf_counter()
+        result = info.fn(gm, ctx)
+        if result is not None:
+            gm = result
+        gm.graph.lint()
+        gm.recompile()
+        seconds = time.perf_counter() - start
+        records.append(PassRecord(info.name, seconds, dict(ctx.stats.get(info.name, {}))))
+    ctx.current_pass = ""
+    return gm, records
