@@ -1,0 +1,164 @@
+"""``spikec compile``: model -> canonical fx graph -> passes -> NIR -> output directory.
+
+Output directory contract (everything ``spikec eval`` and ``spikec run`` need):
+  model.nir     the spiking network (NIR, with spikec extension nodes)
+  report.json   model and options, passes applied (seconds, statistics), node counts,
+                compile seconds, per-layer firing rates on calibration data, and the
+                fx-vs-simulator agreement check
+  tokenizer/    the tokenizer, saved with ``save_pretrained``
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+import spikec.passes as builtin_passes
+from spikec.backends import nirio
+from spikec.core.errors import UsageError
+from spikec.core.passes import PassContext, get_pass, run_passes
+from spikec.frontend.canonicalize import capture_canonical
+from spikec.frontend.models import load_model
+from spikec.lower import lower_to_nir
+from spikec.outputs import atomic_directory
+from spikec.plugins import load_entry_point_plugins, load_plugin_file
+from spikec.text import CALIBRATION_TEXT, cut_samples, read_text, token_stream
+from spikec.verify import compare_fx_and_simulator
+
+TARGETS = ("nir", "sim")
+
+
+@dataclass
+class CompileOptions:
+    """Options of ``spikec compile`` (defaults are the CLI's)."""
+
+    model: str
+    output: str | None = None
+    timesteps: int = 16
+    target: str = "nir"
+    calib_text: str | None = None
+    calib_samples: int = 16
+    seq_len: int = 128
+    passes: list[str] = field(default_factory=lambda: ["default"])
+    plugins: list[str] = field(default_factory=list)
+    random_weights: bool = False
+    config_overrides: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    force: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # extra pass options (range, burst_spikes ...)
+
+    def validate(self) -> None:
+        if self.timesteps < 1 or self.timesteps > 4096:
+            raise UsageError(f"-T must be between 1 and 4096, got {self.timesteps}")
+        if self.target not in TARGETS:
+            raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.calib_samples < 1:
+            raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        if not 2 <= self.seq_len <= 8192:
+            raise UsageError(f"--seq-len must be between 2 and 8192, got {self.seq_len}")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("build") / self.model.replace("/", "--")
+
+
+def resolve_pipeline(names: list[str]) -> list[str]:
+    """Expand ``default`` into the built-in pipeline and check every name exists."""
+    resolved: list[str] = []
+    for name in names:
+        resolved.extend(builtin_passes.DEFAULT_PIPELINE if name == "default" else [name])
+    for name in resolved:
+        get_pass(name)  # raises UnknownPassError listing the known passes
+    return resolved
+
+
+def load_plugins(paths: list[str]) -> None:
+    """Installed entry-point plugins, then the plugin files named on the command line."""
+    load_entry_point_plugins()
+    for p in paths:
+        load_plugin_file(p)
+
+
+def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[str, Any]:
+    """Compile ``opts.model`` into ``opts.output_dir``; returns the report (also written
+    to report.json). Nothing is left behind on failure or interruption."""
+    console = console or Console(stderr=True)
+    opts.validate()
+    load_plugins(opts.plugins)
+    pipeline = resolve_pipeline(opts.passes)
+    start = time.perf_counter()
+    torch.manual_seed(opts.seed)
+    out_dir = opts.output_dir
+    with atomic_directory(out_dir, force=opts.force) as tmp:
+        with console.status(f"loading {opts.model}"):
+            loaded = load_model(
+                opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
+                seed=opts.seed,
+            )
+        calib_stream = token_stream(loaded.tokenizer, read_text(opts.calib_text, CALIBRATION_TEXT))
+        calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
+        with console.status("capturing with torch.export and canonicalizing"):
+            t0 = time.perf_counter()
+            gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16))
+            capture_seconds = time.perf_counter() - t0
+        ctx = PassContext(
+            options={"timesteps": opts.timesteps, **opts.options}, calibration=calibration, config=loaded.config
+        )
+        with console.status("running passes") as status:
+            gm, records = run_passes(gm, pipeline, ctx, on_pass=lambda n: status.update(f"pass {n}"))
+        example = calibration[:1]
+        with console.status("lowering to NIR"):
+            metadata = {
+                "spikec_version": "0.1.0", "profile": "full", "dt": 1.0, "timesteps": opts.timesteps,
+                "model": loaded.name, "positions": opts.seq_len,
+            }
+            graph = lower_to_nir(gm, example, metadata)
+            nirio.write(tmp / "model.nir", graph)
+        with console.status("checking the simulator against the fx module on calibration text"):
+            agreement = compare_fx_and_simulator(gm, graph, example, opts.timesteps)
+        loaded.tokenizer.save_pretrained(tmp / "tokenizer")
+        report = {
+            "model": loaded.name,
+            "source": loaded.spec,
+            "family": loaded.family,
+            "timesteps": opts.timesteps,
+            "seq_len": opts.seq_len,
+            "target": opts.target,
+            "calibration": {"text": opts.calib_text or f"embedded:{CALIBRATION_TEXT}",
+                            "samples": int(calibration.shape[0]), "positions": int(calibration.shape[1])},
+            "passes": [asdict(r) for r in records],
+            "capture_seconds": capture_seconds,
+            "node_counts": _node_counts(graph),
+            "firing_rates": agreement.firing_rates,
+            "simulator_check": {"neuron_layers": agreement.layers, "identical_layers": agreement.identical_layers,
+                                "logits_max_abs_diff": agreement.logits_max_abs_diff},
+            "options": opts.options,
+            "environment": {"python": platform.python_version(), "torch": torch.__version__},
+        }
+        report["compile_seconds"] = time.perf_counter() - start
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+    return report
+
+
+def _node_counts(graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.nodes.values():
+        counts[type(node).__name__] = counts.get(type(node).__name__, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)

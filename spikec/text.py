@@ -1,0 +1,56 @@
+"""Text inputs: the embedded calibration and held-out texts, reading user text files,
+and cutting token streams into fixed-length samples."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from spikec.core.errors import InputError
+
+CALIBRATION_TEXT = "calibration_gpl3.txt"  # GPL-3 licence text (calibration default)
+HELDOUT_TEXT = "heldout_docstrings.txt"  # Python standard-library docstrings (evaluation default)
+
+
+def embedded_text(name: str) -> str:
+    """One of the texts shipped in ``spikec/data``."""
+    return resources.files("spikec").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def read_text(path: str | Path | None, default: str) -> str:
+    """The text of ``path``, or the embedded text ``default`` when path is None.
+    Missing, unreadable or empty files raise ``InputError``."""
+    if path is None:
+        return embedded_text(default)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"text file {str(p)!r} does not exist", hint="pass an existing UTF-8 text file")
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise InputError(f"cannot read text file {str(p)!r}: {e.strerror}") from None
+    if not text.strip():
+        raise InputError(f"text file {str(p)!r} is empty", hint="give a file with some text in it")
+    return text
+
+
+def token_stream(tokenizer, text: str) -> torch.Tensor:
+    """Token ids of ``text`` as a 1-D int64 tensor."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def cut_samples(stream: torch.Tensor, samples: int, seq_len: int, what: str) -> torch.Tensor:
+    """``[samples, seq_len]`` consecutive, non-overlapping windows of ``stream``.
+    Uses as many windows as the text allows (at least one) and says what to do when
+    the text is too short for even one."""
+    available = stream.numel() // seq_len
+    if available < 1:
+        raise InputError(
+            f"the {what} text has {stream.numel()} tokens, fewer than one sample of {seq_len}",
+            hint="give a longer text or a smaller --seq-len",
+        )
+    n = min(samples, available)
+    return stream[: n * seq_len].view(n, seq_len)
