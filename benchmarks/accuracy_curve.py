@@ -3,7 +3,8 @@ text): ppl_ratio, cosine and top-1 agreement for T in {8, 16, 32, 64, 128}, for 
 pipeline and for the alternatives of outlier handling at the MLP down-projection input.
 Writes benchmarks/results/accuracy_curve.json.
 
-    python benchmarks/accuracy_curve.py [--variants default,wide,plain] [--timesteps 8,16,32,64,128]
+    python benchmarks/accuracy_curve.py [--variants default,fine,plain,wide-mlp-out,burst-mlp-out]
+                                        [--timesteps 8,16,32,64,128]
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ from _common import write_results  # noqa: E402
 from spikec.compile import CompileOptions, compile_model  # noqa: E402
 from spikec.evaluate import evaluate, load_compiled  # noqa: E402
 
-VARIANTS = {
-    "default": ["default"],
-    "plain": ["fold-norm-affine", "calibrate", "spike-encode"],
-    "wide": ["fold-norm-affine", "calibrate", "wide-range-mlp-out", "spike-encode"],
-    "burst-mlp-out": ["fold-norm-affine", "calibrate", "burst-mlp-out", "spike-encode"],
-    "burst-all": ["fold-norm-affine", "calibrate", "burst-all", "spike-encode"],
+VARIANTS = {  # name -> (passes, pass options)
+    "default": (["default"], {}),
+    "fine": (["default"], {"burst_range_scale": 0.5, "burst_spikes": 16}),
+    "plain": (["fold-norm-affine", "calibrate", "spike-encode"], {}),
+    "wide-mlp-out": (["fold-norm-affine", "calibrate", "wide-range-mlp-out", "spike-encode"], {}),
+    "burst-mlp-out": (["fold-norm-affine", "calibrate", "burst-mlp-out", "spike-encode"], {}),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="default")
+    ap.add_argument("--variants", default="default,fine")
     ap.add_argument("--timesteps", default="8,16,32,64,128")
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--model", default="smollm2-135m")
@@ -41,14 +42,16 @@ def main() -> None:
     for variant in a.variants.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            compile_model(CompileOptions(model=a.model, output=f"{tmp}/m", timesteps=ts[0], passes=VARIANTS[variant]))
+            passes, options = VARIANTS[variant]
+            compile_model(CompileOptions(model=a.model, output=f"{tmp}/m", timesteps=ts[0], passes=passes,
+                                         options=options))
             compile_s = time.perf_counter() - start
             results = evaluate(load_compiled(f"{tmp}/m"), tokens=a.tokens, timesteps=ts, progress=False)
         for r in results:
             r.update(variant=variant, compile_seconds=compile_s)
             rows.append(r)
             print(f"{variant:<14} T={r['timesteps']:<4} ppl_ratio={r['ppl_ratio']:.4f} cosine={r['cosine']:.4f} "
-                  f"top1={r['top1_agreement']:.3f} (ANN ppl {r['ann_ppl']:.2f}, sim {r['seconds']:.1f} s)", flush=True)
+                  f"top1={r['top1_agreement']:.3f} spikes/neuron/step={r['spikes_per_neuron_step']:.3f} (ANN ppl {r['ann_ppl']:.2f}, sim {r['seconds']:.1f} s)", flush=True)
     write_results("accuracy_curve", {"model": a.model, "tokens": a.tokens, "rows": rows,
                                      "spikingjelly_2_qwen2_recipe_ppl_ratio": {"8": 2.36, "16": 1.42, "32": 1.24, "64": 1.10}})
 

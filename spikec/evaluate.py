@@ -87,7 +87,9 @@ def evaluate(
     """ANN vs SNN metrics on ``tokens`` tokens of held-out text, one dict per T.
 
     Keys: ann_ppl, snn_ppl, ppl_ratio, cosine (mean cosine similarity of final logits),
-    top1_agreement (next-token argmax agreement), timesteps, tokens, seconds (simulator)."""
+    top1_agreement (next-token argmax agreement), timesteps, tokens, spikes_per_neuron_step
+    (mean |spikes| per neuron per step over all neuron layers; graded spikes count by value),
+    seconds (simulator)."""
     if tokens < 2:
         raise UsageError(f"--tokens must be at least 2, got {tokens}")
     timesteps = timesteps or [int(compiled.report["timesteps"])]
@@ -103,12 +105,18 @@ def evaluate(
     results = []
     for t in timesteps:
         start = time.perf_counter()
-        snn = torch.cat(
-            [simulate(compiled.graph, ids[i : i + 1], t).output for i in
-             tqdm(range(ids.shape[0]), desc=f"simulating T={t}", disable=not progress, leave=False)]
-        )
+        outputs, spikes, neuron_steps = [], 0.0, 0.0
+        for i in tqdm(range(ids.shape[0]), desc=f"simulating T={t}", disable=not progress, leave=False):
+            result = simulate(compiled.graph, ids[i : i + 1], t)
+            outputs.append(result.output)
+            for name, count in result.spike_counts.items():
+                spikes += count
+                neuron_steps += count / result.firing_rates[name] if result.firing_rates[name] else 0.0
         seconds = time.perf_counter() - start
-        results.append({**_metrics(ids, ann, snn), "timesteps": t, "tokens": int(ids.numel()), "seconds": seconds})
+        results.append({
+            **_metrics(ids, ann, torch.cat(outputs)), "timesteps": t, "tokens": int(ids.numel()),
+            "spikes_per_neuron_step": spikes / neuron_steps if neuron_steps else 0.0, "seconds": seconds,
+        })
     return results
 
 

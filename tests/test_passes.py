@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import fx
 
 import spikec.passes
+from spikec.passes.calibrate import DEFAULT_PERCENTILE
 from canonical_models import FAMILIES, GraphBuilder, by_name, calls_to, gpt2_like, llama_like, token_ids
 from spikec.core import ops
 from spikec.core.errors import InputError, UsageError
@@ -186,7 +187,7 @@ def test_spike_encode_computes_exactly_the_quantized_network(family: str, outlie
     for name, xs in oracle.items():
         mlp_out = name.endswith("mlp.out")
         if mlp_out and outliers == ["burst-mlp-out"]:
-            params[name] = SignedIFParams(torch.quantile(xs, 0.9999, dim=0), max_spikes=8)
+            params[name] = SignedIFParams(torch.quantile(xs, DEFAULT_PERCENTILE / 100, dim=0), max_spikes=8)
         elif mlp_out and outliers == ["wide-range-mlp-out"]:
             params[name] = SignedIFParams(xs.amax(0) * 2.0)
         else:
@@ -353,6 +354,6 @@ def test_every_builtin_pass_is_registered_with_a_summary() -> None:
 
 
 def test_default_pipeline_names_registered_passes_in_order() -> None:
-    assert spikec.passes.DEFAULT_PIPELINE == ["fold-norm-affine", "calibrate", "burst-mlp-out", "spike-encode"]
+    assert spikec.passes.DEFAULT_PIPELINE == ["fold-norm-affine", "calibrate", "burst-all", "spike-encode"]
     for name in spikec.passes.DEFAULT_PIPELINE:
         get_pass(name)
