@@ -6,6 +6,7 @@ Output directory contract (everything ``spikec eval`` and ``spikec run`` need):
                 compile seconds, per-layer firing rates on calibration data, and the
                 fx-vs-simulator agreement check
   tokenizer/    the tokenizer, saved with ``save_pretrained``
+  report.html   the human-readable report (spikec.report), with its plots as PNGs beside it
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from spikec.frontend.models import load_model
 from spikec.lower import lower_to_nir
 from spikec.outputs import atomic_directory
 from spikec.plugins import load_entry_point_plugins, load_plugin_file
+from spikec.report import write_report
 from spikec.text import CALIBRATION_TEXT, cut_samples, read_text, token_stream
 from spikec.verify import compare_fx_and_simulator
 
@@ -96,7 +98,15 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
     start = time.perf_counter()
     torch.manual_seed(opts.seed)
     out_dir = opts.output_dir
+    steps: dict[str, float] = {}
+
+    def step_done(name: str, since: float) -> float:
+        now = time.perf_counter()
+        steps[name] = now - since
+        return now
+
     with atomic_directory(out_dir, force=opts.force) as tmp:
+        t0 = time.perf_counter()
         with console.status(f"loading {opts.model}"):
             loaded = load_model(
                 opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
@@ -104,25 +114,29 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             )
         calib_stream = token_stream(loaded.tokenizer, read_text(opts.calib_text, CALIBRATION_TEXT))
         calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
+        t0 = step_done("load", t0)
         with console.status("capturing with torch.export and canonicalizing"):
-            t0 = time.perf_counter()
             gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16))
-            capture_seconds = time.perf_counter() - t0
+        t0 = step_done("capture", t0)
         ctx = PassContext(
             options={"timesteps": opts.timesteps, **opts.options}, calibration=calibration, config=loaded.config
         )
         with console.status("running passes") as status:
             gm, records = run_passes(gm, pipeline, ctx, on_pass=lambda n: status.update(f"pass {n}"))
+        t0 = step_done("passes", t0)
         example = calibration[:1]
         with console.status("lowering to NIR"):
             metadata = {
                 "spikec_version": "0.1.0", "profile": "full", "dt": 1.0, "timesteps": opts.timesteps,
                 "model": loaded.name, "positions": opts.seq_len,
             }
-            graph = lower_to_nir(gm, example, metadata)
+            graph = lower_to_nir(gm, example[:, :2], metadata, positions=opts.seq_len)
+            t0 = step_done("lower", t0)
             nirio.write(tmp / "model.nir", graph)
+            t0 = step_done("write", t0)
         with console.status("checking the simulator against the fx module on calibration text"):
             agreement = compare_fx_and_simulator(gm, graph, example, opts.timesteps)
+        t0 = step_done("simulator_check", t0)
         loaded.tokenizer.save_pretrained(tmp / "tokenizer")
         report = {
             "model": loaded.name,
@@ -134,7 +148,8 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             "calibration": {"text": opts.calib_text or f"embedded:{CALIBRATION_TEXT}",
                             "samples": int(calibration.shape[0]), "positions": int(calibration.shape[1])},
             "passes": [asdict(r) for r in records],
-            "capture_seconds": capture_seconds,
+            "capture_seconds": steps["capture"],
+            "step_seconds": steps,
             "node_counts": _node_counts(graph),
             "firing_rates": agreement.firing_rates,
             "simulator_check": {"neuron_layers": agreement.layers, "identical_layers": agreement.identical_layers,
@@ -144,6 +159,8 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
         }
         report["compile_seconds"] = time.perf_counter() - start
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        with console.status("writing report.html"):
+            write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer)
     return report
 
 

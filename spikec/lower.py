@@ -114,11 +114,15 @@ class LoweringError(Exception):
 
 
 def lower_to_nir(
-    gm: torch.fx.GraphModule, example_ids: torch.Tensor, metadata: dict[str, Any] | None = None
+    gm: torch.fx.GraphModule,
+    example_ids: torch.Tensor,
+    metadata: dict[str, Any] | None = None,
+    positions: int | None = None,
 ) -> nir.NIRGraph:
     """Lower ``gm`` (canonical, converted or not) to a NIR graph.
 
-    example_ids: ``[batch, positions]`` token ids used once to propagate shapes.
+    example_ids: ``[batch, P]`` token ids used once to propagate feature sizes (two
+    positions suffice); positions: the ``Input`` node's declared length (default P).
     Guarantees: every call_function node becomes NIR node(s); edges follow the data
     flow, with the inputs of ``add`` in argument order (the simulator sums fan-in in
     edge order, so results match bit for bit).
@@ -133,7 +137,7 @@ def lower_to_nir(
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            nodes["input"] = nir.Input(input_type={"input": np.array(list(example_ids.shape[1:]))})
+            nodes["input"] = nir.Input(input_type={"input": np.array([positions or example_ids.shape[1]])})
             out_name[node] = "input"
         elif node.op == "get_attr":
             continue
@@ -157,7 +161,8 @@ def lower_to_nir(
             edges.extend((out_name[s], name) for s in sources)
         elif node.op == "output":
             (result,) = node.all_input_nodes
-            nodes["output"] = nir.Output(output_type={"output": np.array(list(result.meta["tensor_meta"].shape[1:]))})
+            vocab = int(result.meta["tensor_meta"].shape[-1])
+            nodes["output"] = nir.Output(output_type={"output": np.array([positions or example_ids.shape[1], vocab])})
             edges.append((out_name[result], "output"))
         else:
             raise LoweringError(f"unsupported fx node kind {node.op} ({node.name})")

@@ -45,7 +45,10 @@ def register_pass(name: str) -> Callable[[PassFn], PassFn]:
     """Decorator registering ``fn`` as the pass ``name`` (names are unique)."""
 
     def decorate(fn: PassFn) -> PassFn:
-        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+        existing = _REGISTRY.get(name)
+        # Re-importing the same plugin file re-registers its passes: allowed. A clash
+        # between two different sources is not.
+        if existing is not None and existing.fn is not fn and existing.source != _current_source:
             raise ValueError(f"a pass named {name!r} is already registered ({_REGISTRY[name].source})")
         doc = inspect.getdoc(fn) or ""
         summary = doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"
