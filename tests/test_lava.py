@@ -1,0 +1,317 @@
+"""The Lava target: export format, schedule and Loihi encodings (no Lava needed) and, in the
+Python 3.10 Lava environment, spike-for-spike agreement with the reference simulator.
+
+The Lava tests need ``.venv-lava`` (``make lava-env``) or ``SPIKEC_LAVA_PYTHON``. Without it
+they skip locally and FAIL when the environment variable ``CI`` is set."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+import spikec.passes
+from canonical_models import gpt2_like, llama_like, token_ids
+from spikec.backends import nirio
+from spikec.backends.lava import compare, env, export, runner
+from spikec.backends.simulator import simulate
+from spikec.core import ir, ops
+from spikec.core.errors import InputError, ResourceError, UnsupportedError
+from spikec.core.passes import PassContext, run_passes
+from spikec.lower import lower_to_nir
+
+T = 8
+POSITIONS = 16
+FAMILIES = {"gpt2": gpt2_like, "llama": llama_like}
+
+
+@functools.lru_cache(maxsize=None)
+def converted(family: str) -> tuple[nir.NIRGraph, torch.Tensor]:
+    """A tiny converted model of ``family`` (default pipeline, T=8) and 16 token ids."""
+    torch.manual_seed(0)
+    ctx = PassContext(options={"timesteps": T}, calibration=token_ids(seed=2))
+    gm, _ = run_passes(FAMILIES[family](), spikec.passes.DEFAULT_PIPELINE, ctx)
+    ids = token_ids(samples=1, positions=POSITIONS, seed=5)
+    graph = lower_to_nir(gm, ids, {"timesteps": T, "positions": POSITIONS, "model": f"tiny-{family}"})
+    return graph, ids
+
+
+def require_lava() -> Path:
+    """The Lava interpreter; skip without one, or fail when running on CI."""
+    try:
+        return env.lava_python()
+    except ResourceError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"the Lava environment is missing on CI: {e}")
+        pytest.skip(f"no Lava environment: {e}")
+
+
+@pytest.fixture(scope="module")
+def lava_python() -> Path:
+    return require_lava()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Lava exports of the tiny models, by family."""
+    root = tmp_path_factory.mktemp("lava")
+    return {f: Path(export.export_lava(converted(f)[0], root / f / "lava")["folder"]) for f in FAMILIES}
+
+
+# --- export, schedule, encodings (no Lava) -------------------------------------------------
+
+
+def test_export_folder_is_self_contained_and_the_runner_imports_only_lava_numpy_stdlib(exports):
+    folder = exports["gpt2"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "network.json", "quantization.json", "run_lava.py", "weights.npz"]
+    assert (folder / "run_lava.py").read_text() == Path(runner.__file__).read_text()
+    desc = json.loads((folder / "network.json").read_text())
+    assert desc["format"] == runner.FORMAT and desc["meta"]["timesteps"] == T
+    assert desc["meta"]["positions"] == POSITIONS
+    tree = ast.parse((folder / "run_lava.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert imported - {"lava", "numpy"} <= set(__import__("sys").stdlib_module_names)
+
+
+def test_every_neuron_layer_gets_one_window_of_T_steps_absorbing_the_dense_delay():
+    graph, _ = converted("gpt2")
+    desc, arrays = export.network_description(graph)
+    net = runner.network_from_dict(desc, arrays)
+    sched = runner.schedule(net, T)
+    neurons = [n for n, node in net.nodes.items() if node.type == "SignedIF"]
+    assert sched.windows == [1 + k * T for k in range(len(neurons))]
+    for name in neurons:
+        (dense,) = net.nodes[name].succs
+        (readout,) = net.nodes[dense].succs
+        assert sched.window[dense] == sched.window[name]
+        assert sched.ready[readout] == sched.window[name] + T  # Dense delivers W s(g) at g+1
+        # the next layer starts the step its input is complete
+        for user in net.nodes[readout].succs:
+            assert sched.ready[user] == sched.window[name] + T
+    assert sched.steps == len(neurons) * T + 1
+
+
+@pytest.mark.parametrize("per_run", [1, 2, 4, 0])
+def test_segments_cut_only_real_values_and_cover_every_node_once(per_run):
+    graph, _ = converted("llama")
+    desc, arrays = export.network_description(graph)
+    net = runner.network_from_dict(desc, arrays)
+    segments = runner.plan_segments(net, runner.schedule(net, T), per_run)
+    members = [n for s in segments for n in s.nodes]
+    assert sorted(members) == sorted(n for n, node in net.nodes.items() if node.type not in ("Input", "Output"))
+    for seg in segments:
+        for name in seg.inputs:
+            assert net.nodes[name].type not in ("SignedIF", "Dense")
+    assert len(segments) == (1 if per_run == 0 else -(-9 // per_run))
+
+
+@pytest.mark.parametrize("max_spikes", [1, 2, 8, 127])
+@pytest.mark.parametrize("current", runner.CURRENT_ENCODINGS)
+def test_signed_if_encoding_fits_loihi_registers(max_spikes, current):
+    enc = runner.signed_if_encoding(max_spikes, T, current)
+    assert 1 <= enc["vth"] <= 2**17 - 1 and enc["theta"] == enc["vth"] << 6
+    assert 0 <= enc["bias_exp"] <= 7
+    assert (max_spikes + 1) * enc["theta"] <= 2**23 - 1  # 24-bit membrane
+    assert max_spikes * enc["theta"] <= enc["mant_max"] << enc["bias_exp"]  # the largest current fits
+    if current == "bias13":
+        assert enc["mant_max"] == 4095
+    assert enc["current_step"] == pytest.approx(2 ** enc["bias_exp"] / enc["theta"])
+
+
+@pytest.mark.parametrize("synapses", [1, 2])
+def test_weights_quantize_to_8_bit_synapse_groups_with_a_power_of_two_exponent(synapses):
+    w = np.random.default_rng(0).standard_normal((24, 40)).astype(np.float32) * 0.05
+    w_int, exp = runner.quantize_weights(w, synapses)
+    assert np.abs(w_int).max() <= runner.weight_int_max(synapses)
+    assert np.abs(w_int * 2.0**exp - w).max() <= 2.0 ** (exp - 1) + 1e-12
+    groups = runner.split_synapses(w_int, synapses)
+    assert sum(m.astype(np.int64) << sh for m, sh in groups).tolist() == w_int.tolist()
+    assert all(m.dtype == np.int8 and np.abs(m).max() <= 127 for m, _ in groups)
+
+
+def test_quantized_graph_holds_the_fixed_point_weights_exactly_and_is_reported(exports):
+    graph, _ = converted("gpt2")
+    q = export.quantized_graph(graph)
+    report = json.loads((exports["gpt2"] / "quantization.json").read_text())
+    assert set(report["dense"]) == {n for n, node in graph.nodes.items() if isinstance(node, nir.Affine)}
+    for name, info in report["dense"].items():
+        w = np.asarray(q.nodes[name].weight, np.float64)
+        ints = w / 2.0 ** info["weight_exp"]
+        assert np.array_equal(ints, np.rint(ints)) and np.abs(ints).max() <= 127
+        assert info["max_abs_weight_error"] <= 2.0 ** (info["weight_exp"] - 1)
+    assert set(report["neurons"]) == {n for n, node in graph.nodes.items() if isinstance(node, ir.SpikecSignedIF)}
+
+
+def test_numpy_real_ops_of_the_runner_match_spikec_core_ops():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 24, generator=g)
+    w, b = torch.randn(24, generator=g), torch.randn(24, generator=g)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=2e-6)
+    for kind in ("gelu", "gelu_tanh", "relu", "silu"):
+        close(runner.activation(x.numpy(), kind), ops.activation(x, kind).numpy())
+    close(runner.gated_activation(x.numpy(), "silu"), ops.gated_activation(x, "silu").numpy())
+    qkv = torch.randn(2, 5, (4 + 2 * 2) * 3 * 2, generator=g)
+    close(runner.attention(qkv.numpy(), 4, 2, 6, 10000.0, 0.4), ops.attention(qkv, 4, 2, 6, 10000.0, 0.4).numpy())
+
+
+@pytest.mark.parametrize("features", [24, 100, 576, 768])
+def test_norms_round_exactly_like_torchs_cpu_kernels(features):
+    g = torch.Generator().manual_seed(features)
+    x = torch.randn(3, 7, features, generator=g) * 2 + 0.3
+    w, b = torch.randn(features, generator=g), torch.randn(features, generator=g)
+    width = compare.torch_vec_width()
+    ln = runner.layer_norm(x.numpy(), w.numpy(), b.numpy(), 1e-5, width)
+    rms = runner.rms_norm(x.numpy(), w.numpy(), 1e-6, width)
+    if str(torch.backends.cpu.get_cpu_capability()) == "AVX2":  # the build this emulation was verified on
+        assert np.array_equal(ln, ops.layer_norm(x, w, b, 1e-5).numpy())
+        assert np.array_equal(rms, ops.rms_norm(x, w, 1e-6).numpy())
+    np.testing.assert_allclose(ln, ops.layer_norm(x, w, b, 1e-5).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rms, ops.rms_norm(x, w, 1e-6).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_export_refuses_nodes_it_cannot_map():
+    nodes = {"input": nir.Input(np.array([2])),
+             "if": nir.IF(r=np.ones(2, np.float32), v_threshold=np.ones(2, np.float32), v_reset=np.zeros(2, np.float32)),
+             "output": nir.Output(np.array([2]))}
+    graph = nir.NIRGraph(nodes=nodes, edges=[("input", "if"), ("if", "output")], type_check=False)
+    with pytest.raises(UnsupportedError, match="'if'.*'IF'"):
+        export.network_description(graph)
+
+
+def test_inputs_longer_than_the_export_are_refused_before_running_lava(exports):
+    with pytest.raises(InputError, match="17 positions.*at most 16"):
+        compare.run_export(exports["gpt2"], np.zeros((1, POSITIONS + 1), np.int64), python="/nonexistent")
+
+
+def test_a_missing_lava_environment_is_a_resource_error_saying_how_to_get_python_310(monkeypatch, tmp_path):
+    monkeypatch.setenv(env.ENV_VAR, str(tmp_path / "nowhere"))
+    with pytest.raises(ResourceError, match="no Lava environment") as info:
+        env.lava_python()
+    assert "Python 3.10" in str(info.value) and "make lava-env" in str(info.value)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="missing on CI"):
+        require_lava()
+
+
+# --- in Lava --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,per_run,batch", [("gpt2", 0, 1), ("llama", 1, 2)])
+def test_floating_pt_lava_equals_the_reference_simulator_spike_for_spike(lava_python, exports, family, per_run,
+                                                                         batch):
+    graph, ids = converted(family)
+    ids = token_ids(samples=batch, positions=POSITIONS, seed=5)
+    run = compare.run_export(exports[family], ids, precision="floating_pt", stages_per_run=per_run,
+                             python=lava_python)
+    result = compare.compare(graph, ids, run)
+    assert {"spike_agreement", "spike_agreement_per_layer", "logits_max_abs_diff"} <= set(result)
+    assert len(result["spike_agreement_per_layer"]) == 9
+    assert result["spike_agreement_per_layer"] == {k: 1.0 for k in result["spike_agreement_per_layer"]}
+    assert result["spike_agreement"] == 1.0
+    assert result["logits_max_abs_diff"] < 1e-4 and result["next_token_agreement"] == 1.0
+    assert run.meta["run_config"] == "Loihi2SimCfg" and run.meta["steps_single_network"] == 9 * T + 1
+    assert len(run.meta["segments"]) == (1 if per_run == 0 else 9)
+
+
+def test_fixed_pt_agrees_with_the_quantized_network_per_layer_and_reports_the_float_gap(lava_python, exports):
+    graph, ids = converted("gpt2")
+    run = compare.run_export(exports["gpt2"], ids, precision="fixed_pt", python=lava_python)
+    result = compare.compare(graph, ids, run)
+    per_layer = result["spike_agreement_per_layer"]
+    assert len(per_layer) == 9 and min(per_layer.values()) >= 0.99, per_layer
+    assert result["reference"].startswith("quantized")
+    assert set(result["float_reference"]["spike_agreement_per_layer"]) == set(per_layer)
+    assert all(v["saturated"] == 0 for v in run.meta["readout_accumulator"].values())
+    first = next(iter(per_layer))  # no weights upstream: only the neuron encoding differs from float
+    assert result["float_reference"]["spike_agreement_per_layer"][first] >= 0.99
+
+
+def test_fixed_pt_teacher_forced_layers_agree_with_the_quantized_network(lava_python, exports):
+    graph, ids = converted("llama")
+    run = compare.run_export(exports["llama"], ids, precision="fixed_pt", teacher=True, python=lava_python)
+    per_layer = compare.compare(graph, ids, run)["spike_agreement_per_layer"]
+    assert run.meta["teacher_forced"] and min(per_layer.values()) >= 0.99, per_layer
+
+
+def test_the_export_runs_alone_in_a_venv_holding_only_lava_nir_numpy(lava_python, exports, tmp_path):
+    check = subprocess.run([str(lava_python), "-c", "import importlib.util as u; "
+                            "print([m for m in ('torch', 'spikec', 'transformers') if u.find_spec(m)])"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert check.stdout.strip() == "[]"
+    assert env.probe(str(lava_python))["lava-nc"] == "0.10.0"
+    folder = tmp_path / "copied"
+    shutil.copytree(exports["llama"], folder)
+    graph, ids = converted("llama")
+    np.save(tmp_path / "tokens.npy", ids.numpy())
+    proc = subprocess.run([str(lava_python), "run_lava.py", "--input", str(tmp_path / "tokens.npy"), "--timesteps",
+                           str(T), "--precision", "floating_pt", "--out", str(tmp_path / "out.npz")],
+                          cwd=folder, capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = compare.load_run(tmp_path / "out.npz")
+    ref = simulate(graph, ids, T)
+    assert np.abs(run.output - ref.output.numpy()).max() < 1e-4
+    too_long = np.zeros((1, POSITIONS + 1), np.int64)
+    np.save(tmp_path / "long.npy", too_long)
+    proc = subprocess.run([str(lava_python), "run_lava.py", "--input", str(tmp_path / "long.npy"), "--out",
+                           str(tmp_path / "x.npz")], cwd=folder, capture_output=True, text=True)
+    assert proc.returncode == 3 and "at most 16 positions" in proc.stderr
+
+
+def test_evaluate_lava_reads_a_compile_directory_and_reports_the_eval_keys(lava_python, tmp_path, monkeypatch):
+    monkeypatch.setenv(env.ENV_VAR, str(lava_python))
+    graph, ids = converted("gpt2")
+    nirio.write(tmp_path / "model.nir", graph)  # compiled without --target lava: exported on the fly
+    result = compare.evaluate_lava(tmp_path, ids[:, :8], precision="floating_pt")
+    assert result["spike_agreement"] == 1.0 and result["positions"] == 8
+    assert json.loads(json.dumps(result))["spike_agreement_per_layer"]
+
+
+def test_unconverted_affines_run_as_real_valued_ops_in_one_step(lava_python, tmp_path):
+    torch.manual_seed(0)
+    passes = [p for p in spikec.passes.DEFAULT_PIPELINE if p != "spike-encode"]
+    gm, _ = run_passes(gpt2_like(), passes, PassContext(options={"timesteps": T}, calibration=token_ids(seed=2)))
+    ids = token_ids(samples=1, positions=6, seed=3)
+    graph = lower_to_nir(gm, ids, {"timesteps": T, "positions": 6})
+    info = export.export_lava(graph, tmp_path / "lava")
+    assert info["stages"] == 0 and info["node_types"]["Affine"] == 9
+    run = compare.run_export(tmp_path / "lava", ids, python=lava_python)
+    assert run.meta["steps_total"] == 1 and run.spikes == {}
+    np.testing.assert_allclose(run.output, simulate(graph, ids, T).output.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_generation_in_lava_follows_the_reference_simulator(lava_python, tmp_path, monkeypatch):
+    monkeypatch.setenv(env.ENV_VAR, str(lava_python))
+    graph, ids = converted("gpt2")
+    nirio.write(tmp_path / "model.nir", graph)
+    export.export_lava(graph, tmp_path / "lava")
+    result = compare.generate_lava(tmp_path, ids[:, :6], 2)
+    assert len(result["tokens"]) == 2 and result["tokens"] == result["reference_tokens"] and result["tokens_equal"]
+    assert result["prompt"]["spike_agreement"] == 1.0 and result["prompt"]["positions"] == 6
+
+
+def test_cli_compiles_for_lava_and_eval_reports_the_agreement_keys(lava_python: Path, tmp_path: Path, capsys) -> None:
+    from spikec.cli import main
+
+    out = tmp_path / "tiny-lava"
+    assert main(["compile", "gpt2", "--random-weights", "--config", "n_layer=2,n_embd=64,n_head=4", "-T", "4",
+                 "--calib-samples", "2", "--seq-len", "16", "--target", "lava", "-o", str(out)]) == 0
+    assert (out / "lava" / "run_lava.py").is_file() and (out / "lava" / "network.json").is_file()
+    assert json.loads((out / "report.json").read_text())["lava"]["folder"] == "lava"
+    capsys.readouterr()
+    assert main(["eval", str(out), "--backend", "lava", "--tokens", "12", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["spike_agreement"] == 1.0
+    assert set(result["spike_agreement_per_layer"]) == {n for n in nirio.read(out / "model.nir").nodes if n.endswith("_neuron")}
+    assert result["logits_max_abs_diff"] < 1e-4
+    assert {"ann_ppl", "snn_ppl", "ppl_ratio", "cosine", "top1_agreement"} <= set(result)
