@@ -1,0 +1,437 @@
+"""Energy measurement on text and the compile report.
+
+``measure_operations`` runs the reference simulator on held-out text and counts what the
+ANN and the SNN spend per layer (``spikec.backends.energy``); ``spikec energy`` prints it.
+``write_report`` renders ``DIR/report.html``: one self-contained page (CSS inline, plots
+as base64 PNG data URIs, no script, nothing fetched) that opens offline, with the PNGs
+also written beside it. It shows the passes and their time, the simulator check, the
+accuracy figures of ``spikec eval`` (DIR/eval.json), the energy estimates (from
+DIR/energy.json when ``spikec energy`` was run, else from a short held-out sample) and
+plots of firing rate per layer, energy per block, accuracy against T and a spike raster.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nir
+import torch
+from tqdm import tqdm
+
+from spikec.backends import nirio
+from spikec.backends.energy import (
+    MODEL_NAMES, EnergyModel, OperationCounts, builtin_model, combine_results, count_operations, estimate,
+    format_energy,
+)
+from spikec.backends.simulator import SimResult, simulate
+from spikec.core import ir
+from spikec.core.errors import InputError, ResourceError, UsageError
+from spikec.text import HELDOUT_TEXT, read_text, token_stream
+
+REPORT_FILE = "report.html"
+ENERGY_FILE = "energy.json"
+SAMPLE_TOKENS = 128  # held-out tokens simulated (with spike trains recorded) for the report
+RASTER_LAYERS = 5
+RASTER_NEURONS = 8  # per layer
+RASTER_POSITIONS = 6
+
+
+# ---------------------------------------------------------------------------
+# measuring
+# ---------------------------------------------------------------------------
+
+
+def max_positions(graph: nir.NIRGraph) -> int | None:
+    """The longest sequence the graph can take: its learned position table's length (None
+    without one, e.g. rotary models)."""
+    for node in graph.nodes.values():
+        if isinstance(node, ir.SpikecEmbedding) and node.position_weight.shape[0] > 0:
+            return int(node.position_weight.shape[0])
+    return None
+
+
+def token_chunks(stream: torch.Tensor, tokens: int, seq_len: int | None, graph: nir.NIRGraph) -> torch.Tensor:
+    """``[sequences, positions]`` ids: the first ``tokens`` tokens cut into sequences of
+    ``seq_len`` (default: all of them in one, up to the graph's maximum), as ``spikec eval`` does."""
+    if tokens < 2:
+        raise UsageError(f"--tokens must be at least 2, got {tokens}")
+    if stream.numel() < tokens:
+        raise InputError(f"the text has {stream.numel()} tokens, fewer than the {tokens} asked for",
+                         hint="give a longer --text or a smaller --tokens")
+    if seq_len is not None and seq_len < 1:
+        raise UsageError(f"--seq-len must be at least 1, got {seq_len}")
+    limit = max_positions(graph)
+    seq_len = min(seq_len or tokens, tokens, limit or tokens)
+    n = max(1, tokens // seq_len)
+    return stream[: n * seq_len].view(n, seq_len)
+
+
+@torch.no_grad()
+def measure_operations(
+    graph: nir.NIRGraph, ids: torch.Tensor, timesteps: int, *, progress: bool = False, record_first: bool = False
+) -> tuple[OperationCounts, SimResult]:
+    """Simulate ``graph`` on every sequence of ``ids`` ``[sequences, positions]`` at ``timesteps``
+    and count operations. Returns the counts and the combined result; with ``record_first``
+    the first sequence's spike trains are kept in its ``spikes`` (for rasters)."""
+    results, first_spikes = [], {}
+    for i in tqdm(range(ids.shape[0]), desc=f"simulating T={timesteps}", disable=not progress, leave=False):
+        r = simulate(graph, ids[i : i + 1], timesteps, record=record_first and i == 0)
+        if i == 0:
+            first_spikes = r.spikes
+        results.append(SimResult(outputs={}, spike_counts=r.spike_counts, firing_rates=r.firing_rates,
+                                 timesteps=r.timesteps))
+    combined = combine_results(results)
+    combined.spikes = first_spikes
+    return count_operations(graph, combined, positions=int(ids.shape[1]), sequences=int(ids.shape[0])), combined
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer saved by ``spikec compile`` in ``DIR/tokenizer``."""
+    path = Path(directory) / "tokenizer"
+    if not path.is_dir():
+        raise InputError(f"{str(directory)!r} has no tokenizer/ directory", hint="compile again with 'spikec compile'")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def read_compiled(directory: str | Path) -> tuple[Path, dict[str, Any], nir.NIRGraph]:
+    """The report.json and the NIR graph of a compile output directory."""
+    p = Path(directory)
+    if not p.is_dir() or not (p / "report.json").is_file() or not (p / "model.nir").is_file():
+        raise InputError(f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
+                         hint="run 'spikec compile MODEL -o DIR' first")
+    return p, _read_json(p / "report.json"), nirio.read(p / "model.nir")
+
+
+def energy_on_text(
+    directory: str | Path, text_path: str | None = None, tokens: int = 1024, seq_len: int | None = None,
+    timesteps: int | None = None, model: EnergyModel | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """``spikec energy``: operation counts of a compiled network on ``tokens`` tokens of
+    held-out text (default: the embedded docstrings) and their energy under ``model``
+    (default ``45nm``). Writes ``DIR/energy.json`` (counts, estimate, text) and returns the
+    estimate, with ``text`` and ``seconds`` added."""
+    p, report, graph = read_compiled(directory)
+    model = model or builtin_model("45nm")
+    t = int(report["timesteps"] if timesteps is None else timesteps)
+    if t < 1:
+        raise UsageError(f"-T must be at least 1, got {t}")
+    stream = token_stream(load_tokenizer(p), read_text(text_path, HELDOUT_TEXT))
+    ids = token_chunks(stream, tokens, seq_len, graph)
+    start = time.perf_counter()
+    counts, _ = measure_operations(graph, ids, t, progress=progress)
+    est = estimate(counts, model)
+    est["text"] = text_path or f"embedded:{HELDOUT_TEXT}"
+    est["seconds"] = time.perf_counter() - start
+    _write_json(p / ENERGY_FILE, {"text": est["text"], "counts": counts.to_dict(), "estimate": est})
+    return est
+
+
+# ---------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ResourceError("matplotlib is not installed; the report needs it", hint="pip install matplotlib") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _role(name: str) -> str:
+    """A layer name without its block prefix (``h_3_attn_qkv`` -> ``attn_qkv``)."""
+    parts = name.split("_")
+    return "_".join(parts[2:]) if len(parts) > 2 and parts[0] == "h" and parts[1].isdigit() else name
+
+
+def plot_firing_rates(counts: OperationCounts) -> bytes:
+    """Bar chart: mean |spikes| per neuron per step of every neuron layer, in graph order."""
+    plt = _pyplot()
+    layers = [l for l in counts.layers if l.neurons and l.firing_rate is not None]
+    roles = list(dict.fromkeys(_role(l.name) for l in layers))
+    colors = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(roles)}
+    fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.06 * len(layers) + 5)), 3.6))
+    ax.bar(range(len(layers)), [l.firing_rate for l in layers], color=[colors[_role(l.name)] for l in layers])
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=colors[r], label=r) for r in roles], fontsize=7, ncol=min(len(roles), 6),
+              loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.set_xlabel("neuron layer (graph order)")
+    ax.set_ylabel("|spikes| per neuron per step")
+    t = counts.workload.timesteps
+    ax.set_title(f"Firing rate per layer (T={t}; x{t} = spikes per neuron per window)")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def plot_energy(estimates: dict[str, dict[str, Any]]) -> bytes:
+    """Grouped bars, one panel per model: ANN and SNN energy per token of each block."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(estimates), 1, figsize=(10, 2.8 * len(estimates)), squeeze=False)
+    for ax, (name, est) in zip(axes[:, 0], estimates.items()):
+        blocks = est["blocks"]
+        x = range(len(blocks))
+        ax.bar([i - 0.2 for i in x], [b["ann_pj"] for b in blocks], width=0.4, label="ANN", color="#4c72b0")
+        ax.bar([i + 0.2 for i in x], [b["snn_pj"] for b in blocks], width=0.4, label="SNN", color="#dd8452")
+        ax.set_yscale("log")
+        ax.set_ylabel("pJ per token")
+        ax.set_title(f"{name}: ANN {format_energy(est['ann_pj_per_token'])}, "
+                     f"SNN {format_energy(est['snn_pj_per_token'])} per token ({_pct(est['reduction'])} reduction)",
+                     fontsize=9)
+        step = max(1, len(blocks) // 24)
+        ax.set_xticks(list(x)[::step], [b["block"] for b in blocks][::step], rotation=60, fontsize=7)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_accuracy(results: list[dict[str, Any]]) -> bytes:
+    """Perplexity ratio and top-1 agreement against T (from eval.json)."""
+    plt = _pyplot()
+    rows = sorted(results, key=lambda r: r["timesteps"])
+    ts = [r["timesteps"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(ts, [r["ppl_ratio"] for r in rows], "o-", color="#c44e52", label="SNN/ANN perplexity")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ts, [str(t) for t in ts])
+    ax.minorticks_off()
+    ax.set_xlabel("timesteps T")
+    ax.set_ylabel("perplexity ratio")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(ts, [r["top1_agreement"] for r in rows], "s--", color="#55a868", label="top-1 agreement")
+    ax2.set_ylabel("top-1 agreement")
+    ax2.set_ylim(0, 1.02)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [l.get_label() for l in lines], fontsize=8, loc="center right")
+    ax.set_title("Accuracy against timesteps")
+    return _png(fig)
+
+
+def raster_selection(spikes: dict[str, torch.Tensor]) -> list[tuple[str, list[int]]]:
+    """Up to ``RASTER_LAYERS`` neuron layers, and in each the ``RASTER_NEURONS`` neurons with
+    the most |spikes| over the first positions. The layers: one of each kind (``attn_qkv``,
+    ``mlp_out`` ...), the one nearest the middle of the network, when there are few kinds;
+    else layers spread evenly over the network."""
+    names = list(spikes)
+    if not names:
+        return []
+    kinds: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        kinds.setdefault(_role(name), []).append(i)
+    if len(kinds) <= RASTER_LAYERS:
+        picks = sorted(min(idx, key=lambda i: abs(i - (len(names) - 1) / 2)) for idx in kinds.values())
+    else:
+        picks = sorted({round(i * (len(names) - 1) / max(RASTER_LAYERS - 1, 1)) for i in range(RASTER_LAYERS)})
+    out = []
+    for i in picks:
+        s = spikes[names[i]]  # [T, batch, positions, features]
+        activity = s[:, 0, :RASTER_POSITIONS].abs().sum((0, 1), dtype=torch.int64)
+        top = torch.argsort(activity, descending=True, stable=True)[:RASTER_NEURONS]
+        out.append((names[i], sorted(int(j) for j in top)))
+    return out
+
+
+def plot_raster(spikes: dict[str, torch.Tensor]) -> bytes:
+    """Spike raster of a few neurons of a few layers over the first positions: x is the
+    step (positions one after another, T steps each), marker size the graded spike's
+    magnitude, colour its sign."""
+    plt = _pyplot()
+    selection = raster_selection(spikes)
+    fig, ax = plt.subplots(figsize=(10, 0.16 * RASTER_NEURONS * max(len(selection), 1) + 1.6))
+    row, ticks, labels = 0, [], []
+    steps = positions = 0
+    for name, neurons in selection:
+        s = spikes[name][:, 0, :RASTER_POSITIONS]  # [T, positions, features]
+        steps, positions = s.shape[0], s.shape[1]
+        for j in neurons:
+            train = s[:, :, j].transpose(0, 1).reshape(-1).to(torch.int32)  # position-major steps
+            for sign, color in ((1, "#1f4e9c"), (-1, "#c0392b")):
+                where = (train * sign > 0).nonzero().flatten()
+                if where.numel():
+                    ax.scatter(where.tolist(), [row] * where.numel(), s=[8 + 10 * abs(int(train[k])) for k in where],
+                               marker="|", color=color, linewidths=1.2)
+            row += 1
+        ticks.append(row - len(neurons) / 2 - 0.5)
+        labels.append(name)
+        ax.axhline(row - 0.5, color="#999", lw=0.5)
+    for p in range(1, positions):
+        ax.axvline(p * steps - 0.5, color="#ccc", lw=0.5, ls=":")
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_ylim(-0.5, max(row, 1) - 0.5)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"step (first {positions} positions x T={steps}; blue +, red -, size = graded count)")
+    ax.set_title("Spike raster")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------
+# the page
+# ---------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {str(path)!r}: {e}", hint="run the command that writes it again") from None
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _stats(stats: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in stats.items())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
+padding:0 1rem}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.25rem .5rem;
+text-align:left}th{background:#f4f4f4}td:not(:first-child){font-variant-numeric:tabular-nums}
+figure{margin:1rem 0}figcaption{font-size:.8rem;color:#555}img{max-width:100%;height:auto;border:1px solid #eee}
+.note{font-size:.85rem;color:#555}.bad{color:#b00}
+"""
+
+
+def write_report(
+    directory: str | Path, report: dict[str, Any], graph: nir.NIRGraph, tokenizer: Any,
+    sample_tokens: int = SAMPLE_TOKENS,
+) -> Path:
+    """Render ``DIR/report.html`` and the PNGs beside it (firing_rates.png, energy.png,
+    raster.png, and accuracy.png when eval.json holds several T).
+
+    report: the compile report (report.json's content). The energy figures come from
+    ``DIR/energy.json`` when present, else from ``sample_tokens`` held-out tokens simulated
+    here (with their spike trains recorded for the raster)."""
+    d = Path(directory)
+    t = int(report["timesteps"])
+    stream = token_stream(tokenizer, read_text(None, HELDOUT_TEXT))
+    sample = token_chunks(stream, min(sample_tokens, stream.numel()), None, graph)[:1]
+    sample_counts, sample_result = measure_operations(graph, sample, t, record_first=True)
+    counts, energy_source = sample_counts, f"{sample.shape[1]} held-out tokens (embedded docstrings), one sequence"
+    if (d / ENERGY_FILE).is_file():
+        saved = _read_json(d / ENERGY_FILE)
+        counts = OperationCounts.from_dict(saved["counts"])
+        w = counts.workload
+        energy_source = (f"{w.tokens} tokens of {saved.get('text', 'text')} ({w.sequences} x {w.positions} positions), "
+                         f"T={w.timesteps}, from 'spikec energy'")
+    estimates = {name: estimate(counts, builtin_model(name)) for name in MODEL_NAMES}
+    evals = _read_json(d / "eval.json") if (d / "eval.json").is_file() else None
+    if evals is not None and not isinstance(evals, list):
+        evals = [evals]
+
+    images: list[tuple[str, str, bytes]] = [
+        ("firing_rates.png", f"Mean |spikes| per neuron per step of each neuron layer on {energy_source}.",
+         plot_firing_rates(counts)),
+        ("energy.png", f"Energy per token of each block, ANN against SNN, under each model, on {energy_source}.",
+         plot_energy(estimates)),
+    ]
+    if evals and len({r["timesteps"] for r in evals}) > 1:
+        images.append(("accuracy.png", "SNN/ANN perplexity ratio and top-1 agreement against T (spikec eval).",
+                       plot_accuracy(evals)))
+    if sample_result.spikes:
+        images.append(("raster.png", f"Spike raster: the {RASTER_NEURONS} most active neurons of a few neuron layers "
+                                     f"over the first {RASTER_POSITIONS} held-out tokens.",
+                       plot_raster(sample_result.spikes)))
+    for filename, _, png in images:
+        (d / filename).write_bytes(png)
+
+    check = report.get("simulator_check", {})
+    parts = [f"<h1>spikec report: {_esc(report.get('model', '?'))}</h1>",
+             _table(["model", "family", "T", "positions", "compile time", "nodes", "simulator vs fx"], [[
+                 report.get("model"), report.get("family"), t, report.get("seq_len"),
+                 f"{report.get('compile_seconds', 0):.1f} s", sum(report.get("node_counts", {}).values()),
+                 f"{check.get('identical_layers', '?')}/{check.get('neuron_layers', '?')} neuron layers identical, "
+                 f"logits max |diff| {check.get('logits_max_abs_diff', float('nan')):.3g}"]])]
+    parts.append("<h2>Passes</h2>")
+    passes = report.get("passes", [])
+    parts.append(_table(["pass", "time", "statistics"],
+                        [[p["name"], f"{p['seconds']:.2f} s", _stats(p.get("stats", {}))] for p in passes]))
+    steps = report.get("step_seconds") or {"capture": report.get("capture_seconds", 0.0),
+                                           "passes": sum(p["seconds"] for p in passes)}
+    parts.append("<p class='note'>compile steps: " + ", ".join(f"{_esc(k)} {v:.1f} s" for k, v in steps.items())
+                 + f"; calibration: {_esc(report.get('calibration', {}))}</p>")
+    parts.append("<h2>Accuracy (spikec eval, held-out text)</h2>")
+    if evals:
+        parts.append(_table(["T", "ANN ppl", "SNN ppl", "ratio", "cosine", "top-1", "tokens"], [
+            [r["timesteps"], f"{r['ann_ppl']:.3f}", f"{r['snn_ppl']:.3f}", f"{r['ppl_ratio']:.3f}",
+             f"{r['cosine']:.4f}", f"{r['top1_agreement']:.3f}", r["tokens"]] for r in evals]))
+    else:
+        parts.append(f"<p class='note'>not evaluated yet: run <code>spikec eval {_esc(d)}</code>, then "
+                     f"<code>spikec report {_esc(d)}</code>.</p>")
+    parts.append("<h2>Energy per token</h2>")
+    parts.append(f"<p class='note'>On {_esc(energy_source)}. Estimates, not measurements: see docs/energy.md for "
+                 "what is counted and the constants' sources.</p>")
+    rows = []
+    for name, est in estimates.items():
+        red = est["reduction"]
+        cls = " (SNN spends more)" if red is not None and red < 0 else ""
+        rows.append([name, format_energy(est["ann_pj_per_token"]), format_energy(est["snn_pj_per_token"]),
+                     _pct(red) + cls, _pct(est["attention_reduction"]),
+                     f"{est['firing_rate']:.3f}" if est["firing_rate"] is not None else "-"])
+    parts.append(_table(["model", "ANN", "SNN", "reduction", "attention reduction", "rate/step"], rows))
+    parts.append("<p class='note'>" + " ".join(f"<b>{_esc(n)}</b>: {_esc(e['model']['description'])}."
+                                               for n, e in estimates.items()) + "</p>")
+    parts.append("<h2>Figures</h2>")
+    for filename, caption, png in images:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{_esc(caption)}' "
+                     f"data-file='{_esc(filename)}'>"
+                     f"<figcaption>{_esc(caption)} ({_esc(filename)})</figcaption></figure>")
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+            f"<title>spikec report: {_esc(report.get('model', ''))}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    target = d / REPORT_FILE
+    tmp = target.with_name(REPORT_FILE + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def report_from_directory(directory: str | Path) -> Path:
+    """``spikec report DIR``: render DIR/report.html again from report.json, eval.json and
+    energy.json (the network is simulated on a short held-out sample for the raster)."""
+    p, report, graph = read_compiled(directory)
+    return write_report(p, report, graph, load_tokenizer(p))
