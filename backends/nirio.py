@@ -12,12 +12,21 @@ through nested ``NIRGraph`` nodes, and checks the file on the way: every failure
 one-line ``NIRFormatError`` that names the file and the problem. Metadata values come
 back as Python ``str``/``int``/``float``/``bool`` where they were scalars, arrays stay
 numpy arrays.
+
+Before any array is read, ``read`` surveys the file's metadata only (h5py link and
+dataset headers): soft and external links, hard links that share or loop, nesting
+deeper than ``MAX_DEPTH``, and a declared total size above ``max_nir_bytes()`` (env
+``SPIKEC_MAX_NIR_BYTES``, default 16 GiB) or above the available memory are refused,
+so a tiny file that declares a huge tensor cannot exhaust memory. What is checked
+after that is listed in docs/errors.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import graphlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,8 +37,10 @@ import nir
 import numpy as np
 from nir.serialization import read_node
 
-from spikec.core.errors import InputError, NIRFormatError, UsageError
-from spikec.core.ir import EXTENSION_TYPES
+from spikec.core.errors import InputError, NIRFormatError, ResourceError, UsageError
+from spikec.core.ir import (EXTENSION_TYPES, SpikecActivation, SpikecAdd, SpikecAttention, SpikecEmbedding,
+                            SpikecGatedActivation, SpikecLayerNorm, SpikecNode, SpikecRateReadout, SpikecRMSNorm,
+                            SpikecSignedIF)
 
 # Standard node types nir's reader knows, with the datasets it reads unconditionally.
 STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
@@ -56,6 +67,49 @@ STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
 
 COMPRESSIONS = (None, "gzip", "lzf")
 _CORRUPT_HINT = "the file is damaged or was not written by a NIR tool; write it again"
+
+MAX_BYTES_ENV = "SPIKEC_MAX_NIR_BYTES"
+DEFAULT_MAX_BYTES = 16 * 2**30
+MAX_DEPTH = 32  # nesting of HDF5 groups (a NIR graph uses 3 levels per subgraph)
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")  # spikec.core.ops.activation
+# Standard neuron nodes: all their parameter arrays have one shape (the neurons').
+_NEURONS = (nir.IF, nir.LIF, nir.LI, nir.I, nir.CubaLIF, nir.CubaLI)
+_NOT_PARAMETERS = ("input_type", "output_type", "metadata")
+_MAX_COUNT = 2**31 - 1  # feature and head counts
+
+
+def max_nir_bytes() -> int:
+    """The largest total of declared dataset bytes ``read`` accepts: ``SPIKEC_MAX_NIR_BYTES``
+    (an integer number of bytes) or 16 GiB."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{MAX_BYTES_ENV}={raw!r} is not an integer number of bytes") from None
+    if value < 0:
+        raise UsageError(f"{MAX_BYTES_ENV}={raw!r} is negative")
+    return value
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
 
 
 def known_types() -> list[str]:
@@ -188,10 +242,75 @@ class _Reader:
     def error(self, message: str, hint: str | None = None) -> NIRFormatError:
         return NIRFormatError(f"{self.file}: {message}", hint=hint)
 
+    def survey(self, root: h5py.Group) -> int:
+        """Check links and declared sizes from HDF5 metadata alone (no data is read);
+        returns the declared bytes of every dataset under ``root``."""
+        hard_links = 0
+        problems: list[NIRFormatError] = []
+
+        def on_link(name: bytes, info: Any) -> int | None:
+            nonlocal hard_links
+            path = name.decode("utf8", "replace")
+            if info.type != h5py.h5l.TYPE_HARD:
+                problems.append(self.error(
+                    f"{path!r} is a soft or external link; NIR files hold no links",
+                    hint="spikec follows no links to other objects or files; write the file again"))
+            elif path.count("/") >= MAX_DEPTH:
+                problems.append(self.error(f"{path!r} is nested deeper than {MAX_DEPTH} groups", hint=_CORRUPT_HINT))
+            hard_links += 1
+            return 1 if problems else None  # non-None stops the visit
+
+        root.id.links.visit(on_link, info=True)  # each group once, even through cycles
+        if problems:
+            raise problems[0]
+        objects, total = 0, 0
+
+        def on_object(name: str, obj: Any) -> None:
+            nonlocal objects, total
+            objects += 1
+            if isinstance(obj, h5py.Dataset) and obj.shape is not None:
+                total += math.prod(obj.shape) * obj.dtype.itemsize
+
+        root.visititems(on_object)  # each object once
+        if hard_links != objects:
+            raise self.error("the file links one group or array from several places (shared or cyclic)",
+                             hint=_CORRUPT_HINT)
+        limit = max_nir_bytes()
+        if total > limit:
+            raise self.error(f"the file declares {_gib(total)} of arrays, more than the limit of {_gib(limit)}",
+                             hint=f"if the file is genuine, raise the limit with {MAX_BYTES_ENV}=BYTES")
+        available = available_memory()
+        if available is not None and total > available:
+            raise ResourceError(f"{self.file}: the file declares {_gib(total)} of arrays but only "
+                                f"{_gib(available)} of memory is available", hint="free memory or use a larger machine")
+        return total
+
     def node_type(self, group: h5py.Group, name: str) -> str:
         if not isinstance(group, h5py.Group) or "type" not in group:
             raise self.error(f"node {name!r} has no 'type' field", hint=_CORRUPT_HINT)
-        return _python(group["type"][()])
+        item = group["type"]
+        kind = _python(item[()]) if isinstance(item, h5py.Dataset) and item.shape == () else None
+        if not isinstance(kind, str):
+            raise self.error(f"node {name!r} has a 'type' field that is not a string", hint=_CORRUPT_HINT)
+        return kind
+
+    def check_dtypes(self, group: h5py.Group, name: str, kind: str, strings: tuple[str, ...] = ()) -> None:
+        """Every field dataset holds numbers, except the named string fields."""
+        for key, item in group.items():
+            if key == "type":
+                continue
+            if key == "metadata":
+                if not isinstance(item, h5py.Group):
+                    raise self.error(f"node {name!r} ({kind}) metadata is not a group", hint=_CORRUPT_HINT)
+                continue
+            if not isinstance(item, h5py.Dataset):
+                raise self.error(f"node {name!r} ({kind}) field {key!r} is a group, not an array", hint=_CORRUPT_HINT)
+            want_string = key in strings
+            is_string = item.dtype.kind in "OSU"
+            if want_string != is_string or not (is_string or item.dtype.kind in "biuf"):
+                expected = "a string" if want_string else "numbers"
+                raise self.error(f"node {name!r} ({kind}) field {key!r} has dtype {item.dtype}, expected {expected}",
+                                 hint=_CORRUPT_HINT)
 
     def missing(self, group: h5py.Group, name: str, kind: str, fields: tuple[str, ...]) -> None:
         absent = [f for f in fields if f not in group]
@@ -202,9 +321,15 @@ class _Reader:
 
     def graph(self, group: h5py.Group, name: str) -> nir.NIRGraph:
         self.missing(group, name, "NIRGraph", STANDARD_FIELDS["NIRGraph"])
+        where = "" if name == "<root>" else f" of subgraph {name!r}"
+        if (not isinstance(group["nodes"], h5py.Group) or not isinstance(group["edges"], h5py.Dataset)
+                or ("metadata" in group and not isinstance(group["metadata"], h5py.Group))):
+            raise self.error(f"'nodes', 'edges' or 'metadata'{where} has the wrong HDF5 kind", hint=_CORRUPT_HINT)
+        if group["edges"].dtype.kind not in "OSU" and group["edges"].size:
+            raise self.error(f"edges{where} have dtype {group['edges'].dtype}, expected node names",
+                             hint=_CORRUPT_HINT)
         prefix = "" if name == "<root>" else f"{name}/"  # names nested nodes in messages only
         nodes = {key: self.node(item, prefix + key) for key, item in group["nodes"].items()}
-        where = "" if name == "<root>" else f" of subgraph {name!r}"
         raw = group["edges"][()]
         if raw.size == 0:
             edges: list[tuple[str, str]] = []
@@ -219,6 +344,7 @@ class _Reader:
                         f"edge ({src!r}, {dst!r}){where} names unknown node {end!r}",
                         hint=f"the graph has {len(nodes)} nodes; the file is inconsistent, write it again",
                     )
+        self.check_edges(nodes, edges, where)
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_read_metadata(group), type_check=False)
 
     def node(self, group: h5py.Group, name: str) -> nir.NIRNode:
@@ -229,6 +355,7 @@ class _Reader:
             node = self.extension(group, name, kind)
         elif kind in STANDARD_FIELDS:
             self.missing(group, name, kind, STANDARD_FIELDS[kind])
+            self.check_dtypes(group, name, kind)
             try:
                 node = read_node(group)
             except Exception as e:  # nir asserts and raises bare errors on malformed nodes
@@ -249,6 +376,8 @@ class _Reader:
             and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         )
         self.missing(group, name, kind, required)
+        strings = tuple(f.name for f in dataclasses.fields(cls) if str(f.type) == "str")
+        self.check_dtypes(group, name, kind, strings)
         fields = {k: v[()] for k, v in group.items() if k not in ("type", "metadata") and isinstance(v, h5py.Dataset)}
         fields["metadata"] = _read_metadata(group)
         try:
@@ -258,20 +387,117 @@ class _Reader:
                              hint=_CORRUPT_HINT) from e
 
     def validate(self, node: nir.NIRNode, name: str, kind: str) -> None:
+        """Values and shapes of one node, against each other (see docs/errors.md)."""
+        def bad(problem: str) -> NIRFormatError:
+            return self.error(f"node {name!r} ({kind}) {problem}", hint=_CORRUPT_HINT)
+
         for field in dataclasses.fields(node):
-            if field.name in ("input_type", "output_type", "metadata"):
+            if field.name in _NOT_PARAMETERS:
                 continue
             value = getattr(node, field.name, None)
             if (isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
-                    and not np.isfinite(value).all()):
+                    and not np.isfinite(value).all()) or (isinstance(value, float) and not math.isfinite(value)):
                 raise self.error(f"node {name!r} ({kind}) has NaN or Inf in {field.name!r}",
                                  hint="the model that was exported holds non-finite parameters")
-        if isinstance(node, nir.Affine):
-            weight, bias = np.asarray(node.weight), np.asarray(node.bias)
-            if weight.ndim != 2 or bias.shape != weight.shape[:1]:
-                raise self.error(
-                    f"node {name!r} (Affine) has weight {list(weight.shape)} and bias {list(bias.shape)}; "
-                    "expected weight [out, in] and bias [out]", hint=_CORRUPT_HINT)
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            weight = np.asarray(node.weight)
+            if weight.ndim != 2 or not np.issubdtype(weight.dtype, np.floating):
+                raise bad(f"has weight {list(weight.shape)} of {weight.dtype}; expected a 2-D float [out, in]")
+            if isinstance(node, nir.Affine):
+                bias = np.asarray(node.bias)
+                if bias.shape != weight.shape[:1] or not np.issubdtype(bias.dtype, np.floating):
+                    raise self.error(
+                        f"node {name!r} (Affine) has weight {list(weight.shape)} and bias {list(bias.shape)}; "
+                        "expected weight [out, in] and bias [out] (floats)", hint=_CORRUPT_HINT)
+        elif isinstance(node, _NEURONS):
+            shapes = {f.name: np.shape(getattr(node, f.name)) for f in dataclasses.fields(node)
+                      if f.name not in _NOT_PARAMETERS and isinstance(getattr(node, f.name, None), np.ndarray)}
+            if len({s for s in shapes.values() if s != ()}) > 1:
+                raise bad("has parameters of different shapes: "
+                          + ", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
+        elif isinstance(node, (nir.Input, nir.Output)):
+            types = node.input_type if isinstance(node, nir.Input) else node.output_type
+            for shape in types.values():
+                shape = np.asarray(shape)
+                if shape.ndim != 1 or (shape.size and (shape.dtype.kind not in "iu" or (shape < 0).any())):
+                    raise bad(f"has shape {shape.tolist()!r}; expected a list of non-negative integers")
+        elif isinstance(node, SpikecNode):
+            self.validate_extension(node, bad)
+
+    def validate_extension(self, node: SpikecNode, bad) -> None:
+        def float_array(field: str, ndim: int) -> np.ndarray:
+            value = np.asarray(getattr(node, field))
+            if value.ndim != ndim or not np.issubdtype(value.dtype, np.floating):
+                raise bad(f"has {field!r} {list(value.shape)} of {value.dtype}; expected a {ndim}-D float array")
+            return value
+
+        if isinstance(node, SpikecSignedIF):
+            threshold = float_array("threshold", 1)
+            if not (threshold > 0).all():
+                raise bad("has a threshold <= 0; thresholds must be positive")
+            if not 1 <= node.max_spikes <= 127:
+                raise bad(f"has max_spikes {node.max_spikes}; expected 1..127 (spikes are int8)")
+        elif isinstance(node, SpikecAttention):
+            for field in ("num_heads", "num_kv_heads", "head_dim"):
+                if not 1 <= getattr(node, field) <= _MAX_COUNT:
+                    raise bad(f"has {field} {getattr(node, field)}; expected a positive count")
+            if node.num_heads % node.num_kv_heads:
+                raise bad(f"has num_heads {node.num_heads} not divisible by num_kv_heads {node.num_kv_heads}")
+            if node.rope_theta < 0:
+                raise bad(f"has rope_theta {node.rope_theta}; expected 0 (no rotary embedding) or positive")
+        elif isinstance(node, SpikecEmbedding):
+            weight, positions = float_array("weight", 2), float_array("position_weight", 2)
+            if weight.shape[0] < 1 or positions.shape[1] != weight.shape[1]:
+                raise bad(f"has weight {list(weight.shape)} and position_weight {list(positions.shape)}; "
+                          "expected [vocab >= 1, d] and [positions, d]")
+        elif isinstance(node, (SpikecLayerNorm, SpikecRMSNorm)):
+            weight = float_array("weight", 1)
+            if isinstance(node, SpikecLayerNorm) and float_array("bias", 1).shape != weight.shape:
+                raise bad(f"has weight {list(weight.shape)} and bias {list(np.shape(node.bias))}; expected equal")
+            if node.eps < 0:
+                raise bad(f"has eps {node.eps}; expected >= 0")
+        elif isinstance(node, (SpikecActivation, SpikecGatedActivation, SpikecAdd, SpikecRateReadout)):
+            if not 1 <= node.features <= _MAX_COUNT:
+                raise bad(f"has features {node.features}; expected a positive count below 2**31")
+            activation = getattr(node, "activation", None)
+            if activation is not None and activation not in ACTIVATIONS:
+                raise bad(f"has unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+
+    def check_edges(self, nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]], where: str) -> None:
+        """Feature counts across every edge at an Affine/Linear end, and no cycles in a
+        spikec graph (its nodes run in topological order once per window)."""
+        for src, dst in edges:
+            if not isinstance(nodes[src], (nir.Affine, nir.Linear)) and not isinstance(
+                    nodes[dst], (nir.Affine, nir.Linear)):
+                continue
+            n_out, n_in = _features(nodes[src], "out"), _features(nodes[dst], "in")
+            if n_out is not None and n_in is not None and n_out != n_in:
+                raise self.error(f"edge ({src!r}, {dst!r}){where} joins {n_out} output features to {n_in} inputs",
+                                 hint=_CORRUPT_HINT)
+        if any(isinstance(n, SpikecNode) for n in nodes.values()):
+            sorter = graphlib.TopologicalSorter({name: set() for name in nodes})
+            for src, dst in edges:
+                sorter.add(dst, src)
+            try:
+                sorter.prepare()
+            except graphlib.CycleError as e:
+                cycle = " -> ".join(map(repr, e.args[1]))
+                raise self.error(f"edges{where} form a cycle: {cycle}",
+                                 hint="spikec graphs are feed-forward within a window; write the file again") from None
+
+
+def _features(node: nir.NIRNode, side: str) -> int | None:
+    """A node's input or output feature count where it is certain, else None."""
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        return int(np.shape(node.weight)[0 if side == "out" else 1])
+    if isinstance(node, SpikecNode) and not (isinstance(node, SpikecEmbedding) and side == "in"):
+        types = node.input_type if side == "in" else node.output_type
+        (shape,) = types.values()
+        return int(np.asarray(shape).reshape(-1)[-1])
+    if isinstance(node, _NEURONS):
+        shape = np.shape(getattr(node, "r", ()))
+        return int(shape[0]) if len(shape) == 1 else None
+    return None
 
 
 def read(path: str | os.PathLike) -> nir.NIRGraph:
@@ -279,9 +505,11 @@ def read(path: str | os.PathLike) -> nir.NIRGraph:
 
     Returns a ``NIRGraph`` built with ``type_check=False`` (extension nodes carry only
     feature counts, not full shapes). Raises ``NIRFormatError`` for a missing or
-    unreadable file, a file without a ``node`` group, unknown node types, missing
-    fields, edges naming unknown nodes, non-finite parameters or an Affine whose
-    weight and bias disagree.
+    unreadable file, a file without a ``node`` group, links, a declared size over
+    ``max_nir_bytes()``, unknown node types, missing fields, wrong dtypes, parameters
+    whose shapes or values disagree, non-finite parameters, edges naming unknown nodes
+    or joining different feature counts, and cycles in spikec graphs (list in
+    docs/errors.md); ``ResourceError`` when the declared size exceeds available memory.
     """
     path = Path(path)
     file = str(path)
@@ -295,14 +523,18 @@ def read(path: str | os.PathLike) -> nir.NIRGraph:
             if "node" not in f:
                 raise reader.error("no 'node' group: not a NIR file", hint="pass a file written by nir.write")
             root = f["node"]
+            if not isinstance(root, h5py.Group):
+                raise reader.error("'node' is not a group: not a NIR file", hint="pass a file written by nir.write")
+            reader.survey(f)
             kind = reader.node_type(root, "<root>")
             if kind != "NIRGraph":
                 raise reader.error(f"the root node is a {kind}, not a NIRGraph", hint="spikec reads whole graphs")
             return reader.graph(root, "<root>")
-    except NIRFormatError:
+    except (NIRFormatError, ResourceError):
         raise
     except OSError as e:  # h5py: not HDF5, truncated, unreadable
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NIRFormatError(f"{file}: not a readable HDF5/NIR file ({detail})", hint=_CORRUPT_HINT) from e
-    except (KeyError, ValueError) as e:  # h5py on damaged groups and datasets
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError, RuntimeError) as e:
+        # h5py and numpy on damaged groups and datasets: still the file's fault, not a bug
         raise NIRFormatError(f"{file}: malformed NIR file ({type(e).__name__}: {e})", hint=_CORRUPT_HINT) from e
