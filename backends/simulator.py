@@ -1,5 +1,5 @@
 """The reference simulator: runs a ``nir.NIRGraph`` (standard nodes and spikec's
-extension nodes) on CPU with torch, one node at a time.
+extension nodes) with torch, one node at a time, on CPU or a CUDA device.
 
 Semantics
 ---------
@@ -35,6 +35,25 @@ Semantics
 * Memory: a node's value is freed as soon as all its consumers have run; only Output
   values and, with ``record=True``, the spike trains of spiking nodes are kept.
 * Deterministic: no randomness anywhere.
+
+Execution modes (``mode``)
+--------------------------
+``"reference"`` is the plain-torch definition: every neuron steps through T torch
+iterations and every spike train is materialised. ``"fast"`` (the default) computes
+the same spikes, bit for bit, and the same values (see docs/simulator.md):
+
+* A ``SpikecSignedIF`` driven by a real current whose every consumer is a fused
+  Affine -> RateReadout pair emits only its spike *counts* (sum over the T steps): the
+  pair needs no more (``rate_readout_affine`` is ``W (sum_t s_t / T) + b``), so no
+  ``[T, ...]`` tensor exists. The neuron loop runs fused over T in a compiled kernel
+  (``spikec.backends.kernels``; torch in-place ops on CUDA or without a C compiler).
+* NIR ``IF`` runs in a fused compiled kernel and its 0/1 spikes are kept as int8 (4x
+  smaller than float32); they become the membrane's dtype wherever a value is read out.
+* An Affine/Linear on an int8 spike train multiplies it as events (each spike adds a
+  row of ``W.T``) when its spike density is below ``kernels.SPARSE_CROSSOVER``
+  (``sparse="auto"``; ``"never"`` / ``"always"`` force the choice). Event sums run in
+  another order than a dense GEMM: equal up to float rounding, not bit for bit.
+* Spike counts for ``spike_counts`` come from the kernels (no extra pass).
 """
 
 from __future__ import annotations
@@ -52,6 +71,11 @@ from tqdm import tqdm
 
 from spikec.core import ir, neurons, ops
 from spikec.core.errors import InputError, NIRFormatError, UnsupportedError, UsageError
+
+from . import kernels
+
+MODES = ("fast", "reference")
+SPARSE_POLICIES = ("auto", "never", "always")
 
 
 @dataclass
@@ -85,13 +109,29 @@ class SimResult:
 class _Value:
     data: torch.Tensor
     series: bool  # True: [T, ...] time series; False: real value, constant over the window
+    # fast mode only:
+    count: bool = False  # data is sum_t of an integer time series (consumed by readout affines only)
+    logical: torch.dtype | None = None  # data holds int8 spikes standing for this dtype's 0/1 values
+    total: int | None = None  # sum of |spikes| over all neurons and steps, when a kernel knew it
+    train: torch.Tensor | None = None  # with count: the spike train itself, kept only when recording
+
+    def dense(self) -> torch.Tensor:
+        """The value in its logical dtype (compact int8 spikes widened)."""
+        return self.data if self.logical is None else self.data.to(self.logical)
 
 
 class _Context:
-    """Per-call state: timesteps and the parameters converted to tensors, by node name."""
+    """Per-simulator state: device, mode, the parameters converted to tensors by node name
+    (kept across runs) and, per run, the timesteps."""
 
-    def __init__(self, timesteps: int):
-        self.timesteps = timesteps
+    def __init__(self, device: torch.device, mode: str, sparse: str):
+        self.device = device
+        self.fast = mode == "fast"
+        self.sparse = sparse
+        self.timesteps = 0
+        self.count_only: set[str] = set()  # SignedIF nodes whose spikes only feed readout affines
+        self.recording = False
+        self.input_reusable = False  # set per node: no one else holds the input's storage
         self._params: dict[tuple[str, str], torch.Tensor] = {}
 
     def param(self, name: str, node: nir.NIRNode, field_name: str) -> torch.Tensor:
@@ -100,8 +140,34 @@ class _Context:
             array = np.asarray(getattr(node, field_name))
             if not array.flags.writeable:
                 array = array.copy()
-            self._params[key] = torch.from_numpy(np.ascontiguousarray(array))
+            self._params[key] = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         return self._params[key]
+
+    def packed(self, name: str, node: nir.NIRNode) -> torch.Tensor:
+        """The Affine/Linear weight in ``kernels.event_matmul``'s layout (packed once)."""
+        key = (name, "weight:packed")
+        if key not in self._params:
+            self._params[key] = kernels.pack_weight(self.param(name, node, "weight"))
+        return self._params[key]
+
+    def events(self, x: _Value) -> _Value | None:
+        """``x`` as an int8 spike train to multiply as events, or None for a dense product
+        (see ``sparse``). A float time series whose values are all small integers (spikes
+        handed over as floats) counts as a spike train."""
+        if not self.fast or self.sparse == "never" or x.data.device.type != "cpu":
+            return None
+        if x.data.dtype != torch.int8:
+            if not x.data.is_floating_point():
+                return None
+            converted = kernels.as_spikes(x.data)
+            if converted is None:
+                return None
+            x = _Value(converted[0], True, total=converted[1])  # total: the non-zeros, for the density
+        if self.sparse == "always":
+            return x
+        numel = max(x.data.numel(), 1)
+        active = x.total if x.total is not None else kernels.count_nonzero(x.data)
+        return x if active / numel < kernels.SPARSE_CROSSOVER else None
 
 
 Kernel = Callable[[_Context, str, nir.NIRNode, _Value], _Value]
@@ -126,7 +192,7 @@ def _run_neuron(x: _Value, timesteps: int, step: Callable, state: torch.Tensor) 
         current = x.data[t] if x.series else x.data
         y, state = step(current, state)
         if out is None:
-            out = torch.empty((timesteps, *y.shape), dtype=y.dtype)
+            out = torch.empty((timesteps, *y.shape), dtype=y.dtype, device=y.device)
         out[t] = y
     assert out is not None
     return out
@@ -140,7 +206,8 @@ def _real_op(x: _Value, fn: Callable[[torch.Tensor], torch.Tensor]) -> _Value:
 def _matmul(x: _Value, weight: torch.Tensor, bias: torch.Tensor | None) -> _Value:
     if weight.ndim != 2:
         raise UnsupportedError(f"affine weight of shape {list(weight.shape)} is not [out, in]")
-    data = x.data if x.data.dtype == weight.dtype else x.data.to(weight.dtype)
+    data = x.dense()
+    data = data if data.dtype == weight.dtype else data.to(weight.dtype)
     if bias is not None and bias.dtype != weight.dtype:
         bias = bias.to(weight.dtype)
     if not x.series:
@@ -155,11 +222,26 @@ def _matmul(x: _Value, weight: torch.Tensor, bias: torch.Tensor | None) -> _Valu
 
 
 def _affine(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
-    return _matmul(x, ctx.param(name, node, "weight"), ctx.param(name, node, "bias"))
+    bias = ctx.param(name, node, "bias") if isinstance(node, nir.Affine) else None
+    weight = ctx.param(name, node, "weight")
+    spikes = ctx.events(x) if x.series else None
+    if spikes is not None:
+        y = kernels.event_matmul(spikes.data, ctx.packed(name, node), weight.shape[0], bias)
+        if y is not None:
+            return _Value(y, True)
+    return _matmul(x, weight, bias)
 
 
-def _linear(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
-    return _matmul(x, ctx.param(name, node, "weight"), None)
+def _readout_affine(ctx: _Context, name: str, node: nir.NIRNode, x: _Value, last_use: bool = False) -> _Value:
+    """An Affine/Linear fused with the RateReadout it feeds alone: ``W mean_t(s_t) + b``,
+    from the spike train or (fast mode) from its counts, with the same float32 ops
+    (``last_use``: no later node reads the counts, so they may become the rate in place)."""
+    weight = ctx.param(name, node, "weight")
+    bias = ctx.param(name, node, "bias") if isinstance(node, nir.Affine) else None
+    if x.count:  # ops.rate_readout_affine after its sum over T
+        rate = x.data.div_(ctx.timesteps) if last_use else x.data / ctx.timesteps
+        return _Value(F.linear(rate.to(weight.dtype), weight, bias), False)
+    return _Value(ops.rate_readout_affine(x.data, weight, bias), False)
 
 
 def _scale(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
@@ -188,6 +270,11 @@ def _threshold(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value
 def _if(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
     r, thr, reset = (ctx.param(name, node, f) for f in ("r", "v_threshold", "v_reset"))
     x = _Value(_floating(x.data, r), x.series)
+    if ctx.fast:
+        fused = kernels.nir_if(x.data, x.series, ctx.timesteps, r, thr, reset)
+        if fused is not None:
+            spikes, total = fused
+            return _Value(spikes, True, logical=x.data.dtype, total=total)
     step = lambda i, v: neurons.nir_if_step(i, v, r, thr, reset)  # noqa: E731
     return _Value(_run_neuron(x, ctx.timesteps, step, torch.zeros((), dtype=x.data.dtype)), True)
 
@@ -286,6 +373,15 @@ def _gated_activation(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) ->
 def _signed_if(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
     thr = ctx.param(name, node, "threshold")
     max_spikes, signed, v_init = int(node.max_spikes), bool(node.signed), float(node.v_init)
+    if not x.series and ctx.fast:
+        count_only = name in ctx.count_only and not ctx.recording
+        count, spikes, total = kernels.signed_if_constant(x.data, thr, ctx.timesteps, max_spikes, signed, v_init,
+                                                          train=not count_only, inplace=ctx.input_reusable)
+        if count_only:
+            return _Value(count, True, count=True, total=total)
+        if name in ctx.count_only:  # recording: pass the counts on, keep the train for the record
+            return _Value(count, True, count=True, total=total, train=spikes)
+        return _Value(spikes, True, total=total)
     if not x.series:
         return _Value(ops.signed_if(x.data, thr, ctx.timesteps, max_spikes, signed, v_init), True)
     # A time-varying current: the same neuron, stepped on each step's current.
@@ -305,7 +401,7 @@ def _rate_readout(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Va
 
 KERNELS: dict[type, Kernel] = {
     nir.Affine: _affine,
-    nir.Linear: _linear,
+    nir.Linear: _affine,
     nir.Scale: _scale,
     nir.Flatten: _flatten,
     nir.Threshold: _threshold,
@@ -355,9 +451,11 @@ def _kernel_for(name: str, node: nir.NIRNode) -> Kernel:
 
 def _fan_in(values: list[_Value]) -> _Value:
     """Sum of the incoming values, left to right in edge order."""
-    acc = values[0]
+    if len(values) == 1:
+        return values[0]
+    acc = _Value(values[0].dense(), values[0].series)
     for v in values[1:]:
-        a, b = acc.data, v.data
+        a, b = acc.data, v.dense()
         if not a.is_floating_point() and not b.is_floating_point():
             a = a.to(torch.int32)  # spike trains are int8: keep sums from wrapping
         acc = _Value(a + b, acc.series or v.series)
@@ -365,7 +463,8 @@ def _fan_in(values: list[_Value]) -> _Value:
 
 
 def _bind_inputs(
-    graph: nir.NIRGraph, inputs: torch.Tensor | dict[str, torch.Tensor], timesteps: int, series: bool
+    graph: nir.NIRGraph, inputs: torch.Tensor | dict[str, torch.Tensor], timesteps: int, series: bool,
+    device: torch.device,
 ) -> dict[str, _Value]:
     names = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if not names:
@@ -390,7 +489,7 @@ def _bind_inputs(
         if series and (tensor.ndim == 0 or tensor.shape[0] != timesteps):
             raise InputError(f"input {name!r} of shape {list(tensor.shape)} is not a time series of {timesteps} steps",
                              hint="time series inputs are [T, batch, ...]")
-        bound[name] = _Value(tensor, series)
+        bound[name] = _Value(tensor.to(device), series)
     return bound
 
 
@@ -423,10 +522,137 @@ def _fused_readout(name: str, node: nir.NIRNode, graph: nir.NIRGraph, preds: dic
     return isinstance(graph.nodes[consumer], ir.SpikecRateReadout) and preds[consumer] == [name]
 
 
+def _count_only(name: str, node: nir.NIRNode, fused: set[str], preds: dict, succs: dict) -> bool:
+    """Whether ``name`` is a SignedIF whose every consumer is a fused readout affine fed by it alone."""
+    return (isinstance(node, ir.SpikecSignedIF) and bool(succs[name])
+            and all(c in fused and preds[c] == [name] for c in succs[name]))
+
+
 def _count(spikes: torch.Tensor) -> int:
     if spikes.is_floating_point():
         return int(round(spikes.abs().sum(dtype=torch.float64).item()))
     return int(spikes.abs().sum(dtype=torch.int64).item())
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device; ``UsageError`` when unknown or absent."""
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {str(dev)!r} was asked for but torch sees no CUDA GPU",
+                         hint="run on a machine with a GPU and a CUDA build of torch, or use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {str(dev)!r} is not supported", hint="use cpu or cuda")
+    return dev
+
+
+class Simulator:
+    """A graph prepared for repeated runs: schedule, kernels and parameters (converted to
+    tensors on ``device`` once, then reused by every ``run``).
+
+    device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
+    mode: ``"fast"`` (default: fused and compiled kernels, identical spikes) or
+    ``"reference"`` (plain torch, every spike train materialised); see the module docstring.
+    sparse: ``"auto"`` (default), ``"never"`` or ``"always"``: event-driven matmuls of
+    spike trains in fast mode.
+    """
+
+    def __init__(self, graph: nir.NIRGraph, *, device: str | torch.device | None = None, mode: str = "fast",
+                 sparse: str = "auto"):
+        if mode not in MODES:
+            raise UsageError(f"unknown simulator mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
+        if sparse not in SPARSE_POLICIES:
+            raise UsageError(f"unknown sparse policy {sparse!r}", hint=f"use one of {', '.join(SPARSE_POLICIES)}")
+        self.graph = graph
+        self.order, self.preds, self.succs = _schedule(graph)
+        self.kernels = {n: _kernel_for(n, graph.nodes[n]) for n in self.order
+                        if not isinstance(graph.nodes[n], nir.Input)}
+        self.fused = {n for n in self.order if _fused_readout(n, graph.nodes[n], graph, self.preds, self.succs)}
+        self.ctx = _Context(resolve_device(device), mode, sparse)
+        if self.ctx.fast:
+            self.ctx.count_only = {n for n in self.order
+                                   if _count_only(n, graph.nodes[n], self.fused, self.preds, self.succs)}
+
+    def _reusable(self, name: str, x: _Value, values: dict[str, _Value], remaining: dict[str, int],
+                  held: list[torch.Tensor]) -> bool:
+        """Whether ``name`` may overwrite its input: no later node, caller or result needs it.
+        A fan-in of several edges is a new tensor; a single edge's value must be at its last
+        consumer, come from neither an Input nor an Output node, and share storage with no
+        other live value, output or recorded train (views)."""
+        preds = self.preds[name]
+        if len(preds) > 1:
+            return True
+        (p,) = preds
+        if remaining[p] != 1 or isinstance(self.graph.nodes[p], (nir.Input, nir.Output)):
+            return False
+        storage = x.data.untyped_storage().data_ptr()
+        others = [v.data for k, v in values.items() if k != p] + held
+        return not any(t.untyped_storage().data_ptr() == storage for t in others)
+
+    @torch.no_grad()
+    def run(
+        self,
+        inputs: torch.Tensor | dict[str, torch.Tensor],
+        timesteps: int,
+        *,
+        record: bool = False,
+        progress: bool = False,
+        inputs_are_series: bool = False,
+    ) -> SimResult:
+        """Run the graph for ``timesteps`` steps; arguments as for :func:`simulate`."""
+        if int(timesteps) < 1:
+            raise UsageError(f"timesteps must be at least 1, got {timesteps}")
+        timesteps = int(timesteps)
+        graph, preds, succs, ctx = self.graph, self.preds, self.succs, self.ctx
+        values = _bind_inputs(graph, inputs, timesteps, inputs_are_series, ctx.device)
+        if not any(isinstance(n, nir.Output) for n in graph.nodes.values()):
+            raise NIRFormatError("the graph has no Output node", hint="add a nir.Output node after the last layer")
+        remaining = {n: len(succs[n]) for n in graph.nodes}  # consumers (per edge) yet to run
+        ctx.timesteps, ctx.recording = timesteps, record
+        outputs: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        rates: dict[str, float] = {}
+        recorded: dict[str, torch.Tensor] = {}
+
+        for name in tqdm(self.order, desc="simulate", unit="node", file=sys.stderr, disable=not progress):
+            node = graph.nodes[name]
+            if not isinstance(node, nir.Input):
+                if not preds[name]:
+                    raise NIRFormatError(f"node {name!r} ({type(node).__name__}) has no incoming edge",
+                                         hint="connect it or remove it")
+                x = _fan_in([values[p] for p in preds[name]])
+                if x.series and name in self.fused:
+                    last_use = len(preds[name]) == 1 and remaining[preds[name][0]] == 1 and not record
+                    values[name] = _readout_affine(ctx, name, node, x, last_use)
+                else:
+                    if x.count:  # only readout affines take counts (see _count_only)
+                        raise AssertionError(f"spike counts reached {name!r}, which is not a readout affine")
+                    if x.logical is not None and not isinstance(node, (nir.Affine, nir.Linear)):
+                        x = _Value(x.dense(), x.series)
+                    ctx.input_reusable = self._reusable(name, x, values, remaining,
+                                                        [*outputs.values(), *recorded.values()])
+                    values[name] = self.kernels[name](ctx, name, node, x)
+                    ctx.input_reusable = False
+                del x
+                for p in preds[name]:
+                    remaining[p] -= 1
+                    if remaining[p] == 0 and not isinstance(graph.nodes[p], nir.Output):
+                        del values[p]
+            value = values[name]
+            if isinstance(node, SPIKING_TYPES) and value.series:
+                counts[name] = value.total if value.total is not None else _count(value.data)
+                neurons_steps = value.data.numel() * (timesteps if value.count else 1)
+                rates[name] = counts[name] / max(neurons_steps, 1)
+                if record:
+                    recorded[name] = value.train if value.count else value.dense()
+            if isinstance(node, nir.Output):
+                outputs[name] = value.dense()
+            if remaining[name] == 0 and not isinstance(node, nir.Output):
+                del values[name]
+        return SimResult(outputs=outputs, spike_counts=counts, firing_rates=rates, timesteps=timesteps,
+                         spikes=recorded)
 
 
 @torch.no_grad()
@@ -438,6 +664,9 @@ def simulate(
     record: bool = False,
     progress: bool = False,
     inputs_are_series: bool = False,
+    device: str | torch.device | None = None,
+    mode: str = "fast",
+    sparse: str = "auto",
 ) -> SimResult:
     """Run ``graph`` for ``timesteps`` steps (see the module docstring for semantics).
 
@@ -445,48 +674,10 @@ def simulate(
     real values (no time axis) unless ``inputs_are_series`` (then ``[T, ...]``).
     record: keep the full spike train of every spiking node in ``SimResult.spikes``.
     progress: show a progress bar over nodes on stderr.
+    device, mode, sparse: see :class:`Simulator` (outputs stay on ``device``).
+    To run one graph many times, build a ``Simulator`` once and call its ``run``.
     """
     if int(timesteps) < 1:
         raise UsageError(f"timesteps must be at least 1, got {timesteps}")
-    timesteps = int(timesteps)
-    order, preds, succs = _schedule(graph)
-    values = _bind_inputs(graph, inputs, timesteps, inputs_are_series)
-    if not any(isinstance(n, nir.Output) for n in graph.nodes.values()):
-        raise NIRFormatError("the graph has no Output node", hint="add a nir.Output node after the last layer")
-    kernels = {n: _kernel_for(n, graph.nodes[n]) for n in order if not isinstance(graph.nodes[n], nir.Input)}
-    remaining = {n: len(succs[n]) for n in graph.nodes}  # consumers (per edge) yet to run
-    ctx = _Context(timesteps)
-    outputs: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    rates: dict[str, float] = {}
-    recorded: dict[str, torch.Tensor] = {}
-
-    for name in tqdm(order, desc="simulate", unit="node", file=sys.stderr, disable=not progress):
-        node = graph.nodes[name]
-        if not isinstance(node, nir.Input):
-            if not preds[name]:
-                raise NIRFormatError(f"node {name!r} ({type(node).__name__}) has no incoming edge",
-                                     hint="connect it or remove it")
-            x = _fan_in([values[p] for p in preds[name]])
-            if x.series and _fused_readout(name, node, graph, preds, succs):
-                weight = ctx.param(name, node, "weight")
-                bias = ctx.param(name, node, "bias") if isinstance(node, nir.Affine) else None
-                values[name] = _Value(ops.rate_readout_affine(x.data, weight, bias), False)
-            else:
-                values[name] = kernels[name](ctx, name, node, x)
-            del x
-            for p in preds[name]:
-                remaining[p] -= 1
-                if remaining[p] == 0 and not isinstance(graph.nodes[p], nir.Output):
-                    del values[p]
-        value = values[name]
-        if isinstance(node, SPIKING_TYPES) and value.series:
-            counts[name] = _count(value.data)
-            rates[name] = counts[name] / max(value.data.numel(), 1)
-            if record:
-                recorded[name] = value.data
-        if isinstance(node, nir.Output):
-            outputs[name] = value.data
-        if remaining[name] == 0 and not isinstance(node, nir.Output):
-            del values[name]
-    return SimResult(outputs=outputs, spike_counts=counts, firing_rates=rates, timesteps=timesteps, spikes=recorded)
+    return Simulator(graph, device=device, mode=mode, sparse=sparse).run(
+        inputs, timesteps, record=record, progress=progress, inputs_are_series=inputs_are_series)
