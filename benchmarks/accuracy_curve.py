@@ -3,7 +3,7 @@ text): ppl_ratio, cosine and top-1 agreement for T in {8, 16, 32, 64, 128}, for 
 pipeline and for the alternatives of outlier handling at the MLP down-projection input.
 Writes benchmarks/results/accuracy_curve.json.
 
-    python benchmarks/accuracy_curve.py [--variants default,fine,plain,wide-mlp-out,burst-mlp-out]
+    python benchmarks/accuracy_curve.py [--variants balanced,accurate,plain,wide-mlp-out,burst-mlp-out]
                                         [--timesteps 8,16,32,64,128]
 """
 
@@ -21,18 +21,18 @@ from _common import write_results  # noqa: E402
 from spikec.compile import CompileOptions, compile_model  # noqa: E402
 from spikec.evaluate import evaluate, load_compiled  # noqa: E402
 
-VARIANTS = {  # name -> (passes, pass options)
-    "default": (["default"], {}),
-    "fine": (["default"], {"burst_range_scale": 0.5, "burst_spikes": 16}),
-    "plain": (["fold-norm-affine", "calibrate", "spike-encode"], {}),
-    "wide-mlp-out": (["fold-norm-affine", "calibrate", "wide-range-mlp-out", "spike-encode"], {}),
-    "burst-mlp-out": (["fold-norm-affine", "calibrate", "burst-mlp-out", "spike-encode"], {}),
+VARIANTS = {  # name -> (passes, preset)
+    "balanced": (["default"], "balanced"),
+    "accurate": (["default"], "accurate"),
+    "plain": (["fold-norm-affine", "calibrate", "spike-encode"], "balanced"),
+    "wide-mlp-out": (["fold-norm-affine", "calibrate", "wide-range-mlp-out", "spike-encode"], "balanced"),
+    "burst-mlp-out": (["fold-norm-affine", "calibrate", "burst-mlp-out", "spike-encode"], "balanced"),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="default,fine")
+    ap.add_argument("--variants", default="balanced,accurate")
     ap.add_argument("--timesteps", default="8,16,32,64,128")
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--model", default="smollm2-135m")
@@ -42,9 +42,9 @@ def main() -> None:
     for variant in a.variants.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            passes, options = VARIANTS[variant]
+            passes, preset = VARIANTS[variant]
             compile_model(CompileOptions(model=a.model, output=f"{tmp}/m", timesteps=ts[0], passes=passes,
-                                         options=options))
+                                         preset=preset))
             compile_s = time.perf_counter() - start
             results = evaluate(load_compiled(f"{tmp}/m"), tokens=a.tokens, timesteps=ts, progress=False)
         for r in results:

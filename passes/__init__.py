@@ -8,4 +8,14 @@ from . import calibrate, encode, fold, outliers  # noqa: F401  (registration sid
 DEFAULT_PIPELINE: list[str] = ["fold-norm-affine", "calibrate", "burst-all", "spike-encode"]
 """The passes ``spikec compile`` runs by default, in order."""
 
-__all__ = ["DEFAULT_PIPELINE"]
+PRESETS: dict[str, dict[str, float | int]] = {
+    "balanced": {},
+    "accurate": {"burst_range_scale": 0.5, "burst_spikes": 16},
+}
+"""Named pass-option sets (``spikec compile --preset``). ``accurate`` halves the burst neurons'
+thresholds (twice the resolution at the same T) and doubles their burst capacity (the same
+range), for about twice the spikes. Measured on SmolLM2-135M, held-out text, ppl ratio
+balanced/accurate: T=8 2.12/1.18, T=16 1.17/1.04, T=32 1.06/1.007, T=64 1.017/1.002
+(benchmarks/accuracy_curve.py)."""
+
+__all__ = ["DEFAULT_PIPELINE", "PRESETS"]

@@ -10,7 +10,6 @@ import traceback
 from typing import Any, Sequence
 
 from spikec.core.errors import SpikecError, UsageError
-from spikec.core.passes import UnknownPassError
 
 
 def _key_values(text: str) -> dict[str, str]:
@@ -48,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="gpt2, gpt2-medium, gpt2-large, distilgpt2, smollm2-135m, llama, a Hugging Face id or a local directory")
     c.add_argument("-o", "--output", help="output directory (default: build/<model>)")
     c.add_argument("-T", "--timesteps", type=int, default=16, help="timesteps per window (default 16)")
-    c.add_argument("--target", default="nir", help="nir (default) or sim")
+    c.add_argument("--target", default="nir", help="nir (default), sim, or lava (also writes DIR/lava/, docs/lava.md)")
     c.add_argument("--calib-text", help="calibration text file (default: the embedded GPL-3 text)")
     c.add_argument("--calib-samples", type=int, default=16, help="calibration samples (default 16)")
     c.add_argument("--seq-len", type=int, default=128, help="positions per calibration sample (default 128)")
@@ -56,9 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import passes from a file (repeatable)")
     c.add_argument("--random-weights", action="store_true", help="the architecture with seeded random weights (offline)")
     c.add_argument("--config", type=_key_values, default={}, metavar="KEY=VALUE,...", help="override config fields (with --random-weights)")
+    c.add_argument("--preset", default="balanced", choices=("balanced", "accurate"),
+                   help="neuron settings: balanced (default) or accurate (about twice the spikes, far better at few timesteps)")
     c.add_argument("--option", type=_key_values, default={}, metavar="KEY=VALUE,...", help="pass options, e.g. range=percentile,burst_spikes=8")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where calibration runs")
 
     e = sub.add_parser("eval", help="compare the original model and its spiking network on held-out text")
     e.add_argument("dir")
@@ -67,18 +69,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-T", "--timesteps", type=_int_list, help="timesteps, or a comma list for a curve (default: the compile's)")
     e.add_argument("--seq-len", type=int, help="positions per sequence (default: all tokens, up to the model's maximum)")
     e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the model and simulator run")
+    e.add_argument("--backend", choices=("sim", "lava"), default="sim",
+                   help="sim (default), or lava: also run the Lava export on the first --seq-len tokens and compare")
+    e.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
 
     r = sub.add_parser("run", help="generate text with the spiking network (and the original beside it)")
     r.add_argument("dir")
     r.add_argument("--prompt", required=True)
     r.add_argument("--max-new-tokens", type=int, default=20)
     r.add_argument("-T", "--timesteps", type=int)
+    r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    r.add_argument("--backend", choices=("sim", "lava"), default="sim", help="sim (default) or lava")
+    r.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
 
     ps = sub.add_parser("passes", help="list the registered passes")
     ps.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
 
     i = sub.add_parser("inspect", help="summarize a NIR file")
     i.add_argument("file")
+
+    en = sub.add_parser("energy", help="estimate energy per token, ANN vs SNN, per layer, on held-out text")
+    en.add_argument("dir")
+    en.add_argument("--text", help="text to run (default: embedded Python docstrings, disjoint from calibration)")
+    en.add_argument("--tokens", type=int, default=1024)
+    en.add_argument("--seq-len", type=int, help="positions per sequence (default: all tokens, up to the maximum)")
+    en.add_argument("-T", "--timesteps", type=int, help="timesteps (default: the compile's)")
+    en.add_argument("--model", default="45nm", metavar="MODEL",
+                    help="45nm (default), 45nm-memory, loihi, or a .toml/.json file of constants (docs/energy.md)")
+    en.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                    help="arithmetic precision of the ANN and of real-valued ops (default fp32)")
+    en.add_argument("--per-op", action="store_true", help="one row per layer operation instead of per block")
+    en.add_argument("--json", action="store_true", help="print JSON")
+
+    rp = sub.add_parser("report", help="write DIR/report.html (passes, accuracy, energy, plots) again")
+    rp.add_argument("dir")
     return p
 
 
@@ -89,7 +114,7 @@ def _cmd_compile(a: argparse.Namespace) -> int:
         model=a.model, output=a.output, timesteps=a.timesteps, target=a.target, calib_text=a.calib_text,
         calib_samples=a.calib_samples, seq_len=a.seq_len, passes=[s.strip() for s in a.passes.split(",") if s.strip()],
         plugins=a.plugin, random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
-        options={k: _parse_option_value(v) for k, v in a.option.items()},
+        options={k: _parse_option_value(v) for k, v in a.option.items()}, device=a.device, preset=a.preset,
     )
     report = compile_model(opts)
     check = report["simulator_check"]
@@ -105,7 +130,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from spikec.evaluate import evaluate, load_compiled, save_eval
 
     compiled = load_compiled(a.dir)
-    results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json)
+    if a.backend == "lava":
+        return _eval_lava(a, compiled)
+    results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device)
     save_eval(compiled, results)
     if a.json:
         print(json.dumps(results[0] if len(results) == 1 else {"curve": results}, indent=2))
@@ -118,13 +145,63 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_lava(a: argparse.Namespace, compiled) -> int:
+    """Lava needs positions fixed at compile time: evaluate the first ``seq_len`` tokens as one
+    sequence with the reference simulator and with Lava, and report both."""
+    from spikec.backends.lava.compare import evaluate_lava
+    from spikec.evaluate import evaluate
+
+    if a.timesteps and len(a.timesteps) > 1:
+        raise UsageError("--backend lava takes one -T value")
+    tokens = min(a.tokens, int(compiled.report["seq_len"]))
+    result = evaluate(compiled, a.text, tokens, a.timesteps, tokens, progress=not a.json, device=a.device)[0]
+    ids = _eval_ids(compiled, a.text, tokens)
+    lava = evaluate_lava(compiled.path, ids, timesteps=result["timesteps"], precision=a.lava_precision)
+    result.update({k: lava[k] for k in ("spike_agreement", "spike_agreement_per_layer", "logits_max_abs_diff",
+                                        "next_token_agreement", "precision", "lava_seconds") if k in lava})
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"Lava {result['precision']} vs reference simulator, T={result['timesteps']}, {tokens} tokens:")
+    for layer, frac in result["spike_agreement_per_layer"].items():
+        print(f"  {layer:<32} {100 * frac:8.4f}% spikes equal")
+    print(f"spike agreement {100 * result['spike_agreement']:.4f}%, logits max |diff| {result['logits_max_abs_diff']:.3g}, "
+          f"Lava {result['lava_seconds']:.1f} s; SNN/ANN ppl ratio {result['ppl_ratio']:.3f}")
+    return 0
+
+
+def _eval_ids(compiled, text: str | None, tokens: int):
+    from spikec.text import HELDOUT_TEXT, read_text, token_stream
+
+    return token_stream(compiled.loaded.tokenizer, read_text(text, HELDOUT_TEXT))[:tokens][None]
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
     from spikec.evaluate import generate, load_compiled
 
-    out = generate(load_compiled(a.dir), a.prompt, a.max_new_tokens, a.timesteps)
+    if a.backend == "lava":
+        return _run_lava(a, load_compiled(a.dir))
+    out = generate(load_compiled(a.dir), a.prompt, a.max_new_tokens, a.timesteps, device=a.device)
     print(f"prompt: {a.prompt}")
     print(f"SNN:    {out['snn']}")
     print(f"ANN:    {out['ann']}")
+    return 0
+
+
+def _run_lava(a: argparse.Namespace, compiled) -> int:
+    import torch
+
+    from spikec.backends.lava.compare import generate_lava
+
+    tok = compiled.loaded.tokenizer
+    ids = torch.tensor([tok(a.prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
+    if ids.numel() == 0:
+        raise UsageError("--prompt is empty", hint="give some text to continue")
+    out = generate_lava(compiled.path, ids, a.max_new_tokens, timesteps=a.timesteps, precision=a.lava_precision)
+    print(f"prompt:    {a.prompt}")
+    print(f"Lava:      {tok.decode(out['tokens'])}")
+    print(f"reference: {tok.decode(out['reference_tokens'])}")
+    print(f"tokens equal: {out['tokens_equal']} (Lava {out['precision']}, T={out['timesteps']}, {out['lava_seconds']:.1f} s)")
     return 0
 
 
@@ -150,15 +227,45 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compile": _cmd_compile, "eval": _cmd_eval, "run": _cmd_run, "passes": _cmd_passes, "inspect": _cmd_inspect}
+def _cmd_energy(a: argparse.Namespace) -> int:
+    from spikec.backends.energy import format_estimate, resolve_model
+    from spikec.report import energy_on_text
+
+    model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
+    est = energy_on_text(a.dir, a.text, a.tokens, a.seq_len, a.timesteps, model, progress=not a.json)
+    if a.json:
+        print(json.dumps(est, indent=2))
+        return 0
+    print(format_estimate(est, per_op=a.per_op))
+    print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from spikec.report import report_from_directory
+
+    print(f"wrote {report_from_directory(a.dir)}")
+    return 0
+
+
+COMMANDS = {"compile": _cmd_compile, "eval": _cmd_eval, "run": _cmd_run, "passes": _cmd_passes, "inspect": _cmd_inspect,
+            "energy": _cmd_energy, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # torch is imported by the commands, inside the try: Ctrl-C at any moment is "interrupted", never a traceback
     try:
-        return COMMANDS[args.command](args)
-    except UnknownPassError as e:
-        return _fail(UsageError(str(e)), args.debug)
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("spikec: interrupted", file=sys.stderr)
+        return 130
+    try:
+        from spikec.core.passes import UnknownPassError
+
+        try:
+            return COMMANDS[args.command](args)
+        except UnknownPassError as e:
+            return _fail(UsageError(str(e)), args.debug)
     except SpikecError as e:
         return _fail(e, args.debug)
     except KeyboardInterrupt:

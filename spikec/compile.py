@@ -23,6 +23,8 @@ from rich.console import Console
 
 import spikec.passes as builtin_passes
 from spikec.backends import nirio
+from spikec.backends.lava.export import export_lava
+from spikec.backends.simulator import resolve_device
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
@@ -34,7 +36,7 @@ from spikec.report import write_report
 from spikec.text import CALIBRATION_TEXT, cut_samples, read_text, token_stream
 from spikec.verify import compare_fx_and_simulator
 
-TARGETS = ("nir", "sim")
+TARGETS = ("nir", "sim", "lava")
 
 
 @dataclass
@@ -54,7 +56,9 @@ class CompileOptions:
     config_overrides: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     force: bool = False
-    options: dict[str, Any] = field(default_factory=dict)  # extra pass options (range, burst_spikes ...)
+    options: dict[str, Any] = field(default_factory=dict)  # pass options (range, burst_spikes ...), over the preset's
+    preset: str = "balanced"  # a name of spikec.passes.PRESETS
+    device: str = "cpu"  # where the passes (calibration) run; capture, lowering and the check run on CPU
 
     def validate(self) -> None:
         if self.timesteps < 1 or self.timesteps > 4096:
@@ -63,8 +67,11 @@ class CompileOptions:
             raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        if self.preset not in builtin_passes.PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(builtin_passes.PRESETS)}")
         if not 2 <= self.seq_len <= 8192:
             raise UsageError(f"--seq-len must be between 2 and 8192, got {self.seq_len}")
+        resolve_device(self.device)
 
     @property
     def output_dir(self) -> Path:
@@ -119,10 +126,13 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16))
         t0 = step_done("capture", t0)
         ctx = PassContext(
-            options={"timesteps": opts.timesteps, **opts.options}, calibration=calibration, config=loaded.config
+            options={"timesteps": opts.timesteps, **builtin_passes.PRESETS[opts.preset], **opts.options},
+            calibration=calibration, config=loaded.config,
         )
         with console.status("running passes") as status:
+            gm = gm.to(resolve_device(opts.device))
             gm, records = run_passes(gm, pipeline, ctx, on_pass=lambda n: status.update(f"pass {n}"))
+            gm = gm.to("cpu")
         t0 = step_done("passes", t0)
         example = calibration[:1]
         with console.status("lowering to NIR"):
@@ -134,6 +144,12 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             t0 = step_done("lower", t0)
             nirio.write(tmp / "model.nir", graph)
             t0 = step_done("write", t0)
+        lava_summary = None
+        if opts.target == "lava":
+            with console.status("exporting to Lava"):
+                lava_summary = {**export_lava(graph, tmp / "lava", timesteps=opts.timesteps, positions=opts.seq_len),
+                                "folder": "lava"}
+            t0 = step_done("lava_export", t0)
         with console.status("checking the simulator against the fx module on calibration text"):
             agreement = compare_fx_and_simulator(gm, graph, example, opts.timesteps)
         t0 = step_done("simulator_check", t0)
@@ -154,9 +170,12 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             "firing_rates": agreement.firing_rates,
             "simulator_check": {"neuron_layers": agreement.layers, "identical_layers": agreement.identical_layers,
                                 "logits_max_abs_diff": agreement.logits_max_abs_diff},
+            "preset": opts.preset,
             "options": opts.options,
             "environment": {"python": platform.python_version(), "torch": torch.__version__},
         }
+        if lava_summary is not None:
+            report["lava"] = lava_summary
         report["compile_seconds"] = time.perf_counter() - start
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         with console.status("writing report.html"):

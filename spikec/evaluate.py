@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from spikec.backends import nirio
-from spikec.backends.simulator import simulate
+from spikec.backends.simulator import Simulator, resolve_device
 from spikec.core.errors import InputError, UsageError
 from spikec.frontend.models import LoadedModel, load_from_spec
 from spikec.text import HELDOUT_TEXT, read_text, token_stream
@@ -83,8 +83,10 @@ def evaluate(
     timesteps: list[int] | None = None,
     seq_len: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
-    """ANN vs SNN metrics on ``tokens`` tokens of held-out text, one dict per T.
+    """ANN vs SNN metrics on ``tokens`` tokens of held-out text, one dict per T; the model
+    and the simulator run on ``device`` (``cpu``, ``cuda[:N]``), metrics on CPU.
 
     Keys: ann_ppl, snn_ppl, ppl_ratio, cosine (mean cosine similarity of final logits),
     top1_agreement (next-token argmax agreement), timesteps, tokens, spikes_per_neuron_step
@@ -101,14 +103,16 @@ def evaluate(
     seq_len = min(seq_len or tokens, max_pos)
     stream = token_stream(compiled.loaded.tokenizer, read_text(text_path, HELDOUT_TEXT))
     ids = _chunks(stream, tokens, seq_len)
-    ann = compiled.loaded.model(input_ids=ids, use_cache=False).logits.float()
+    dev = resolve_device(device)
+    ann = compiled.loaded.model.to(dev)(input_ids=ids.to(dev), use_cache=False).logits.float().cpu()
+    sim = Simulator(compiled.graph, device=dev)
     results = []
     for t in timesteps:
         start = time.perf_counter()
         outputs, spikes, neuron_steps = [], 0.0, 0.0
         for i in tqdm(range(ids.shape[0]), desc=f"simulating T={t}", disable=not progress, leave=False):
-            result = simulate(compiled.graph, ids[i : i + 1], t)
-            outputs.append(result.output)
+            result = sim.run(ids[i : i + 1], t)
+            outputs.append(result.output.cpu())
             for name, count in result.spike_counts.items():
                 spikes += count
                 neuron_steps += count / result.firing_rates[name] if result.firing_rates[name] else 0.0
@@ -129,19 +133,23 @@ def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
 
 
 @torch.no_grad()
-def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None) -> dict[str, str]:
-    """Greedy continuations of ``prompt`` by the spiking network and by the original model."""
+def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None,
+             device: str = "cpu") -> dict[str, str]:
+    """Greedy continuations of ``prompt`` by the spiking network and by the original model (on ``device``)."""
     if not prompt.strip():
         raise UsageError("--prompt is empty", hint="give some text to continue")
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     tok = compiled.loaded.tokenizer
     t = timesteps or int(compiled.report["timesteps"])
-    prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
+    dev = resolve_device(device)
+    prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64, device=dev)
+    sim = Simulator(compiled.graph, device=dev)
+    model = compiled.loaded.model.to(dev)
     continuations = {}
     for label, step in (
-        ("snn", lambda ids: simulate(compiled.graph, ids, t).output),
-        ("ann", lambda ids: compiled.loaded.model(input_ids=ids, use_cache=False).logits),
+        ("snn", lambda ids: sim.run(ids, t).output),
+        ("ann", lambda ids: model(input_ids=ids, use_cache=False).logits),
     ):
         ids = prompt_ids
         for _ in range(max_new_tokens):
