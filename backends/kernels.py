@@ -299,6 +299,14 @@ _lib_error: str | None = None
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _cpu_signature() -> str:
     """What a -march=native build depends on: the CPU's model and feature flags."""
     try:

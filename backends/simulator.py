@@ -49,11 +49,14 @@ the same spikes, bit for bit, and the same values (see docs/simulator.md):
   (``spikec.backends.kernels``; torch in-place ops on CUDA or without a C compiler).
 * NIR ``IF`` runs in a fused compiled kernel and its 0/1 spikes are kept as int8 (4x
   smaller than float32); they become the membrane's dtype wherever a value is read out.
-* An Affine/Linear on an int8 spike train multiplies it as events (each spike adds a
-  row of ``W.T``) when its spike density is below ``kernels.SPARSE_CROSSOVER``
-  (``sparse="auto"``; ``"never"`` / ``"always"`` force the choice). Event sums run in
-  another order than a dense GEMM: equal up to float rounding, not bit for bit.
-* Spike counts for ``spike_counts`` come from the kernels (no extra pass).
+* An Affine/Linear on a spike train (int8, or a float time series whose values are all
+  small integers, e.g. spikes given as the graph's input) multiplies it as events (each
+  spike adds a row of ``W.T``) when its spike density is below
+  ``kernels.SPARSE_CROSSOVER`` (``sparse="auto"``; ``"never"`` / ``"always"`` force the
+  choice). Event sums run in another order than a dense GEMM: equal up to float
+  rounding, not bit for bit (exactly equal when the partial sums are exact).
+* Spike counts for ``spike_counts`` come from the kernels (no extra pass); a neuron whose
+  input no one else needs writes its counts over that input (no extra allocation).
 """
 
 from __future__ import annotations

@@ -252,8 +252,24 @@ COMMANDS = {"compile": _cmd_compile, "eval": _cmd_eval, "run": _cmd_run, "passes
             "energy": _cmd_energy, "report": _cmd_report}
 
 
+class _Interrupts:
+    """Remembers a Ctrl-C: an interrupt that lands inside a C extension's import (numpy, torch)
+    can surface later as an unrelated ImportError, which is still the user's Ctrl-C."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # torch is imported by the commands, inside the try: Ctrl-C at any moment is "interrupted", never a traceback
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _Interrupts.handler)
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
@@ -272,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("spikec: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug in spikec: say so plainly
+        if _Interrupts.seen:
+            print("spikec: interrupted", file=sys.stderr)
+            return 130
         if args.debug:
             traceback.print_exc()
         print(f"spikec: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
