@@ -19,6 +19,7 @@ import torch
 from torch.fx.passes.shape_prop import ShapeProp
 
 from spikec.core import ir, ops
+from spikec.core.errors import UnsupportedError
 
 
 def _array(t: torch.Tensor | None) -> np.ndarray | None:
@@ -74,7 +75,7 @@ def _rms_norm(a: dict, node: torch.fx.Node) -> nir.NIRNode:
 
 def _attention(a: dict, node: torch.fx.Node) -> nir.NIRNode:
     if not a["causal"]:
-        raise NotImplementedError("only causal attention is lowered")
+        raise UnsupportedError("non-causal attention (encoder models such as BERT) has no NIR lowering yet")
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(a["head_dim"])
     return ir.SpikecAttention(
         num_heads=int(a["num_heads"]), num_kv_heads=int(a["num_kv_heads"]), head_dim=int(a["head_dim"]),
