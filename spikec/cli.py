@@ -149,13 +149,13 @@ def _eval_lava(a: argparse.Namespace, compiled) -> int:
     """Lava needs positions fixed at compile time: evaluate the first ``seq_len`` tokens as one
     sequence with the reference simulator and with Lava, and report both."""
     from spikec.backends.lava.compare import evaluate_lava
-    from spikec.evaluate import evaluate
+    from spikec.evaluate import evaluate, heldout_ids
 
     if a.timesteps and len(a.timesteps) > 1:
         raise UsageError("--backend lava takes one -T value")
     tokens = min(a.tokens, int(compiled.report["seq_len"]))
     result = evaluate(compiled, a.text, tokens, a.timesteps, tokens, progress=not a.json, device=a.device)[0]
-    ids = _eval_ids(compiled, a.text, tokens)
+    ids = heldout_ids(compiled, a.text, tokens)
     lava = evaluate_lava(compiled.path, ids, timesteps=result["timesteps"], precision=a.lava_precision)
     result.update({k: lava[k] for k in ("spike_agreement", "spike_agreement_per_layer", "logits_max_abs_diff",
                                         "next_token_agreement", "precision", "lava_seconds") if k in lava})
@@ -168,12 +168,6 @@ def _eval_lava(a: argparse.Namespace, compiled) -> int:
     print(f"spike agreement {100 * result['spike_agreement']:.4f}%, logits max |diff| {result['logits_max_abs_diff']:.3g}, "
           f"Lava {result['lava_seconds']:.1f} s; SNN/ANN ppl ratio {result['ppl_ratio']:.3f}")
     return 0
-
-
-def _eval_ids(compiled, text: str | None, tokens: int):
-    from spikec.text import HELDOUT_TEXT, read_text, token_stream
-
-    return token_stream(compiled.loaded.tokenizer, read_text(text, HELDOUT_TEXT))[:tokens][None]
 
 
 def _cmd_run(a: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
 from spikec.core.errors import InputError, UsageError
 from spikec.frontend.models import LoadedModel, load_from_spec
-from spikec.text import HELDOUT_TEXT, read_text, token_stream
+from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, token_stream
 
 
 @dataclass
@@ -50,15 +50,14 @@ def load_compiled(path: str | Path) -> Compiled:
     return Compiled(p, report, graph, load_from_spec(report["source"]))
 
 
-def _chunks(stream: torch.Tensor, tokens: int, seq_len: int) -> torch.Tensor:
-    if stream.numel() < tokens:
-        raise InputError(
-            f"the evaluation text has {stream.numel()} tokens, fewer than the {tokens} asked for",
-            hint="give a longer --text or a smaller --tokens",
-        )
-    stream = stream[:tokens]
-    n = max(1, tokens // seq_len)
-    return stream[: n * seq_len].view(n, seq_len)
+def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len: int | None = None) -> torch.Tensor:
+    """``[sequences, positions]`` ids of the first ``tokens`` tokens of the evaluation text (the
+    embedded held-out text by default), in sequences of ``seq_len`` (default: one sequence),
+    at most the model's maximum positions long."""
+    config = compiled.loaded.config
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
+    stream = token_stream(compiled.loaded.tokenizer, read_text(text_path, HELDOUT_TEXT))
+    return cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
 
 
 def _metrics(ids: torch.Tensor, ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
@@ -97,12 +96,7 @@ def evaluate(
     timesteps = timesteps or [int(compiled.report["timesteps"])]
     if any(t < 1 for t in timesteps):
         raise UsageError(f"-T values must be >= 1, got {timesteps}")
-    max_pos = getattr(compiled.loaded.config, "max_position_embeddings", None) or getattr(
-        compiled.loaded.config, "n_positions", 1024
-    )
-    seq_len = min(seq_len or tokens, max_pos)
-    stream = token_stream(compiled.loaded.tokenizer, read_text(text_path, HELDOUT_TEXT))
-    ids = _chunks(stream, tokens, seq_len)
+    ids = heldout_ids(compiled, text_path, tokens, seq_len)
     dev = resolve_device(device)
     ann = compiled.loaded.model.to(dev)(input_ids=ids.to(dev), use_cache=False).logits.float().cpu()
     sim = Simulator(compiled.graph, device=dev)

@@ -34,7 +34,7 @@ from spikec.backends.energy import (
 from spikec.backends.simulator import SimResult, simulate
 from spikec.core import ir
 from spikec.core.errors import InputError, ResourceError, UsageError
-from spikec.text import HELDOUT_TEXT, read_text, token_stream
+from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, token_stream
 
 REPORT_FILE = "report.html"
 ENERGY_FILE = "energy.json"
@@ -63,15 +63,10 @@ def token_chunks(stream: torch.Tensor, tokens: int, seq_len: int | None, graph: 
     ``seq_len`` (default: all of them in one, up to the graph's maximum), as ``spikec eval`` does."""
     if tokens < 2:
         raise UsageError(f"--tokens must be at least 2, got {tokens}")
-    if stream.numel() < tokens:
-        raise InputError(f"the text has {stream.numel()} tokens, fewer than the {tokens} asked for",
-                         hint="give a longer --text or a smaller --tokens")
     if seq_len is not None and seq_len < 1:
         raise UsageError(f"--seq-len must be at least 1, got {seq_len}")
     limit = max_positions(graph)
-    seq_len = min(seq_len or tokens, tokens, limit or tokens)
-    n = max(1, tokens // seq_len)
-    return stream[: n * seq_len].view(n, seq_len)
+    return cut_sequences(stream, tokens, min(seq_len or tokens, tokens, limit or tokens))
 
 
 @torch.no_grad()

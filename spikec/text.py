@@ -54,3 +54,15 @@ def cut_samples(stream: torch.Tensor, samples: int, seq_len: int, what: str) -> 
         )
     n = min(samples, available)
     return stream[: n * seq_len].view(n, seq_len)
+
+
+def cut_sequences(stream: torch.Tensor, tokens: int, seq_len: int, what: str = "evaluation") -> torch.Tensor:
+    """The first ``tokens`` tokens of ``stream`` as ``[sequences, seq_len]`` (whole sequences
+    only, at least one). A stream shorter than ``tokens`` raises ``InputError``."""
+    if stream.numel() < tokens:
+        raise InputError(
+            f"the {what} text has {stream.numel()} tokens, fewer than the {tokens} asked for",
+            hint="give a longer --text or a smaller --tokens",
+        )
+    n = max(1, tokens // seq_len)
+    return stream[: n * seq_len].view(n, seq_len)
