@@ -1,0 +1,159 @@
+"""A small, resumable gradient-descent loop shared by the fine-tuning passes.
+
+The loop owns what every fine-tuning method needs and nothing model-specific:
+AdamW over a named set of parameters, gradient clipping, a tqdm progress bar, a
+checkpoint written atomically every few steps, and resumption from it. Batches are
+chosen by the caller from the step index (``loss_fn(step)``), so a run interrupted
+at step k and resumed computes exactly the steps it would have computed anyway:
+resumed and uninterrupted runs end with the same parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from spikec.core.errors import InputError, UsageError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one fine-tuning run.
+
+    steps: optimizer steps in total (a resumed run stops at the same step).
+    lr: AdamW learning rate; weight_decay: AdamW weight decay.
+    grad_clip: maximum global gradient norm, or None.
+    checkpoint: file to save to every ``checkpoint_every`` steps and to resume from
+    (None: no checkpoint). seed: seeds torch and random before the first step.
+    """
+
+    steps: int
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    checkpoint: str | None = None
+    checkpoint_every: int = 10
+    seed: int = 0
+    desc: str = "fine-tuning"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise UsageError(f"fine-tuning steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if self.checkpoint_every < 1:
+            raise UsageError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the loss of every step (including steps done before a resume),
+    the step it resumed from (0 when it started fresh)."""
+
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def fingerprint(params: dict[str, torch.Tensor], cfg: TrainConfig, extra: str = "") -> str:
+    """Identifies a run: parameter names and shapes, the settings that change the result,
+    and ``extra`` (e.g. the method's options). A checkpoint resumes only a matching run."""
+    h = hashlib.sha256()
+    for name, p in sorted(params.items()):
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint", "checkpoint_every", "progress", "desc")}
+    h.update(repr(sorted(settings.items())).encode())
+    h.update(extra.encode())
+    return h.hexdigest()[:16]
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path, run_id: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise InputError(f"cannot read fine-tuning checkpoint {path}: {e}",
+                         hint="delete it to start the fine-tuning afresh") from e
+    if state.get("run_id") != run_id:
+        raise InputError(f"checkpoint {path} belongs to another fine-tuning run (other model, method or settings)",
+                         hint="delete it, or pass another checkpoint path")
+    return state
+
+
+def train(
+    params: dict[str, torch.Tensor],
+    loss_fn: Callable[[int], torch.Tensor],
+    cfg: TrainConfig,
+    extra_fingerprint: str = "",
+) -> TrainResult:
+    """Minimise ``loss_fn(step)`` over ``params`` (leaf tensors, updated in place).
+
+    loss_fn: returns a scalar loss for step ``step`` (0-based); it must pick its batch
+    from the step index alone. With ``cfg.checkpoint`` set, an existing checkpoint of
+    the same run (see ``fingerprint``) is resumed, and the file is removed once the
+    run completes. Guarantees: an interrupted and resumed run yields the parameters
+    of an uninterrupted one.
+    """
+    cfg.validate()
+    named = {k: p for k, p in params.items()}
+    for name, p in named.items():
+        if not p.is_leaf or not p.requires_grad:
+            raise UsageError(f"parameter {name} must be a leaf tensor with requires_grad=True")
+    opt = torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run_id = fingerprint(named, cfg, extra_fingerprint)
+    path = Path(cfg.checkpoint) if cfg.checkpoint else None
+    result = TrainResult()
+    start = 0
+    state = _load(path, run_id) if path else None
+    if state is not None:
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(state["params"][name])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["random_rng"])
+        start = int(state["step"])
+        result.losses = list(state["losses"])
+        result.resumed_from = start
+    else:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+    bar = tqdm(range(start, cfg.steps), desc=cfg.desc, unit="step", initial=start, total=cfg.steps,
+               disable=not cfg.progress, leave=False)
+    for step in bar:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(step)
+        if not torch.isfinite(loss):
+            raise InputError(f"{cfg.desc}: the loss became {float(loss)} at step {step}",
+                             hint="lower the learning rate")
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
+        opt.step()
+        result.losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+        done = step + 1
+        if path is not None and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
+            _save(path, {
+                "run_id": run_id, "step": done, "losses": result.losses,
+                "params": {k: p.detach().clone() for k, p in named.items()},
+                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "random_rng": random.getstate(),
+            })
+    if path is not None and path.exists():
+        path.unlink()
+    return result

@@ -1,0 +1,72 @@
+"""The shared fine-tuning loop: it lowers the loss, and a run interrupted and resumed
+from its checkpoint ends exactly where an uninterrupted run ends."""
+
+import pytest
+import torch
+
+from spikec.core.errors import InputError
+from spikec.passes.training import TrainConfig, train
+
+TARGET = torch.linspace(-1, 1, 8)
+
+
+def _problem():
+    torch.manual_seed(0)
+    w = torch.zeros(8, requires_grad=True)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(step)  # the batch depends on the step only
+        x = torch.randn(16, 8, generator=g)
+        return ((x * (w - TARGET)).sum(-1) ** 2).mean()
+
+    return w, loss_fn
+
+
+def test_training_decreases_the_loss():
+    w, loss_fn = _problem()
+    result = train({"w": w}, loss_fn, TrainConfig(steps=60, lr=0.05, progress=False))
+    assert result.losses[-1] < 0.1 * result.losses[0]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    w_full, loss_fn = _problem()
+    full = train({"w": w_full}, loss_fn, TrainConfig(steps=20, lr=0.05, progress=False))
+
+    ckpt = tmp_path / "run.ckpt"
+    cfg = TrainConfig(steps=20, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False)
+    w_part, loss_fn = _problem()
+
+    def interrupted(step: int) -> torch.Tensor:
+        if step == 12:
+            raise _Interrupt
+        return loss_fn(step)
+
+    with pytest.raises(_Interrupt):
+        train({"w": w_part}, interrupted, cfg)
+    assert ckpt.exists()
+    w_resumed, loss_fn = _problem()
+    resumed = train({"w": w_resumed}, loss_fn, cfg)
+    assert resumed.resumed_from == 10
+    assert torch.equal(w_resumed, w_full)
+    assert resumed.losses == full.losses
+    assert not ckpt.exists()  # removed once the run completes
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    w, loss_fn = _problem()
+
+    def stop(step: int) -> torch.Tensor:
+        if step == 6:
+            raise _Interrupt
+        return loss_fn(step)
+
+    with pytest.raises(_Interrupt):
+        train({"w": w}, stop, TrainConfig(steps=10, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False))
+    w2, loss_fn = _problem()
+    with pytest.raises(InputError, match="another fine-tuning run"):
+        train({"w": w2}, loss_fn, TrainConfig(steps=10, lr=0.01, checkpoint=str(ckpt), progress=False))
