@@ -146,6 +146,13 @@ class _Context:
             self._params[key] = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         return self._params[key]
 
+    def double(self, name: str, node: nir.NIRNode, field_name: str) -> torch.Tensor:
+        """A float32 parameter widened to float64 (exactly), for readouts (``ops.readout_from_counts``)."""
+        key = (name, field_name + ":f64")
+        if key not in self._params:
+            self._params[key] = torch.from_numpy(np.asarray(getattr(node, field_name), np.float64)).to(self.device)
+        return self._params[key]
+
     def packed(self, name: str, node: nir.NIRNode) -> torch.Tensor:
         """The Affine/Linear weight in ``kernels.event_matmul``'s layout (packed once)."""
         key = (name, "weight:packed")
@@ -235,16 +242,15 @@ def _affine(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
     return _matmul(x, weight, bias)
 
 
-def _readout_affine(ctx: _Context, name: str, node: nir.NIRNode, x: _Value, last_use: bool = False) -> _Value:
+def _readout_affine(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
     """An Affine/Linear fused with the RateReadout it feeds alone: ``W mean_t(s_t) + b``,
-    from the spike train or (fast mode) from its counts, with the same float32 ops
-    (``last_use``: no later node reads the counts, so they may become the rate in place)."""
-    weight = ctx.param(name, node, "weight")
-    bias = ctx.param(name, node, "bias") if isinstance(node, nir.Affine) else None
+    from the spike train or (fast mode) from its counts, computed in float64 and rounded
+    once to float32 as ``ops.readout_from_counts`` defines it."""
+    weight = ctx.double(name, node, "weight")
+    bias = ctx.double(name, node, "bias") if isinstance(node, nir.Affine) else None
     if x.count:  # ops.rate_readout_affine after its sum over T
-        rate = x.data.div_(ctx.timesteps) if last_use else x.data / ctx.timesteps
-        return _Value(F.linear(rate.to(weight.dtype), weight, bias), False)
-    return _Value(ops.rate_readout_affine(x.data, weight, bias), False)
+        return _Value(ops.readout_from_counts(x.data, weight, bias, ctx.timesteps).float(), False)
+    return _Value(ops.rate_readout_affine(x.data, weight, bias).float(), False)
 
 
 def _scale(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
@@ -627,8 +633,7 @@ class Simulator:
                                          hint="connect it or remove it")
                 x = _fan_in([values[p] for p in preds[name]])
                 if x.series and name in self.fused:
-                    last_use = len(preds[name]) == 1 and remaining[preds[name][0]] == 1 and not record
-                    values[name] = _readout_affine(ctx, name, node, x, last_use)
+                    values[name] = _readout_affine(ctx, name, node, x)
                 else:
                     if x.count:  # only readout affines take counts (see _count_only)
                         raise AssertionError(f"spike counts reached {name!r}, which is not a readout affine")

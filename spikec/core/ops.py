@@ -79,12 +79,29 @@ def rate_readout_affine(
     a spike train delivers over a window of T steps, read out as a real value.
 
     spikes: ``[T, ..., in]`` integers; weight ``[out, in]`` already holds the folded
-    thresholds. By linearity this equals ``affine(sum_t spikes[t] / T)``, which is how
-    it is computed (one matmul instead of T). Returns ``[..., out]``.
+    thresholds. By linearity this equals ``affine(sum_t spikes[t]) / T``, which is how
+    it is computed (one matmul instead of T, see ``readout_from_counts``). Returns
+    ``[..., out]``.
     """
-    timesteps = spikes.shape[0]
-    rate = spikes.sum(0, dtype=torch.float32) / timesteps
-    return F.linear(rate.to(weight.dtype), weight, bias)
+    return readout_from_counts(spikes.sum(0, dtype=torch.float64), weight, bias, spikes.shape[0])
+
+
+def readout_from_counts(
+    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, timesteps: int
+) -> torch.Tensor:
+    """``(W @ counts) / T + b`` for spike counts ``[..., in]`` (sums over the T steps).
+
+    Computed in float64 and rounded once to ``weight.dtype``: the float64 sum of integer
+    multiples of float32 weights is exact up to far below float32's resolution, so every
+    backend that accumulates ``W s_t`` in float64 in any order (the reference simulator,
+    Lava's Dense + readout) gets the same float32 value, not one that depends on a BLAS
+    library's summation order.
+    """
+    acc = F.linear(counts.to(torch.float64), weight.to(torch.float64))
+    out = acc / timesteps
+    if bias is not None:
+        out = out + bias.to(torch.float64)
+    return out.to(weight.dtype)
 
 
 def rotary_cos_sin(
