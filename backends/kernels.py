@@ -430,8 +430,8 @@ def _ptr(t: torch.Tensor | None, offset: int = 0) -> int | None:
 
 
 def signed_if_constant(
-    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, max_spikes: int, signed: bool, v_init: float, *,
-    train: bool = False, inplace: bool = False,
+    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, max_spikes: int, signed: bool,
+    v_init: float | torch.Tensor, *, train: bool = False, inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``SignedIF`` (``neurons.signed_if_encode``) driven by the constant current ``x``
     ``[..., F]`` with thresholds ``threshold [F]`` for ``timesteps`` steps.
@@ -439,12 +439,13 @@ def signed_if_constant(
     Returns ``(count, spikes, total)``: ``count`` float32 of ``x``'s shape, the sum of the
     spikes over the T steps (exact small integers); ``spikes`` the int8 train ``[T, ...]``
     when ``train`` (else None); ``total`` the sum of ``|spikes|``. ``inplace``: the counts
-    may overwrite ``x`` (the caller no longer needs it), saving an allocation."""
+    may overwrite ``x`` (the caller no longer needs it), saving an allocation. A per-neuron
+    ``v_init`` (tensor ``[F]``) runs the torch loop."""
     low = float(-max_spikes if signed else 0)
     high = float(max_spikes)
     lib = _use_compiled(x, threshold)
     if (lib is None or x.dtype != torch.float32 or threshold.dtype != torch.float32 or threshold.ndim != 1
-            or x.ndim == 0 or x.shape[-1] != threshold.shape[0]):
+            or x.ndim == 0 or x.shape[-1] != threshold.shape[0] or isinstance(v_init, torch.Tensor)):
         return _signed_if_constant_torch(x.float() / threshold.float(), timesteps, low, high, v_init, train)
     xc, theta = x.contiguous(), threshold.contiguous()
     features = theta.shape[0]
@@ -461,12 +462,15 @@ def signed_if_constant(
 
 
 def _signed_if_constant_torch(
-    u: torch.Tensor, timesteps: int, low: float, high: float, v_init: float, train: bool,
+    u: torch.Tensor, timesteps: int, low: float, high: float, v_init: float | torch.Tensor, train: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """The same loop with torch ops on ``u = x / threshold`` (CUDA, other dtypes, no
     compiler); state is updated in place so nothing of size T is allocated unless ``train``."""
     u = u.float()
-    v = torch.full_like(u, v_init)
+    if isinstance(v_init, torch.Tensor):  # per neuron [F]
+        v = v_init.to(device=u.device, dtype=torch.float32).expand_as(u).clone()
+    else:
+        v = torch.full_like(u, v_init)
     count = torch.zeros_like(u)
     total = torch.zeros((), dtype=torch.float64, device=u.device)
     spikes = torch.empty((timesteps, *u.shape), dtype=torch.int8, device=u.device) if train else None

@@ -437,6 +437,9 @@ class _Reader:
                 raise bad("has a threshold <= 0; thresholds must be positive")
             if not 1 <= node.max_spikes <= 127:
                 raise bad(f"has max_spikes {node.max_spikes}; expected 1..127 (spikes are int8)")
+            if np.ndim(node.v_init) and np.shape(node.v_init) != threshold.shape:
+                raise bad(f"has v_init {list(np.shape(node.v_init))} and threshold {list(threshold.shape)}; "
+                          "expected one float or one value per neuron")
         elif isinstance(node, SpikecAttention):
             for field in ("num_heads", "num_kv_heads", "head_dim"):
                 if not 1 <= getattr(node, field) <= _MAX_COUNT:

@@ -381,7 +381,9 @@ def _gated_activation(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) ->
 
 def _signed_if(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
     thr = ctx.param(name, node, "threshold")
-    max_spikes, signed, v_init = int(node.max_spikes), bool(node.signed), float(node.v_init)
+    max_spikes, signed = int(node.max_spikes), bool(node.signed)
+    # Per-neuron initial membranes (an array, FAS calibration) take the kernels' torch path.
+    v_init = ctx.param(name, node, "v_init") if np.ndim(node.v_init) else float(node.v_init)
     if not x.series and ctx.fast:
         count_only = name in ctx.count_only and not ctx.recording
         count, spikes, total = kernels.signed_if_constant(x.data, thr, ctx.timesteps, max_spikes, signed, v_init,
@@ -396,7 +398,7 @@ def _signed_if(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value
     # A time-varying current: the same neuron, stepped on each step's current.
     theta = thr.float()
     step = lambda i, v: neurons.signed_if_step(i.float() / theta, v, max_spikes, signed)  # noqa: E731
-    v0 = torch.full((), v_init, dtype=torch.float32)
+    v0 = v_init.float() if isinstance(v_init, torch.Tensor) else torch.full((), v_init, dtype=torch.float32)
     return _Value(_run_neuron(x, ctx.timesteps, step, v0).to(neurons.SPIKE_DTYPE), True)
 
 
@@ -655,6 +657,10 @@ class Simulator:
                 rates[name] = counts[name] / max(neurons_steps, 1)
                 if record:
                     recorded[name] = value.train if value.count else value.dense()
+            for suffix, (count, steps, train) in getattr(value, "inner", {}).items():  # neurons inside a node
+                counts[name + suffix], rates[name + suffix] = count, count / max(steps, 1)
+                if record and train is not None:
+                    recorded[name + suffix] = train
             if isinstance(node, nir.Output):
                 outputs[name] = value.dense()
             if remaining[name] == 0 and not isinstance(node, nir.Output):
@@ -689,3 +695,7 @@ def simulate(
         raise UsageError(f"timesteps must be at least 1, got {timesteps}")
     return Simulator(graph, device=device, mode=mode, sparse=sparse).run(
         inputs, timesteps, record=record, progress=progress, inputs_are_series=inputs_are_series)
+
+
+from . import ssa_kernels as _ssa_kernels  # noqa: E402,F401  (registers the SpikecSSA kernel)
+from . import streaming_kernels as _streaming_kernels  # noqa: E402,F401  (spike-softmax/token kernels)

@@ -32,6 +32,8 @@ class TrainConfig:
     grad_clip: maximum global gradient norm, or None.
     checkpoint: file to save to every ``checkpoint_every`` steps and to resume from
     (None: no checkpoint). seed: seeds torch and random before the first step.
+    backward_in_loss: ``loss_fn`` accumulates the gradients itself (calls ``backward`` on
+    parts of the loss) and returns the total loss for display and the finiteness check.
     """
 
     steps: int
@@ -43,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     desc: str = "fine-tuning"
     progress: bool = True
+    backward_in_loss: bool = False  # loss_fn back-propagates itself (e.g. piece by piece, to bound memory)
 
     def validate(self) -> None:
         if self.steps < 0:
@@ -141,7 +144,8 @@ def train(
         if not torch.isfinite(loss):
             raise InputError(f"{cfg.desc}: the loss became {float(loss)} at step {step}",
                              hint="lower the learning rate")
-        loss.backward()
+        if not cfg.backward_in_loss:
+            loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
         opt.step()

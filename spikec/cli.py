@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", type=_key_values, default={}, metavar="KEY=VALUE,...", help="override config fields (with --random-weights)")
     c.add_argument("--preset", default="balanced", choices=("balanced", "accurate"),
                    help="neuron settings: balanced (default) or accurate (about twice the spikes, far better at few timesteps)")
+    c.add_argument("--attention", default="softmax", choices=("softmax", "spike-softmax", "ssa"),
+                   help="softmax (default): real-valued attention core and norms; spike-softmax: every operator "
+                        "spike-driven or spike-equivalent (docs/spike-softmax.md); ssa: spiking self-attention, "
+                        "no softmax (fine-tune it with `spikec finetune --method ssa`, docs/ssa.md)")
+    c.add_argument("--token-encoding", default="none", choices=("none", "rate", "binary"),
+                   help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
+    c.add_argument("--calibrate", default="none", choices=("none", "coarse", "fine"),
+                   help="FAS stage-2 calibration of thresholds (coarse) and initial membranes (fine), docs/fas.md")
     c.add_argument("--option", type=_key_values, default={}, metavar="KEY=VALUE,...", help="pass options, e.g. range=percentile,burst_spikes=8")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -89,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarize a NIR file")
     i.add_argument("file")
 
+    xn = sub.add_parser("export-nir", help="export DIR/model.nir for other NIR tools (docs/interop.md)")
+    xn.add_argument("dir", help="a spikec compile output directory, or a .nir file")
+    xn.add_argument("--profile", choices=("portable", "full"), default="portable",
+                    help="portable (default): standard NIR subgraphs + manifest.json; full: model.nir unchanged")
+    xn.add_argument("-o", "--output", required=True, help="output directory")
+    xn.add_argument("--force", action="store_true", help="replace an existing output directory")
+    xn.add_argument("--importer", choices=("nir", "norse", "spikingjelly"), default="nir",
+                    help="portable files to the NIR definition (default), or adjusted for one importer's reading")
+
     en = sub.add_parser("energy", help="estimate energy per token, ANN vs SNN, per layer, on held-out text")
     en.add_argument("dir")
     en.add_argument("--text", help="text to run (default: embedded Python docstrings, disjoint from calibration)")
@@ -104,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="write DIR/report.html (passes, accuracy, energy, plots) again")
     rp.add_argument("dir")
+
+    from spikec import finetune  # light: the compile machinery is imported when the command runs
+
+    finetune.add_parser(sub)  # spikec finetune MODEL --method ssa|qcfs (spikec/finetune.py)
     return p
 
 
@@ -115,6 +136,7 @@ def _cmd_compile(a: argparse.Namespace) -> int:
         calib_samples=a.calib_samples, seq_len=a.seq_len, passes=[s.strip() for s in a.passes.split(",") if s.strip()],
         plugins=a.plugin, random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
         options={k: _parse_option_value(v) for k, v in a.option.items()}, device=a.device, preset=a.preset,
+        attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate,
     )
     report = compile_model(opts)
     check = report["simulator_check"]
@@ -215,9 +237,40 @@ def _cmd_passes(a: argparse.Namespace) -> int:
 
 def _cmd_inspect(a: argparse.Namespace) -> int:
     from spikec.backends import nirio
+    from spikec.backends.portable import format_portability, portability
     from spikec.backends.summary import format_summary, summarize
 
-    print(format_summary(summarize(nirio.read(a.file))))
+    graph = nirio.read(a.file)
+    print(format_summary(summarize(graph)))
+    print()
+    print(format_portability(portability(graph)))
+    return 0
+
+
+def _cmd_export_nir(a: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from spikec.backends import nirio, portable
+    from spikec.core.errors import InputError
+    from spikec.outputs import atomic_directory
+
+    src = Path(a.dir)
+    source = src if src.is_file() else src / "model.nir"
+    if not source.is_file():
+        raise InputError(f"{str(source)!r} does not exist", hint="pass a `spikec compile` output directory or a .nir file")
+    graph = nirio.read(source)
+    if a.profile == "portable":
+        portable.check_portable(graph, str(source))  # fail before creating anything
+    with atomic_directory(a.output, force=a.force) as tmp:
+        if a.profile == "full":
+            shutil.copyfile(source, tmp / "model.nir")
+            print(f"wrote {a.output}/model.nir (full profile: standard NIR + spikec extension nodes)")
+            return 0
+        manifest = portable.write_portable(graph, tmp, source=source.name, importer=a.importer)
+    neurons = sum(len(s["neurons"]) for s in manifest["subgraphs"])
+    print(f"wrote {len(manifest['subgraphs'])} standard NIR subgraphs ({neurons} neuron layers) and "
+          f"{portable.MANIFEST} to {a.output} (docs/interop.md)")
     return 0
 
 
@@ -244,6 +297,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 COMMANDS = {"compile": _cmd_compile, "eval": _cmd_eval, "run": _cmd_run, "passes": _cmd_passes, "inspect": _cmd_inspect,
             "energy": _cmd_energy, "report": _cmd_report}
+COMMANDS["export-nir"] = _cmd_export_nir
+COMMANDS["finetune"] = lambda a: __import__("spikec.finetune", fromlist=["run"]).run(a)
 
 
 class _Interrupts:

@@ -22,9 +22,11 @@ import torch
 from rich.console import Console
 
 import spikec.passes as builtin_passes
+from spikec.passes.pipelines import build_pipeline
 from spikec.backends import nirio
 from spikec.backends.lava.export import export_lava
 from spikec.backends.simulator import resolve_device
+from spikec.backends.spiking_parts import spiking_parts
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
@@ -59,6 +61,9 @@ class CompileOptions:
     options: dict[str, Any] = field(default_factory=dict)  # pass options (range, burst_spikes ...), over the preset's
     preset: str = "balanced"  # a name of spikec.passes.PRESETS
     device: str = "cpu"  # where the passes (calibration) run; capture, lowering and the check run on CPU
+    attention: str = "softmax"  # softmax | spike-softmax | ssa (spikec.passes.pipelines)
+    token_encoding: str = "none"  # none | rate | binary
+    calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
 
     def validate(self) -> None:
         if self.timesteps < 1 or self.timesteps > 4096:
@@ -78,11 +83,12 @@ class CompileOptions:
         return Path(self.output) if self.output else Path("build") / self.model.replace("/", "--")
 
 
-def resolve_pipeline(names: list[str]) -> list[str]:
-    """Expand ``default`` into the built-in pipeline and check every name exists."""
+def resolve_pipeline(names: list[str], default: list[str] | None = None) -> list[str]:
+    """Expand ``default`` into the built-in pipeline (or ``default``, the one the mode flags
+    chose) and check every name exists."""
     resolved: list[str] = []
     for name in names:
-        resolved.extend(builtin_passes.DEFAULT_PIPELINE if name == "default" else [name])
+        resolved.extend((default or builtin_passes.DEFAULT_PIPELINE) if name == "default" else [name])
     for name in resolved:
         get_pass(name)  # raises UnknownPassError listing the known passes
     return resolved
@@ -101,7 +107,8 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
     console = console or Console(stderr=True)
     opts.validate()
     load_plugins(opts.plugins)
-    pipeline = resolve_pipeline(opts.passes)
+    mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate)
+    pipeline = resolve_pipeline(opts.passes, mode_passes)
     start = time.perf_counter()
     torch.manual_seed(opts.seed)
     out_dir = opts.output_dir
@@ -126,7 +133,7 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16))
         t0 = step_done("capture", t0)
         ctx = PassContext(
-            options={"timesteps": opts.timesteps, **builtin_passes.PRESETS[opts.preset], **opts.options},
+            options={"timesteps": opts.timesteps, **builtin_passes.PRESETS[opts.preset], **mode_options, **opts.options},
             calibration=calibration, config=loaded.config,
         )
         with console.status("running passes") as status:
@@ -171,11 +178,14 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             "simulator_check": {"neuron_layers": agreement.layers, "identical_layers": agreement.identical_layers,
                                 "logits_max_abs_diff": agreement.logits_max_abs_diff},
             "preset": opts.preset,
+            "calibrate": opts.calibrate,
             "options": opts.options,
             "environment": {"python": platform.python_version(), "torch": torch.__version__},
         }
         if lava_summary is not None:
             report["lava"] = lava_summary
+        parts = spiking_parts(graph)  # per layer: which parts spike, the attention mode, the token encoding
+        report.update(attention=parts["attention"], token_encoding=parts["token_encoding"], spiking_parts=parts)
         report["compile_seconds"] = time.perf_counter() - start
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         with console.status("writing report.html"):

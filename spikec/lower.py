@@ -19,6 +19,8 @@ import torch
 from torch.fx.passes.shape_prop import ShapeProp
 
 from spikec.core import ir, ops
+from spikec.core import ssa
+from spikec.core import streaming
 from spikec.core.errors import UnsupportedError
 
 
@@ -92,8 +94,15 @@ def _affine(a: dict, node: torch.fx.Node) -> nir.NIRNode:
 def _signed_if(a: dict, node: torch.fx.Node) -> nir.NIRNode:
     return ir.SpikecSignedIF(
         threshold=_array(a["threshold"]), max_spikes=int(a["max_spikes"]), signed=bool(a["signed"]),
-        v_init=float(a["v_init"]),
+        v_init=_array(a["v_init"]) if isinstance(a["v_init"], torch.Tensor) else float(a["v_init"]),
     )
+
+
+def _nir_if(a: dict, node: torch.fx.Node) -> nir.NIRNode:
+    """Standard NIR IF with one value per neuron for each parameter (portable conversion)."""
+    n = _features(node)
+    full = lambda v: np.full(n, float(v), np.float32)  # noqa: E731
+    return nir.IF(r=full(a["r"]), v_threshold=full(a["v_threshold"]), v_reset=full(a["v_reset"]))
 
 
 LOWERINGS: dict[Callable, Callable[[dict, torch.fx.Node], nir.NIRNode]] = {
@@ -106,8 +115,12 @@ LOWERINGS: dict[Callable, Callable[[dict, torch.fx.Node], nir.NIRNode]] = {
     ops.add: lambda a, n: ir.SpikecAdd(features=_features(n)),
     ops.affine: _affine,
     ops.signed_if: _signed_if,
+    ssa.spiking_self_attention: ssa.to_nir,
+    ops.linear: lambda a, n: nir.Linear(weight=_array(a["weight"])),
+    ops.nir_if: _nir_if,
 }
 """Canonical operator -> builder of its NIR node (``rate_readout_affine`` is handled apart)."""
+LOWERINGS.update(streaming.LOWERINGS)  # spike-softmax and token-encoding ops (spikec/core/streaming.py)
 
 
 class LoweringError(Exception):

@@ -10,6 +10,12 @@ import torch
 
 from spikec.backends.simulator import simulate
 from spikec.core import ops
+from spikec.core import ssa
+from spikec.core import streaming
+
+
+SPIKE_OPS = {ops.signed_if, ssa.spiking_self_attention, ops.nir_if}
+"""Canonical ops whose output is a spike train: ``SpikeRecorder`` keeps their values."""
 
 
 class SpikeRecorder(torch.fx.Interpreter):
@@ -19,11 +25,17 @@ class SpikeRecorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule):
         super().__init__(gm)
         self.spikes: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}  # window spike counts of streaming neurons (spike-softmax)
 
     def run_node(self, n: torch.fx.Node):
         result = super().run_node(n)
-        if n.op == "call_function" and n.target is ops.signed_if:
+        if n.op == "call_function" and n.target in SPIKE_OPS:
             self.spikes[str(n.meta.get("spikec_name", n.name)).replace(".", "_")] = result
+        elif n.op == "call_function" and n.target in streaming.COUNTED_OPS:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            name = str(n.meta.get("spikec_name", n.name)).replace(".", "_")
+            for suffix, c in streaming.fx_counts(n.target, args, kwargs, result).items():
+                self.counts[name + suffix] = c
         return result
 
 
@@ -54,5 +66,9 @@ def compare_fx_and_simulator(
     identical = sum(
         1 for name, s in recorder.spikes.items() if name in result.spikes and torch.equal(s, result.spikes[name])
     )
+    identical += sum(  # streaming neurons: the spike train's window count equals the quantized ANN's, exactly
+        1 for name, c in recorder.counts.items()
+        if name in result.spikes and torch.equal(streaming.sim_counts(graph.nodes.get(name), result.spikes[name]), c)
+    )
     diff = float((fx_logits - sim_logits).abs().max())
-    return Agreement(len(recorder.spikes), identical, diff, dict(result.firing_rates))
+    return Agreement(len(recorder.spikes) + len(recorder.counts), identical, diff, dict(result.firing_rates))

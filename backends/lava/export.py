@@ -88,6 +88,11 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
         elif isinstance(node, ir.SpikecAdd):
             add(name, "Add", {"features": int(node.features)})
         elif isinstance(node, ir.SpikecSignedIF):
+            if np.ndim(node.v_init):
+                raise UnsupportedError(
+                    f"SignedIF {name!r} has a per-neuron initial membrane (v_init [F], from FAS fine calibration), "
+                    "which the Lava export does not map",
+                    hint="compile with fas-calibrate's calibrate=coarse (one v_init per layer) for the Lava target")
             add(name, "SignedIF", {"features": int(node.threshold.shape[0]), "max_spikes": int(node.max_spikes),
                                    "signed": bool(node.signed), "v_init": float(node.v_init)},
                 threshold=f32(node.threshold))

@@ -156,15 +156,18 @@ class SpikecSignedIF(SpikecNode):
 
     Driven by a real current (constant over the T steps of a window) it emits a
     spike train of integers in ``[-max_spikes, max_spikes]`` per step
-    (``[0, max_spikes]`` when not signed). Membrane starts at ``v_init * threshold``."""
+    (``[0, max_spikes]`` when not signed). Membrane starts at ``v_init * threshold``;
+    ``v_init`` is one float for the layer or a float32 array ``[features]`` (per neuron)."""
 
     kind: ClassVar[str] = "spiking"
     threshold: np.ndarray  # [features]
     max_spikes: int
     signed: bool
-    v_init: float
+    v_init: float | np.ndarray  # a float, or [features]
 
     def __post_init__(self) -> None:
+        # A scalar (also a 0-d array read back from a file) stays a Python float.
+        self.v_init = float(self.v_init) if np.ndim(self.v_init) == 0 else np.asarray(self.v_init, np.float32)
         self._set_types(self.threshold.shape[0], self.threshold.shape[0])
 
 
@@ -182,3 +185,7 @@ class SpikecRateReadout(SpikecNode):
 def is_extension(node: nir.NIRNode) -> bool:
     """Whether ``node`` is one of spikec's extension node types."""
     return isinstance(node, SpikecNode)
+
+
+from . import ssa as _ssa  # noqa: E402,F401  (registers SpikecSSA; spikec/core/ssa.py imports torch lazily)
+from . import streaming_ir as _streaming_ir  # noqa: E402,F401  (spike-softmax/token nodes; no torch)

@@ -31,13 +31,14 @@ class SignedIFParams:
     threshold: ``[features]`` positive thresholds, in units of the input current.
     max_spikes: spikes a neuron may emit in one step (1 = binary spikes).
     signed: whether negative spikes are allowed (else the count is clipped at 0).
-    v_init: initial membrane potential as a fraction of the threshold.
+    v_init: initial membrane potential as a fraction of the threshold: one float for
+    the layer, or a float32 tensor ``[features]`` (one per neuron, set by FAS calibration).
     """
 
     threshold: torch.Tensor
     max_spikes: int = 1
     signed: bool = True
-    v_init: float = 0.5
+    v_init: float | torch.Tensor = 0.5
 
 
 def signed_if_step(
@@ -55,6 +56,14 @@ def signed_if_step(
     return spikes, v - spikes
 
 
+def initial_membrane(current: torch.Tensor, v_init: float | torch.Tensor) -> torch.Tensor:
+    """The membrane at t = 0, in threshold units, shaped like ``current`` ``[..., features]``
+    (float32): ``v_init`` everywhere, or per neuron when it is a ``[features]`` tensor."""
+    if isinstance(v_init, torch.Tensor):
+        return v_init.to(device=current.device, dtype=torch.float32).expand_as(current).clone()
+    return torch.full_like(current, v_init)
+
+
 def signed_if_encode(x: torch.Tensor, params: SignedIFParams, timesteps: int) -> torch.Tensor:
     """Drive ``SignedIF`` neurons with the constant current ``x`` for ``timesteps`` steps.
 
@@ -64,7 +73,7 @@ def signed_if_encode(x: torch.Tensor, params: SignedIFParams, timesteps: int) ->
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     current = x.float() / params.threshold.float()
-    v = torch.full_like(current, params.v_init)
+    v = initial_membrane(current, params.v_init)
     out = torch.empty((timesteps, *current.shape), dtype=SPIKE_DTYPE, device=current.device)
     for t in range(timesteps):
         spikes, v = signed_if_step(current, v, params.max_spikes, params.signed)
@@ -129,3 +138,23 @@ def nir_i_step(
     """NIR I (integrator) with dt = 1: ``v += r * I``; output ``v``."""
     v = v + r * current
     return v, v
+
+
+def nir_if_encode(
+    current: torch.Tensor, timesteps: int, r: float = 1.0, v_threshold: float = 1.0, v_reset: float = 0.0
+) -> torch.Tensor:
+    """Drive NIR ``IF`` neurons (``nir_if_step``) with the constant ``current`` for
+    ``timesteps`` steps, membrane from 0. ``current``: ``[..., features]``; the parameters
+    are one value for every neuron. Returns the 0/1 spikes ``[T, ..., features]`` as
+    ``SPIKE_DTYPE``: a rate code whose reset to ``v_reset`` discards what the membrane held
+    above the threshold (the price of standard NIR's IF, see docs/interop.md)."""
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    current = current.float()
+    params = [torch.tensor(float(p), dtype=torch.float32, device=current.device) for p in (r, v_threshold, v_reset)]
+    v = torch.zeros_like(current)
+    out = torch.empty((timesteps, *current.shape), dtype=SPIKE_DTYPE, device=current.device)
+    for t in range(timesteps):
+        spikes, v = nir_if_step(current, v, *params)
+        out[t] = spikes.to(SPIKE_DTYPE)
+    return out

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .neurons import SignedIFParams, signed_if_encode
+from .neurons import SignedIFParams, nir_if_encode, signed_if_encode
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -166,10 +166,24 @@ def signed_if(
     timesteps: int,
     max_spikes: int = 1,
     signed: bool = True,
-    v_init: float = 0.5,
+    v_init: float | torch.Tensor = 0.5,
 ) -> torch.Tensor:
     """Graph form of ``neurons.signed_if_encode``: real current ``[..., F]`` ->
     spike train ``[T, ..., F]`` (int8). Flat arguments so that an fx node can hold
-    the threshold as a ``get_attr`` tensor."""
+    the threshold as a ``get_attr`` tensor (and ``v_init``, when it is per neuron ``[F]``)."""
     params = SignedIFParams(threshold, max_spikes=max_spikes, signed=signed, v_init=v_init)
     return signed_if_encode(x, params, timesteps)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` without a bias (NIR ``Linear``); weight is ``[out, in]``."""
+    return F.linear(x, weight)
+
+
+def nir_if(
+    x: torch.Tensor, timesteps: int, r: float = 1.0, v_threshold: float = 1.0, v_reset: float = 0.0
+) -> torch.Tensor:
+    """Graph form of ``neurons.nir_if_encode``: standard NIR ``IF`` neurons (one spike a
+    step at most, reset to ``v_reset``, membrane from 0) driven by the real current
+    ``[..., F]`` for ``timesteps`` steps -> 0/1 spike train ``[T, ..., F]`` (int8)."""
+    return nir_if_encode(x, timesteps, r, v_threshold, v_reset)
