@@ -47,8 +47,10 @@ _STREAM_OPS = (SpikecStreamLayerNorm, SpikecStreamRMSNorm, SpikecStreamActivatio
 
 
 def _layer(name: str) -> str:
+    """``h.N`` for the nodes of block N; otherwise the node's name without the suffix of a part
+    (``lm_head_neuron`` -> ``lm_head``, ``embed_encoder`` -> ``embed``)."""
     m = re.match(r"^h_(\d+)_", name)
-    return f"h.{m.group(1)}" if m else name.replace("_", ".")
+    return f"h.{m.group(1)}" if m else re.sub(r"_(neuron|readout|encoder|decode)$", "", name)
 
 
 def _attention_mode(graph: nir.NIRGraph) -> str | None:

@@ -128,7 +128,6 @@ def _stbif(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
     b, signed, v_init = int(node.max_spikes), bool(node.signed), _v_init(ctx, name, node)
     means, varying = _prefixes(ctx, x)
     counts = _stbif_prefixes(ctx, means, varying, theta, b, signed, v_init)
-    counts = streaming.hold_counts(counts, int(getattr(node, "deadzone", 0)))
     spikes = streaming.spikes_from_counts(counts)
     return _Spikes(spikes, True, total=int(spikes.abs().sum(dtype=torch.int64)), counts=counts)
 

@@ -16,6 +16,7 @@ converted fx graph (the quantized ANN), which the simulation equals bit for bit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import sys
@@ -58,16 +59,16 @@ def _partly_exact(keep: torch.Tensor):
     return count
 
 
-def only_site(gm: torch.fx.GraphModule, site: str | None) -> torch.fx.GraphModule:
-    """A copy of a converted graph in which only ``site`` (None: every site) is quantized."""
-    gm = copy.deepcopy(gm)
-    if site is None:
-        return gm
-    for node in list(gm.graph.nodes):
+@contextlib.contextmanager
+def only_site(gm: torch.fx.GraphModule, site: str | None):
+    """``gm`` (converted) with only ``site`` (None: every site) quantized, restored on exit."""
+    saved_targets, saved_args, saved_attrs = {}, {}, {}
+    for node in list(gm.graph.nodes) if site is not None else []:
         if node.op != "call_function":
             continue
         if node.target is streaming.stbif:
             user = next(iter(node.users))
+            saved_targets[node] = node.target
             if user.target is streaming.spike_attention:
                 heads, kv_heads, head_dim = user.args[3], user.args[4], user.args[5]
                 part = torch.tensor([0] * (heads * head_dim) + [1] * (kv_heads * head_dim) + [2] * (kv_heads * head_dim))
@@ -77,10 +78,20 @@ def only_site(gm: torch.fx.GraphModule, site: str | None) -> torch.fx.GraphModul
                 node.target = _exact_count
         elif node.target is streaming.spike_attention and site != "probs":
             theta = node.args[8].target  # probability neurons with a tiny step pass P on exactly
+            saved_attrs[theta], saved_args[node] = getattr(gm, theta), node.args
             setattr(gm, theta, torch.full_like(getattr(gm, theta), 1e-9))
             node.args = (*node.args[:9], 10**9, *node.args[10:])
     gm.recompile()
-    return gm
+    try:
+        yield gm
+    finally:
+        for node, target in saved_targets.items():
+            node.target = target
+        for node, args in saved_args.items():
+            node.args = args
+        for name, value in saved_attrs.items():
+            setattr(gm, name, value)
+        gm.recompile()
 
 
 def ablation(model: str, tokens: int, timesteps: list[int]) -> list[dict]:
@@ -111,8 +122,8 @@ def ablation(model: str, tokens: int, timesteps: list[int]) -> list[dict]:
         gm, _ = run_passes(copy.deepcopy(base), PIPELINE, ctx)
         for site in (None, *SITES):
             start = time.perf_counter()
-            with torch.no_grad():
-                out = only_site(gm, site)(ids)
+            with torch.no_grad(), only_site(gm, site) as quantized:
+                out = quantized(ids)
             row = {"timesteps": t, "quantized": site or "all", "ppl_ratio": ppl(out) / ppl(ann),
                    "cosine": float(F.cosine_similarity(out, ann, dim=-1).mean()), "seconds": time.perf_counter() - start}
             rows.append(row)

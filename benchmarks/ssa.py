@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--surrogate", default="sigmoid", choices=("sigmoid", "arctan"))
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="more pass options")
     ap.add_argument("--tokens", type=int, default=1024)
-    ap.add_argument("--eval-seq-len", type=int, default=1024)
+    ap.add_argument("--eval-seq-len", default="1024", help="positions per evaluation sequence, or a comma list")
     ap.add_argument("--baseline", action="store_true", help="also evaluate the conversion without SSA")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--name", default="ssa", help="results file name")
@@ -134,15 +134,26 @@ def main() -> None:
     gm = capture_canonical(loaded, seq_len=16)
     tok = loaded.tokenizer
     calib = cut_samples(token_stream(tok, read_text(None, CALIBRATION_TEXT)), a.samples, a.seq_len, "calibration")
-    ids = cut_sequences(token_stream(tok, read_text(None, HELDOUT_TEXT)), a.tokens, a.eval_seq_len)
+    stream = token_stream(tok, read_text(None, HELDOUT_TEXT))
+    evals = {}  # positions -> (ids, ANN logits, ANN hidden states)
     with torch.no_grad():
-        ann_logits, ann_hidden = [], []
-        for i in range(ids.shape[0]):
-            probe = _LmHeadInput(gm)
-            ann_logits.append(probe.run(ids[i:i + 1]).float())
-            ann_hidden.append(probe.hidden.float())
-    ann_logits, ann_hidden = torch.cat(ann_logits), torch.cat(ann_hidden)
+        for positions in (int(x) for x in a.eval_seq_len.split(",")):
+            ids = cut_sequences(stream, a.tokens, positions)
+            ann_logits, ann_hidden = [], []
+            for i in range(ids.shape[0]):
+                probe = _LmHeadInput(gm)
+                ann_logits.append(probe.run(ids[i:i + 1]).float())
+                ann_hidden.append(probe.hidden.float())
+            evals[positions] = (ids, torch.cat(ann_logits), torch.cat(ann_hidden))
     gamma = _norm_weight(gm)
+
+    def evaluate_all(graph: nir.NIRGraph, label: str) -> dict[str, dict[str, float]]:
+        out = {}
+        for positions, (ids, ann_logits, ann_hidden) in evals.items():
+            out[f"positions_{positions}"] = evaluate_graph(graph, ids, a.timesteps, gamma, ann_logits, ann_hidden)
+            print(f"{label}, {ids.shape[0]} x {positions} positions:", out[f"positions_{positions}"], flush=True)
+        return out
+
     print(f"loaded and captured in {time.perf_counter() - t0:.0f} s", flush=True)
 
     extra = {}
@@ -159,16 +170,13 @@ def main() -> None:
     rows = {}
     example = ids[:1, :2]
     if a.baseline:
-        rows["converted"] = evaluate_graph(lower_to_nir(converted, example), ids, a.timesteps, gamma, ann_logits,
-                                           ann_hidden)
-        print("converted (softmax attention):", rows["converted"], flush=True)
+        rows["converted"] = evaluate_all(lower_to_nir(converted, example), "converted (softmax attention)")
     start = time.perf_counter()
     model, records = run_passes(converted, ["ssa"], ctx)
     ssa_s = time.perf_counter() - start
     graph = lower_to_nir(model, example)
     if a.steps == 0 or a.baseline:
-        rows["ssa_init"] = evaluate_graph(graph, ids, a.timesteps, gamma, ann_logits, ann_hidden)
-        print("ssa, not fine-tuned:", rows["ssa_init"], flush=True)
+        rows["ssa_init"] = evaluate_all(graph, "ssa, not fine-tuned")
     finetune = {}
     if a.steps:
         start = time.perf_counter()
@@ -177,15 +185,15 @@ def main() -> None:
         print(f"fine-tuned {a.steps} steps in {finetune['minutes']:.1f} min: loss {finetune['loss_before']:.4f} -> "
               f"{finetune['loss_after']:.4f}", flush=True)
         graph = lower_to_nir(model, example)
-        rows["ssa_finetuned"] = evaluate_graph(graph, ids, a.timesteps, gamma, ann_logits, ann_hidden)
-        print("ssa, fine-tuned:", rows["ssa_finetuned"], flush=True)
+        rows["ssa_finetuned"] = evaluate_all(graph, "ssa, fine-tuned")
     check = compare_fx_and_simulator(model, graph, calib[:1], a.timesteps)
-    final = rows.get("ssa_finetuned", rows.get("ssa_init", {}))
-    print(f"BAR hidden-state cosine >= 0.90: {final.get('hidden_cosine', float('nan')):.4f} "
-          f"(ppl_ratio {final.get('ppl_ratio', float('nan')):.3f}); fx vs simulator identical: {check.identical}")
+    for positions, final in rows.get("ssa_finetuned", rows.get("ssa_init", {})).items():
+        print(f"BAR hidden-state cosine >= 0.90 ({positions}): {final['hidden_cosine']:.4f} "
+              f"(ppl_ratio {final['ppl_ratio']:.3f})")
+    print(f"fx vs simulator identical: {check.identical}")
     write_results(a.name, {
-        "model": a.model, "timesteps": a.timesteps, "preset": a.preset, "tokens": int(ids.numel()),
-        "eval_positions": int(ids.shape[1]), "calibration": {"samples": int(calib.shape[0]),
+        "model": a.model, "timesteps": a.timesteps, "preset": a.preset, "tokens": a.tokens,
+        "eval_positions": sorted(evals), "calibration": {"samples": int(calib.shape[0]),
                                                              "positions": int(calib.shape[1])},
         "options": {k: v for k, v in options.items() if k != "progress"}, "convert_seconds": convert_s,
         "ssa_seconds": ssa_s, "finetune": finetune, "results": rows, "fx_simulator_identical": check.identical,

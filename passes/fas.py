@@ -60,6 +60,7 @@ from .encode import NEURON_KEY, V_INIT, neuron_config, provably_nonnegative, thr
 from .training import TrainConfig, train
 
 FAS_KEY = "spikec_fas"  # neuron meta written by fas-calibrate
+REFERENCE_KEY = "spikec_fas_reference"  # gm.meta: the weights before qcfs-finetune, fas-calibrate's target
 LOSSES = ("kl", "lm", "kl+lm")
 CALIBRATE_MODES = ("coarse", "fine")
 FINE_PARAMS = {"both": ("threshold", "v_init"), "threshold": ("threshold",), "v_init": ("v_init",)}
@@ -380,6 +381,13 @@ def qcfs_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
             _save(done_file, {"run_id": run_id, "losses": losses,
                               "params": {k: p.detach().cpu() for k, p in params.items()}})
 
+    # fas-calibrate's target is the network before fine-tuning: keep its weights (no copy).
+    if leaves and REFERENCE_KEY not in gm.meta:
+        gm.meta[REFERENCE_KEY] = {
+            "attrs": {t: originals[t] for t in leaves},
+            "affines": {spikec_name(a): (attr_tensor(gm, get_arg(a, 1, "weight")), attr_tensor(gm, get_arg(a, 2, "bias")))
+                        for a, *_rest in sites},
+        }
     # Write back: new tensors for the weights, learned multipliers into the neuron configs.
     with torch.no_grad():
         for t, leaf in leaves.items():
@@ -461,37 +469,55 @@ def _readout(args: tuple, kwargs: dict, value: torch.Tensor, theta0: torch.Tenso
 
 
 class _LayerError:
-    """Mean squared error of a layer's output ``W (q - target)`` over tokens and outputs,
-    through the Gram matrix ``W^T W`` when the layer has more outputs than inputs."""
+    """Mean squared error of a layer's spiking output ``W q + b`` against the reference
+    output ``y`` (the unquantized network's), over tokens and outputs.
 
-    def __init__(self, weights: list[torch.Tensor], theta0: torch.Tensor):
-        w = torch.cat([wt.float() for wt in weights]) / theta0[None, :]
-        self.outputs = w.shape[0]
-        self.gram = w.T @ w if w.shape[0] > w.shape[1] else None
-        self.w = None if self.gram is not None else w
+    w ``[out, F]``, b ``[out]`` or None: the layer's (unfolded) weights; x_f ``[..., F]``:
+    the unquantized input; y ``[..., out]``: the reference output, ``W x_f + b`` when None.
+    When the layer has more outputs than inputs the error goes through the Gram matrix
+    ``G = W^T W`` and the least-squares input ``t`` with ``W t + b`` closest to ``y``:
+    ``||W q + b - y||^2 = (q - t)^T G (q - t) + const``, so the constant (what no ``q``
+    can reach) is left out."""
 
-    def __call__(self, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        e = (q.float() - target.float()).reshape(-1, q.shape[-1])
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, x_f: torch.Tensor, y: torch.Tensor | None,
+                 gram: torch.Tensor | None = None):
+        self.outputs, features = w.shape
+        x_f = x_f.reshape(-1, features).float()
+        self.gram = None
+        if self.outputs > features:
+            self.gram = gram if gram is not None else w.T @ w
+            if y is None:
+                self.target = x_f
+            else:
+                rhs = (y.reshape(-1, self.outputs).float() - (0.0 if b is None else b)) @ w
+                ridge = 1e-6 * self.gram.diagonal().mean() * torch.eye(features, device=w.device)
+                self.target = torch.linalg.solve(self.gram + ridge, rhs.T).T
+        else:
+            self.w, self.b = w, b
+            self.target = (F.linear(x_f, w, b) if y is None else y.reshape(-1, self.outputs).float())
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        q = q.reshape(-1, q.shape[-1]).float()
         if self.gram is not None:
+            e = q - self.target
             return ((e @ self.gram) * e).sum(-1).mean() / self.outputs
-        return F.linear(e, self.w).pow(2).mean()
+        return (F.linear(q, self.w, self.b) - self.target).pow(2).mean()
 
 
-def _calibrate_layer(layer: _Layer, x_s: torch.Tensor, x_f: torch.Tensor, fit: int, error: _LayerError, mode: str,
-                     steps: int, lr: float, seed: int, learn: tuple[str, ...] = FINE_PARAMS["both"]) -> None:
-    """Calibrate one layer on its spiking-network inputs ``x_s`` against the unquantized
-    inputs ``x_f`` (``[sequences, ...]``; the first ``fit`` sequences fit, the others
-    validate). Coarse: the multiplier of theta0 of least fitting error (grid search).
+def _calibrate_layer(layer: _Layer, xs_fit: torch.Tensor, xs_val: torch.Tensor, err_fit: _LayerError,
+                     err_val: _LayerError, mode: str, steps: int, lr: float, seed: int,
+                     learn: tuple[str, ...] = FINE_PARAMS["both"]) -> None:
+    """Calibrate one layer on its spiking-network inputs (fitting and validation tokens)
+    against the reference outputs held by ``err_fit`` and ``err_val``. Coarse: the
+    multiplier of theta0 of least fitting error (grid search).
     Fine: then per-neuron thresholds and/or initial membranes (``learn``) by gradient
     descent. Each step
     is kept only if it lowers the validation error (the fitting error when there is no
     validation data)."""
-    xs_fit, xf_fit = x_s[:fit], x_f[:fit]
-    xs_val, xf_val = (x_s[fit:], x_f[fit:]) if x_s.shape[0] > fit else (xs_fit, xf_fit)
 
     def errors(theta: torch.Tensor, v_init: float | torch.Tensor) -> tuple[float, float]:
-        return (float(error(layer.quantize(xs_fit, theta, v_init), xf_fit)),
-                float(error(layer.quantize(xs_val, theta, v_init), xf_val)))
+        return (float(err_fit(layer.quantize(xs_fit, theta, v_init))),
+                float(err_val(layer.quantize(xs_val, theta, v_init))))
 
     with torch.no_grad():
         base = errors(layer.theta0, layer.v_init0)
@@ -501,7 +527,7 @@ def _calibrate_layer(layer: _Layer, x_s: torch.Tensor, x_f: torch.Tensor, fit: i
         grid = [lo * ratio**i for i in range(n)]
         for _round in range(2):
             for a in grid:
-                err = float(error(layer.quantize(xs_fit, layer.theta0 * a, layer.v_init0), xf_fit))
+                err = float(err_fit(layer.quantize(xs_fit, layer.theta0 * a, layer.v_init0)))
                 if err < best_fit:
                     best, best_fit = a, err
             grid = [best * ratio ** (i / 4) for i in range(-3, 4) if i]  # then between the neighbours
@@ -516,12 +542,12 @@ def _calibrate_layer(layer: _Layer, x_s: torch.Tensor, x_f: torch.Tensor, fit: i
     if "threshold" in learn:
         params["log_theta"] = torch.log(layer.theta).detach().clone().requires_grad_(True)
     if "v_init" in learn:
-        v0 = torch.as_tensor(layer.v_init, dtype=torch.float32, device=x_s.device)
+        v0 = torch.as_tensor(layer.v_init, dtype=torch.float32, device=xs_fit.device)
         params["v_init"] = v0.expand_as(layer.theta).clone().requires_grad_(True)
     theta_of = lambda: torch.exp(params["log_theta"]) if "log_theta" in params else layer.theta
     v_init_of = lambda: params.get("v_init", layer.v_init)
     with torch.enable_grad():  # the layer pass runs the network under no_grad
-        train(params, lambda step: error(layer.quantize(xs_fit, theta_of(), v_init_of()), xf_fit),
+        train(params, lambda step: err_fit(layer.quantize(xs_fit, theta_of(), v_init_of())),
               TrainConfig(steps=steps, lr=lr, grad_clip=None, seed=seed, progress=False, desc=layer.name))
     with torch.no_grad():
         theta, v = theta_of().detach().clone(), v_init_of()
@@ -532,26 +558,59 @@ def _calibrate_layer(layer: _Layer, x_s: torch.Tensor, x_f: torch.Tensor, fit: i
 
 
 def _sequential(gm: fx.GraphModule, layers: list[_Layer], ids: torch.Tensor, fit: int, mode: str, steps: int,
-                lr: float, seed: int, learn: tuple[str, ...], state: dict, save: Callable[[], None],
-                progress: bool) -> torch.Tensor:
+                lr: float, seed: int, learn: tuple[str, ...], reference: dict | None, state: dict,
+                save: Callable[[], None], progress: bool) -> torch.Tensor:
     """Calibrate ``layers`` in graph order on ``ids`` (the first ``fit`` sequences fit, the
-    others validate), running the unquantized model and the spiking one (calibrated so
-    far) side by side; layers found in ``state["layers"]`` are taken from it. Returns the
-    unquantized model's logits (the logits term's target)."""
+    others validate), running the unquantized reference network and the spiking one
+    (calibrated so far) side by side; layers found in ``state["layers"]`` are taken from
+    it. The reference is the module's own weights, or the original ones ``qcfs-finetune``
+    left in ``reference``. Returns the reference network's logits (the logits term's target)."""
     by_node = {layer.node: layer for layer in layers}
     readout_of = {r: layer for layer in layers for r in layer.readouts}
+    ref_attrs = (reference or {}).get("attrs", {})
+    ref_affines = (reference or {}).get("affines", {})
     bar = tqdm(total=len(layers), desc=f"fas-calibrate ({mode})", unit="layer", disable=not progress, leave=False)
 
+    def attr(target: str) -> Any:
+        value = fetch_attr(gm, target)
+        original = ref_attrs.get(target)
+        return value if original is None or original is value else (original.to(value.device), value)
+
+    def current_affine(r: fx.Node, theta0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = get_arg(r, 2, "bias")
+        return (attr_tensor(gm, get_arg(r, 1, "weight")).float() / theta0[None, :],
+                None if bias is None else attr_tensor(gm, bias).float())
+
+    def reference_output(r: fx.Node, x_f: torch.Tensor) -> torch.Tensor | None:
+        if spikec_name(r) not in ref_affines:
+            return None
+        w, b = ref_affines[spikec_name(r)]
+        return F.linear(x_f, w.to(x_f.device).to(x_f.dtype), None if b is None else b.to(x_f.device).to(x_f.dtype))
+
+    def layer_errors(layer: _Layer, x_f: torch.Tensor) -> tuple[_LayerError, _LayerError]:
+        pairs = [current_affine(r, layer.theta0) for r in layer.readouts]
+        w = torch.cat([p[0] for p in pairs])
+        biases = [p[1] if p[1] is not None else torch.zeros(p[0].shape[0], device=w.device) for p in pairs]
+        b = torch.cat(biases) if any(p[1] is not None for p in pairs) else None
+        refs = [reference_output(r, x_f) for r in layer.readouts]
+        y = None if all(ref is None for ref in refs) else torch.cat(
+            [ref if ref is not None else F.linear(x_f.float(), p[0], p[1]) for ref, p in zip(refs, pairs)], -1)
+        n_val = x_f.shape[0] - fit
+        split = (slice(0, fit), slice(fit, None) if n_val > 0 else slice(0, fit))
+        fit_err = _LayerError(w, b, x_f[split[0]], None if y is None else y[split[0]])
+        val_err = _LayerError(w, b, x_f[split[1]], None if y is None else y[split[1]], gram=fit_err.gram)
+        return fit_err, val_err
+
     def call(node: fx.Node, args: tuple, kwargs: dict) -> Any:
-        # args hold (float, spiking) pairs wherever the two streams differ
+        # args hold (reference, spiking) pairs wherever the two streams differ
         if node in by_node:
             layer = by_node[node]
             x_f, x_s = _pair(args[0])
             saved = state["layers"].get(layer.name)
             if saved is None:
-                weights = [attr_tensor(gm, get_arg(r, 1, "weight")) for r in layer.readouts]
-                _calibrate_layer(layer, x_s, x_f, fit, _LayerError(weights, layer.theta0), mode, steps, lr, seed,
-                                 learn)
+                err_fit, err_val = layer_errors(layer, x_f)
+                xs_val = x_s[fit:] if x_s.shape[0] > fit else x_s[:fit]
+                _calibrate_layer(layer, x_s[:fit], xs_val, err_fit, err_val, mode, steps, lr, seed, learn)
                 state["layers"][layer.name] = {"theta": layer.theta.cpu(), "v_init": _cpu(layer.v_init),
                                                **{k: getattr(layer, k) for k in _ERRORS}}
                 save()
@@ -567,8 +626,10 @@ def _sequential(gm: fx.GraphModule, layers: list[_Layer], ids: torch.Tensor, fit
         if node in readout_of:
             theta0 = readout_of[node].theta0
             v_f, v_s = _pair(args[0])
-            fa, fk = _pick(args, kwargs, 0)
-            return (_readout(fa, fk, v_f, theta0), _readout(*_pick(args, kwargs, 1), v_s, theta0))
+            y_f = reference_output(node, v_f)
+            if y_f is None:
+                y_f = _readout(*_pick(args, kwargs, 0), v_f, theta0)
+            return (y_f, _readout(*_pick(args, kwargs, 1), v_s, theta0))
         fa, fk = _pick(args, kwargs, 0)
         sa, sk = _pick(args, kwargs, 1)
         out_f = node.target(*fa, **fk)
@@ -576,7 +637,7 @@ def _sequential(gm: fx.GraphModule, layers: list[_Layer], ids: torch.Tensor, fit
         return out_f if same else (out_f, node.target(*sa, **sk))
 
     with torch.no_grad():
-        out = _execute(gm, ids, lambda t: fetch_attr(gm, t), call)
+        out = _execute(gm, ids, attr, call)
     bar.close()
     return out[0] if isinstance(out, tuple) else out
 
@@ -752,6 +813,10 @@ def fas_calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
     settings = {"mode": mode, "steps": steps, "lr": lr, "samples": samples, "fine_params": fine_params, "logits_steps": logits_steps, "logits_lr": logits_lr,
                 "seed": seed, "grid": COARSE_GRID, "layers": [layer.name for layer in layers]}
     tensors = [fetch_attr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr"]
+    reference = gm.meta.get(REFERENCE_KEY)
+    if reference:
+        tensors += [t for _, t in sorted(reference["attrs"].items())]
+        tensors += [t for _, wb in sorted(reference["affines"].items()) for t in wb if t is not None]
     run_id = _fingerprint([t for t in tensors if isinstance(t, torch.Tensor)], ids, settings)
     path = Path(ctx.option("fas_checkpoint") or _state_dir(ctx) / f"fas-{run_id}.pt").expanduser()
     reuse = bool(ctx.option("fas_reuse", True))
@@ -770,8 +835,8 @@ def fas_calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
                 setattr(layer, k, state["layers"][layer.name][k])
         logits_losses = state.get("logits_losses", [])
     else:
-        teacher = _sequential(gm, layers, ids, samples, mode, steps, lr, seed, FINE_PARAMS[fine_params], state,
-                              lambda: _save(path, state), progress)
+        teacher = _sequential(gm, layers, ids, samples, mode, steps, lr, seed, FINE_PARAMS[fine_params], reference,
+                              state, lambda: _save(path, state), progress)
         logits_losses: list[float] = []
         if logits_steps:
             logits_losses = _logits_step(gm, layers, ids[:samples], teacher[:samples], mode, FINE_PARAMS[fine_params],
@@ -785,9 +850,11 @@ def fas_calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
         elif path.exists():
             path.unlink()
     _apply(gm, layers, mode)
+    gm.meta.pop(REFERENCE_KEY, None)  # the original weights are no longer needed
     before = sum(layer.before for layer in layers)
     after = sum(layer.after for layer in layers)
     ctx.record("calibrate", mode)
+    ctx.record("target", "the original weights (before qcfs-finetune)" if reference else "the module's weights")
     ctx.record("run_id", run_id)
     ctx.record("state_file", str(path))
     ctx.record("reused_finished_run", reused)

@@ -42,8 +42,7 @@ PIPELINE: list[str] = ["fold-norm-affine", "calibrate", "burst-all", "spike-soft
 PIPELINE_WITH_TOKENS: list[str] = ["fold-norm-affine", "calibrate", "burst-all", "token-encode", "spike-softmax"]
 """The same with the embedding encoded as spikes (option ``token_encoding``: ``rate`` or ``binary``)."""
 
-DEFAULT_PROB_MAX_SPIKES = 16
-DEFAULT_DEADZONE = 0  # ST-BIF dead zone (thresholds): 0 = SpikeZIP-TF's neuron
+DEFAULT_PROB_MAX_SPIKES = 64
 STREAMING_KEY = "spikec_streaming"  # node meta: the streaming settings of a neuron site
 
 
@@ -121,13 +120,12 @@ def validated(node: fx.Node, cfg: dict[str, Any], ctx: PassContext) -> dict[str,
 
 
 def _neuron(gm: fx.GraphModule, before: fx.Node, x: fx.Node, theta: torch.Tensor, cfg: dict[str, Any], signed: bool,
-            name: str, of: str, module_path: str, timesteps: int, deadzone: int) -> fx.Node:
+            name: str, of: str, module_path: str, timesteps: int) -> fx.Node:
     graph = gm.graph
     with graph.inserting_before(before):
         theta_node = graph.get_attr(new_attr(gm, f"{name}.threshold", theta))
         count = graph.call_function(streaming.stbif, (x, theta_node), {
-            "timesteps": timesteps, "max_spikes": cfg["max_spikes"], "signed": signed, "v_init": V_INIT,
-            "deadzone": deadzone})
+            "timesteps": timesteps, "max_spikes": cfg["max_spikes"], "signed": signed, "v_init": V_INIT})
     count.meta.update({"spikec_name": name, "role": "neuron", "spikec_neuron_of": of, "module_path": module_path,
                        NEURON_KEY: {**cfg, "signed": signed, "timesteps": timesteps, "v_init": V_INIT},
                        STREAMING_KEY: "stbif"})
@@ -145,7 +143,7 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
     graph output); each attention's q|k|v input gets ST-BIF neurons (per-channel thresholds from
     the calibration text: ``qkv_range``/``qkv_range_scale``/``qkv_max_spikes``, default the burst
     settings) and becomes ``streaming.spike_attention`` with probability neurons of threshold
-    ``1 / prob_max_spikes`` (option, default 16; range [0, 1]); norms and activations become their
+    ``1 / prob_max_spikes`` (option, default 64; range [0, 1]); norms and activations become their
     spike-equivalent ops. A token encoder's readout is dropped (its spikes stream on).
     Guarantees: the module computes the quantized ANN the streaming network equals after T
     steps; no existing tensor is modified. Raises ``UsageError`` when no affine is calibrated,
@@ -161,10 +159,6 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
     if int(prob_b) != prob_b or not 1 <= int(prob_b) <= 127:
         raise UsageError(f"prob_max_spikes must be an integer in 1..127, got {prob_b}")
     prob_b = int(prob_b)
-    deadzone = ctx.option("deadzone", DEFAULT_DEADZONE)
-    if int(deadzone) != deadzone or deadzone < 0:
-        raise UsageError(f"deadzone must be a non-negative integer, got {deadzone}")
-    deadzone = int(deadzone)
     for att in attentions:
         if not get_arg(att, 6, "causal", True):
             raise UnsupportedError(f"{spikec_name(att)}: spike-softmax supports causal attention only")
@@ -190,7 +184,7 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
                              "re-run calibrate after passes that change affine weights")
         name, role = spikec_name(affine), affine.meta.get("role", "")
         count = _neuron(gm, affine, x, theta.to(w.device), cfg, not provably_nonnegative(x), f"{name}.neuron", name,
-                        affine.meta.get("module_path", ""), timesteps, deadzone)
+                        affine.meta.get("module_path", ""), timesteps)
         with graph.inserting_before(affine):
             folded = (w.float() * theta.to(w.device)[None, :]).to(w.dtype)
             w_folded = graph.get_attr(new_attr(gm, f"{name}.weight_spiking", folded))
@@ -215,7 +209,7 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
         qkv_cfg = validated(att, site_config(ctx, "qkv"), ctx)
         theta = thresholds(qkv_stats[att], qkv_cfg).to(_device(gm))
         count = _neuron(gm, att, qkv, theta, qkv_cfg, True, f"{name}.neuron", name, att.meta.get("module_path", ""),
-                        timesteps, deadzone)
+                        timesteps)
         heads, kv_heads, head_dim = (int(get_arg(att, i, k)) for i, k in
                                      ((1, "num_heads"), (2, "num_kv_heads"), (3, "head_dim")))
         scale = get_arg(att, 5, "scale", None)
@@ -257,5 +251,4 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
     ctx.record("neurons", neurons)
     ctx.record("qkv_neurons", {k: qkv_cfg[k] for k in ("range", "range_scale", "max_spikes")} if qkv_cfg else {})
     ctx.record("prob_neurons", {"max_spikes": prob_b, "threshold": 1.0 / prob_b, "signed": False})
-    ctx.record("deadzone", deadzone)
     ctx.record("token_readouts_dropped", dropped)

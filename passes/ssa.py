@@ -362,7 +362,7 @@ INPUTS = ("ann", "snn")
 class FinetuneConfig:
     """Settings of ``ssa-finetune`` (pass options in parentheses, defaults after =).
 
-    steps (``finetune_steps`` = 100), lr (``finetune_lr`` = 3e-3), batch (``finetune_batch``
+    steps (``finetune_steps`` = 100), lr (``finetune_lr`` = 1e-2), batch (``finetune_batch``
     = 4 sequences a step), samples (``finetune_samples`` = 0: every calibration sample).
     rank (``finetune_rank`` = 8): rank of the trained updates of the qkv and output
     projections (0: projections frozen, only thresholds and scales train).
@@ -377,7 +377,7 @@ class FinetuneConfig:
     """
 
     steps: int = 100
-    lr: float = 3e-3
+    lr: float = 1e-2
     e2e_steps: int = 0
     batch: int = 4
     samples: int = 0

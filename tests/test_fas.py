@@ -239,6 +239,20 @@ def test_fas_calibrate_needs_spike_encode_and_a_known_mode(prepared, tmp_path):
         run_passes(encoded, ["fas-calibrate"], _ctx(tmp_path, calibrate="medium"))
 
 
+def test_after_qcfs_finetune_stage_2_targets_the_network_before_fine_tuning(prepared, tmp_path):
+    gm = _run(prepared, STAGE1, _ctx(tmp_path, qcfs_steps=4))
+    reference = gm.meta[fas.REFERENCE_KEY]
+    ids = token_ids(samples=3, positions=16, seed=9)
+    layers = fas._layers(gm)
+    teacher = fas._sequential(gm, layers, ids, 2, "coarse", 0, 1e-2, 0, ("threshold",), reference,
+                              {"layers": {}}, lambda: None, False)
+    with torch.no_grad():
+        assert torch.allclose(teacher, prepared(ids), atol=1e-4)  # the original network's logits
+        assert not torch.allclose(teacher, _run(gm, [], _ctx(tmp_path))(ids), atol=1e-2)
+    run_passes(gm, ["fas-calibrate"], _ctx(tmp_path))
+    assert fas.REFERENCE_KEY not in gm.meta  # dropped once used
+
+
 def test_both_stages_together_beat_plain_conversion(prepared, tmp_path):
     ids = token_ids(samples=4, positions=16, seed=9)
     plain = _run(prepared, ["spike-encode"], _ctx(tmp_path))

@@ -221,9 +221,9 @@ def test_ssa_node_survives_a_nir_file_round_trip(tmp_path: Path):
 
 def test_an_ssa_node_with_a_non_positive_threshold_or_a_decay_above_one_is_refused():
     ones = torch.ones(4).numpy()
-    fields = dict(num_heads=2, num_kv_heads=1, head_dim=2, rope_theta=0.0, q_threshold=ones, k_threshold=ones[:2],
-                  v_threshold=ones[:2], scale=ones, o_threshold=ones, signed=True, tau=0.0, normalize=True,
-                  decay=ones[:2])
+    fields = {"num_heads": 2, "num_kv_heads": 1, "head_dim": 2, "rope_theta": 0.0, "q_threshold": ones,
+              "k_threshold": ones[:2], "v_threshold": ones[:2], "scale": ones, "o_threshold": ones, "signed": True,
+              "tau": 0.0, "normalize": True, "decay": ones[:2]}
     ssa.SpikecSSA(**fields)
     with pytest.raises(ValueError, match="thresholds must be positive"):
         ssa.SpikecSSA(**{**fields, "v_threshold": -ones[:2]})
@@ -347,6 +347,25 @@ def test_finetune_command_errors(tmp_path: Path, capsys, monkeypatch):
     if "qcfs-finetune" in {p.name for p in __import__("spikec.core.passes", fromlist=["x"]).registered_passes()}:
         assert main(["finetune", *TINY, "--method", "qcfs", "--surrogate", "arctan", "-o", str(tmp_path / "q")]) == 2
         assert "--surrogate does not apply" in _error(capsys)
+
+
+def test_finetune_command_maps_its_settings_to_the_qcfs_pass_options(tmp_path: Path, monkeypatch, capsys):
+    import spikec.compile
+
+    seen = {}
+
+    def fake_compile(opts):
+        seen["opts"] = opts
+        return {"passes": [{"name": "qcfs-finetune", "stats": {}, "seconds": 1.0}], "node_counts": {"Affine": 1},
+                "simulator_check": {"identical_layers": 1, "neuron_layers": 1}}
+
+    monkeypatch.setattr(spikec.compile, "compile_model", fake_compile)
+    assert main(["finetune", *TINY, "--method", "qcfs", "--steps", "2", "--lr", "1e-5", "-o", str(tmp_path / "q")]) == 0
+    opts = seen["opts"]
+    assert opts.passes.index("qcfs-finetune") == opts.passes.index("spike-encode") - 1
+    assert opts.options["qcfs_steps"] == 2 and opts.options["qcfs_lr"] == 1e-5 and opts.options["qcfs_seq_len"] == 16
+    assert opts.options["qcfs_checkpoint"] == str(tmp_path / "q.finetune.ckpt")
+    assert "finetune_steps" not in opts.options
 
 
 def test_finetune_pipelines_insert_the_method_passes():

@@ -95,27 +95,11 @@ def spikes_from_counts(counts: torch.Tensor) -> torch.Tensor:
 
 def stbif(
     x: torch.Tensor, threshold: torch.Tensor, timesteps: int, max_spikes: int = 1, signed: bool = True,
-    v_init: float | torch.Tensor = 0.5, deadzone: int = 0,
+    v_init: float | torch.Tensor = 0.5,
 ) -> torch.Tensor:
     """fx op: the spike counts ``C_T`` ``[..., F]`` (float32) of ST-BIF neurons after a window
-    of T steps whose currents average ``x``. Its consumers read ``theta C_T / T``. ``deadzone``
-    changes only the spikes within the window (``hold_counts``), not ``C_T``."""
+    of T steps whose currents average ``x``. Its consumers read ``theta C_T / T``."""
     return stbif_counts(x, threshold, timesteps, timesteps, max_spikes, signed, v_init)
-
-
-def hold_counts(rounded: torch.Tensor, deadzone: int) -> torch.Tensor:
-    """Counts ``[T, ...]`` of ST-BIF neurons with a dead zone: from the rounded counts ``R_t``,
-    ``C_t = C_{t-1}`` while ``|R_t - C_{t-1}| <= deadzone``, else ``R_t``; ``C_T = R_T``. The
-    neuron ignores flicker of its accumulated input within ``deadzone`` thresholds and settles
-    exactly at the window's last step (written into ``rounded``, which is returned)."""
-    if deadzone <= 0 or rounded.shape[0] < 2:
-        return rounded
-    held = torch.zeros_like(rounded[0])
-    for t in range(rounded.shape[0] - 1):  # stateful: one cheap elementwise step per t
-        moved = (rounded[t] - held).abs_() > deadzone
-        held = torch.where(moved, rounded[t], held)
-        rounded[t] = held
-    return rounded
 
 
 def decode(counts: torch.Tensor, scale: torch.Tensor, steps) -> torch.Tensor:
@@ -415,7 +399,7 @@ def _v_init(v: Any) -> Any:
 
 def _stbif(a: dict, node: torch.fx.Node) -> nir.NIRNode:
     return SpikecSTBIF(threshold=_array(a["threshold"]), max_spikes=int(a["max_spikes"]), signed=bool(a["signed"]),
-                       v_init=_v_init(a["v_init"]), deadzone=int(a["deadzone"]))
+                       v_init=_v_init(a["v_init"]))
 
 
 def _affine(a: dict, node: torch.fx.Node) -> nir.NIRNode:

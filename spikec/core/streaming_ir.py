@@ -29,12 +29,8 @@ from .ir import (
 @dataclass(eq=False)
 class SpikecSTBIF(SpikecSignedIF):
     """Signed bounded IF neurons (SpikeZIP-TF's ST-BIF) for time-varying input: cumulative
-    count ``R_t = clamp(floor(sum_{s<=t} I_s / threshold + v_init), -B T, B T)`` (lower bound 0
-    when not signed), spikes ``C_t - C_{t-1}`` (any integer) with ``C_t = R_t``; with a
-    ``deadzone`` k > 0, ``C_t`` keeps ``C_{t-1}`` while ``|R_t - C_{t-1}| <= k`` (t < T) and
-    ``C_T = R_T`` (fewer corrective spikes, the same window count)."""
-
-    deadzone: int = 0
+    count ``C_t = clamp(floor(sum_{s<=t} I_s / threshold + v_init), -B T, B T)`` (lower bound 0
+    when not signed), spikes ``C_t - C_{t-1}`` (any integer)."""
 
 
 @dataclass(eq=False)
