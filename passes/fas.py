@@ -406,8 +406,9 @@ def qcfs_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
     ctx.record("loss", loss_kind)
     ctx.record("params", which)
     ctx.record("trainable_tensors", len(params))
-    ctx.record("loss_before", losses[0] if losses else None)
-    ctx.record("loss_after", losses[-1] if losses else None)
+    k = max(1, min(8, len(losses) // 4))  # batches differ: average a few steps at each end
+    ctx.record("loss_before", sum(losses[:k]) / k if losses else None)
+    ctx.record("loss_after", sum(losses[-k:]) / k if losses else None)
     ctx.record("losses", [round(v, 6) for v in losses])
     ctx.record("threshold_scale_min", float(scales.min()))
     ctx.record("threshold_scale_max", float(scales.max()))
