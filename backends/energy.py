@@ -39,6 +39,8 @@ import nir
 
 from spikec.core import ir
 from spikec.core.errors import InputError, UsageError
+from spikec.core.ssa import SpikecSSA
+from spikec.core.streaming_ir import SpikecSpikeAttention, SpikecSpikeDecode
 
 from .simulator import SPIKING_TYPES, SimResult
 
@@ -57,6 +59,10 @@ OPS_PER_ELEMENT: dict[str, int] = {
 """Real-valued operations per element of the non-MAC arithmetic (estimates, docs/energy.md)."""
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+ATTENTION_CORES = (ir.SpikecAttention, SpikecSpikeAttention, SpikecSSA)
+"""Nodes that compute causal self-attention (softmax, spike-softmax, spiking self-attention);
+the ANN's counterpart of each is softmax attention of the same shape."""
 
 # ---------------------------------------------------------------------------
 # counts
@@ -179,12 +185,18 @@ def combine_results(results: Iterable[SimResult]) -> SimResult:
         raise UsageError(f"cannot combine simulations run at different T ({sorted(steps)})")
     counts: dict[str, int] = {}
     rates: dict[str, float] = {}
+    operations: dict[str, dict[str, float]] = {}
     for r in results:
         for name, c in r.spike_counts.items():
             counts[name] = counts.get(name, 0) + int(c)
         for name, rate in r.firing_rates.items():
             rates[name] = rates.get(name, 0.0) + float(rate) / len(results)
-    return SimResult(outputs={}, spike_counts=counts, firing_rates=rates, timesteps=results[0].timesteps)
+        for name, kinds in r.operations.items():
+            mine = operations.setdefault(name, {})
+            for kind, n in kinds.items():
+                mine[kind] = mine.get(kind, 0.0) + float(n)
+    return SimResult(outputs={}, spike_counts=counts, firing_rates=rates, timesteps=results[0].timesteps,
+                     operations=operations)
 
 
 def _features(node: nir.NIRNode) -> int:
@@ -197,7 +209,7 @@ def _features(node: nir.NIRNode) -> int:
         return int(node.weight.shape[1])
     if isinstance(node, (ir.SpikecLayerNorm, ir.SpikecRMSNorm)):
         return int(node.weight.shape[0])
-    if isinstance(node, ir.SpikecAttention):
+    if isinstance(node, ATTENTION_CORES):
         return int(node.num_heads * node.head_dim)
     if hasattr(node, "features"):
         return int(node.features)
@@ -254,7 +266,7 @@ class _Graph:
         readouts and junctions) and the affine(s) its output drives (through neurons), with the
         neurons and readouts between them."""
         marked: set[str] = set()
-        for core in (n for n, node in self.nodes.items() if isinstance(node, ir.SpikecAttention)):
+        for core in (n for n, node in self.nodes.items() if isinstance(node, ATTENTION_CORES)):
             marked.add(core)
             stack = list(self.preds[core])
             while stack:  # upstream to the qkv projection
@@ -263,7 +275,7 @@ class _Graph:
                 if isinstance(node, (nir.Affine, nir.Linear)):
                     marked.add(n)
                     marked.update(p for p in self.preds[n] if self.spiking(p))
-                elif isinstance(node, ir.SpikecRateReadout):
+                elif isinstance(node, ir.SpikecRateReadout) or self.spiking(n):  # readouts, q|k|v neurons
                     marked.add(n)
                     stack.extend(self.preds[n])
             stack = list(self.succs[core])
@@ -300,8 +312,8 @@ def _affine(
         # most once per step (the spikes of a step are gathered first) and once per synop.
         touched = min(synops, n_out * w.timesteps)
         snn = OpCounts(synops=synops, weight_reads=synops, state_accesses=2 * touched)
-        for p in spiking_inputs:  # neurons that feed only this affine belong to it
-            if g.succs[p] == [name]:
+        for p in spiking_inputs:  # neurons that feed only this affine belong to it (not attention cores)
+            if g.succs[p] == [name] and not isinstance(g.nodes[p], ATTENTION_CORES):
                 members.insert(0, p)
                 neurons += _features(g.nodes[p])
                 snn = snn + _neuron_counts(g, p, counts, w)
@@ -321,8 +333,9 @@ def _neuron_counts(g: _Graph, name: str, counts: Mapping[str, int], w: Workload)
     return OpCounts(neuron_updates=updates, spikes=counts.get(name, 0) / w.tokens, state_accesses=2 * updates)
 
 
-def _attention(node: ir.SpikecAttention, w: Workload) -> OpCounts:
-    """Per token, one window: causal attention over sequences of ``w.positions`` tokens."""
+def _attention(node: nir.NIRNode, w: Workload) -> OpCounts:
+    """Per token, one window: causal softmax attention over sequences of ``w.positions`` tokens
+    (an ``ATTENTION_CORES`` node's shape; what the ANN does in every attention mode)."""
     h, kv, d, p = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim), w.positions
     pairs = p * (p + 1) / 2  # causal query-key pairs per head and sequence
     macs = 2 * h * d * pairs  # q.k scores and the probability-weighted sum of v
@@ -331,6 +344,49 @@ def _attention(node: ir.SpikecAttention, w: Workload) -> OpCounts:
         ops += OPS_PER_ELEMENT["rotary"] * (h + kv) * d * p
     accesses = 2 * h * d * pairs + (h + 2 * kv) * d * p + h * d * p  # k and v per product; q, k, v in; out
     return OpCounts(macs=macs / p, ops=ops / p, activation_accesses=accesses / p)
+
+
+def _ssa(g: _Graph, name: str, node: SpikecSSA, result: SimResult, w: Workload) -> tuple[OpCounts, int]:
+    """SNN counts per token and neurons per position of spiking self-attention (docs/energy.md):
+    Q, K, V and output neurons; the spike products as synaptic operations, as the kernel
+    counted them (``qk_synops``, ``av_synops``); rotary on q, k, the normalisation and output
+    scale per output and step, and the decay weight per non-zero map entry as real ops."""
+    h, kv, d, t = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim), w.timesteps
+    measured = {k: v / w.tokens for k, v in result.operations.get(name, {}).items()}
+    neurons = (h + 2 * kv) * d + h * d
+    steps = t if g.input_series(name) else 1
+    rotary = OPS_PER_ELEMENT["rotary"] * (h + kv) * d * steps if float(node.rope_theta) > 0 else 0
+    decayed = not bool((node.decay == 1).all())
+    per_output = (2 if node.normalize else 1) * h * d * t
+    synops = measured.get("qk_synops", 0.0) + measured.get("av_synops", 0.0)
+    map_entries = measured.get("a_nonzero", 0.0)
+    spikes = sum(measured.get(k, 0.0) for k in ("q_spikes", "k_spikes", "v_spikes"))
+    return OpCounts(
+        ops=rotary + per_output + (map_entries if decayed else 0), synops=synops, neuron_updates=neurons * t,
+        spikes=spikes + result.spike_counts.get(name, 0) / w.tokens,
+        state_accesses=2 * neurons * t + 2 * map_entries, activation_accesses=synops + (h + 2 * kv) * d * steps,
+    ), neurons
+
+
+def _spike_attention(name: str, node: SpikecSpikeAttention, result: SimResult, w: Workload) -> tuple[OpCounts, int]:
+    """SNN counts per token and probability neurons per position of spike-equivalent attention
+    (docs/energy.md): the products as incremental synaptic operations (``qk_synops``,
+    ``pv_synops``, counted by the kernel); every step re-evaluates the softmax of the
+    accumulated scores, the rotary embedding and the decode (``1/t`` scale) of the accumulated
+    q|k|v as real ops; one probability neuron per head and causal pair."""
+    h, kv, d, t, p = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim), w.timesteps, w.positions
+    measured = {k: v / w.tokens for k, v in result.operations.get(name, {}).items()}
+    pairs = h * p * (p + 1) / 2 / p  # probability neurons per token position
+    ops = OPS_PER_ELEMENT["softmax"] * pairs + (h + 2 * kv) * d
+    if float(node.rope_theta) > 0:
+        ops += OPS_PER_ELEMENT["rotary"] * (h + kv) * d
+    qk, pv = measured.get("qk_synops", 0.0), measured.get("pv_synops", 0.0)
+    touched = min(qk, pairs * t) + min(pv, h * d * t)  # accumulators written in a step with input
+    return OpCounts(
+        ops=ops * t, synops=qk + pv, neuron_updates=pairs * t,
+        spikes=result.spike_counts.get(name + "_probs", 0) / w.tokens,
+        state_accesses=2 * pairs * t + 2 * touched, activation_accesses=qk + pv,
+    ), int(round(pairs))
 
 
 def _real(g: _Graph, name: str) -> tuple[str, OpCounts]:
@@ -355,6 +411,8 @@ def _real(g: _Graph, name: str) -> tuple[str, OpCounts]:
         return "residual", OpCounts(adds=(k - 1) * f, activation_accesses=(k + 1) * f if k > 1 else 0)
     if isinstance(node, ir.SpikecRateReadout):  # a readout not fused with an affine: sum over T, scale
         return "readout", OpCounts()
+    if isinstance(node, SpikecSpikeDecode):  # the ANN has no such synapses; the SNN's are counted apart
+        return "decode", OpCounts()
     return "uncounted", OpCounts()
 
 
@@ -394,23 +452,32 @@ def count_operations(graph: nir.NIRGraph, result: SimResult, positions: int, seq
             kind, members, ann, snn, neurons = claimed[name]
         elif name in done:
             continue
-        elif isinstance(node, SPIKING_TYPES):
+        elif isinstance(node, SPIKING_TYPES) and not isinstance(node, ATTENTION_CORES):
             kind, members, ann, neurons = "neurons", (name,), OpCounts(), _features(node)
             snn = _neuron_counts(g, name, counts, w)
         else:
             members, neurons = (name,), 0
-            if isinstance(node, ir.SpikecAttention):
+            if isinstance(node, ATTENTION_CORES):
                 kind, ann = "attention", _attention(node, w)
             else:
                 kind, ann = _real(g, name)
-            if isinstance(node, ir.SpikecRateReadout) and g.input_series(name):
+            if isinstance(node, SpikecSSA):
+                snn, neurons = _ssa(g, name, node, result, w)
+            elif isinstance(node, SpikecSpikeAttention):
+                snn, neurons = _spike_attention(name, node, result, w)
+            elif isinstance(node, SpikecSpikeDecode):  # one synapse per channel: an accumulate per spike
+                synops = sum(counts.get(p, 0) for p in g.preds[name]) / w.tokens
+                snn = OpCounts(synops=synops, weight_reads=synops, activation_accesses=_features(node) * w.timesteps)
+            elif isinstance(node, ir.SpikecRateReadout) and g.input_series(name):
                 f = _features(node)
                 snn = OpCounts(adds=f * w.timesteps, ops=f, activation_accesses=f * (w.timesteps + 1))
             else:
                 snn = ann.scaled(w.timesteps if g.input_series(name) else 1)
         layers.append(LayerCount(
             name=name, kind=kind, block=_block(name), attention=any(m in attention for m in members),
-            nodes=tuple(members), neurons=neurons, ann=ann, snn=snn, firing_rate=rate(members, neurons),
+            nodes=tuple(members), neurons=neurons, ann=ann, snn=snn,
+            firing_rate=(snn.spikes / (neurons * w.timesteps) if neurons else None)
+            if isinstance(node, ATTENTION_CORES) else rate(members, neurons),
         ))
     return OperationCounts(layers=layers, workload=w)
 

@@ -89,6 +89,9 @@ class SimResult:
     spike_counts: total ``|spikes|`` per spiking node over batch, neurons and steps.
     firing_rates: mean ``|spikes|`` per neuron per step, per spiking node.
     spikes: full spike trains ``[T, ...]`` per spiking node (only with ``record=True``).
+    operations: what kernels counted inside a node, by node name then kind, summed over
+    batch and steps (e.g. the synaptic operations of spiking attention's spike products;
+    the kinds are listed where the kernel is, and ``backends/energy.py`` reads them).
     """
 
     outputs: dict[str, torch.Tensor]
@@ -96,6 +99,7 @@ class SimResult:
     firing_rates: dict[str, float]
     timesteps: int
     spikes: dict[str, torch.Tensor] = field(default_factory=dict)
+    operations: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def output(self) -> torch.Tensor:
@@ -117,6 +121,7 @@ class _Value:
     logical: torch.dtype | None = None  # data holds int8 spikes standing for this dtype's 0/1 values
     total: int | None = None  # sum of |spikes| over all neurons and steps, when a kernel knew it
     train: torch.Tensor | None = None  # with count: the spike train itself, kept only when recording
+    operations: dict[str, float] | None = None  # counted inside the kernel (SimResult.operations)
 
     def dense(self) -> torch.Tensor:
         """The value in its logical dtype (compact int8 spikes widened)."""
@@ -626,6 +631,7 @@ class Simulator:
         counts: dict[str, int] = {}
         rates: dict[str, float] = {}
         recorded: dict[str, torch.Tensor] = {}
+        operations: dict[str, dict[str, float]] = {}
 
         for name in tqdm(self.order, desc="simulate", unit="node", file=sys.stderr, disable=not progress):
             node = graph.nodes[name]
@@ -661,12 +667,14 @@ class Simulator:
                 counts[name + suffix], rates[name + suffix] = count, count / max(steps, 1)
                 if record and train is not None:
                     recorded[name + suffix] = train
+            if value.operations:
+                operations[name] = dict(value.operations)
             if isinstance(node, nir.Output):
                 outputs[name] = value.dense()
             if remaining[name] == 0 and not isinstance(node, nir.Output):
                 del values[name]
         return SimResult(outputs=outputs, spike_counts=counts, firing_rates=rates, timesteps=timesteps,
-                         spikes=recorded)
+                         spikes=recorded, operations=operations)
 
 
 @torch.no_grad()

@@ -18,13 +18,15 @@ _FIELDS = ("q_threshold", "k_threshold", "v_threshold", "scale", "o_threshold")
 
 
 def _ssa(ctx: simulator._Context, name: str, node: nir.NIRNode, x: simulator._Value) -> simulator._Value:
-    """Real ``[b, P, (H + 2KV) D]`` (or a time series of it) -> int8 spikes ``[T, b, P, H D]``."""
+    """Real ``[b, P, (H + 2KV) D]`` (or a time series of it) -> int8 spikes ``[T, b, P, H D]``,
+    with the operations of the spike products counted (``ssa._count_products``)."""
     params = [ctx.param(name, node, f) for f in _FIELDS]
+    stats: dict[str, float] = {}
     spikes = ssa.spiking_self_attention(
         simulator._floating(x.dense()), *params, int(node.num_heads), int(node.num_kv_heads), int(node.head_dim),
         float(node.rope_theta), ctx.timesteps, bool(node.signed), float(node.tau), bool(node.normalize),
-        None if (node.decay == 1).all() else ctx.param(name, node, "decay"))
-    return simulator._Value(spikes, True)
+        None if (node.decay == 1).all() else ctx.param(name, node, "decay"), stats=stats)
+    return simulator._Value(spikes, True, operations=stats)
 
 
 simulator.KERNELS[ssa.SpikecSSA] = _ssa

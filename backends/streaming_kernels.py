@@ -296,7 +296,26 @@ def _spike_attention(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> 
             previous = c[-1]
     neuron_steps = t_max * batch * h * streaming.causal_pairs(positions)
     recorded = _compact(streaming.probability_layout(train)) if train is not None else None
-    return _Stream(streaming.merge_heads(out), True, inner={"_probs": (total, neuron_steps, recorded)})
+    return _Stream(streaming.merge_heads(out), True, inner={"_probs": (total, neuron_steps, recorded)},
+                   operations=_product_synops(x, counts, h, kv, d, total))
+
+
+def _product_synops(x: _Value, counts: torch.Tensor, h: int, kv: int, d: int, prob_spikes: int) -> dict[str, float]:
+    """Synaptic operations of the spike-driven products, computed incrementally as SpikeZIP-TF
+    does: ``Q_t K_t^T - Q_{t-1} K_{t-1}^T = q_t K_t^T + Q_{t-1} k_t^T`` (and the same for ``P V``).
+    A q spike at query position i meets the accumulated keys ``j <= i`` (``i + 1`` accumulates);
+    a k or v spike at key position j reaches the ``P - j`` later queries of each of the
+    ``H / KV`` heads of its group; a probability spike meets the ``D`` accumulated values of
+    its key. Graded spikes count by value. ``qk_synops``, ``pv_synops``: summed over batch and steps."""
+    per_step = x.dense() if not isinstance(x, _Spikes) or x.counts is None else torch.diff(
+        counts, dim=0, prepend=torch.zeros_like(counts[:1]))
+    per_position = per_step.abs().sum(dim=(0, 1), dtype=torch.float64)  # [P, (H + 2KV) D]
+    q, k, v = (part.sum(-1) for part in per_position.split([h * d, kv * d, kv * d], dim=-1))
+    positions = per_position.shape[0]
+    queries_before = torch.arange(1, positions + 1, dtype=torch.float64, device=q.device)  # i + 1
+    queries_after = torch.flip(queries_before, (0,)) * (h // kv)  # (P - j) per head of the group
+    return {"qk_synops": float(q @ queries_before + k @ queries_after),
+            "pv_synops": float(v @ queries_after + prob_spikes * d)}
 
 
 def _compact(spikes: torch.Tensor) -> torch.Tensor:

@@ -328,3 +328,92 @@ def test_missing_constant_file_and_unknown_model_names():
         resolve_model("/nonexistent/model.toml")
     with pytest.raises(UsageError, match="45nm-memory"):
         resolve_model("tpu")
+
+
+# --- spiking attention -------------------------------------------------------------------
+
+
+def _ssa_graph(signed: bool = False) -> nir.NIRGraph:
+    """input q|k|v currents (one head, D=1) -> SpikecSSA (thresholds 1, no rotary) -> output."""
+    from spikec.core.ssa import SpikecSSA
+
+    one = np.ones(1, np.float32)
+    core = SpikecSSA(num_heads=1, num_kv_heads=1, head_dim=1, rope_theta=0.0, q_threshold=one, k_threshold=one,
+                     v_threshold=one, scale=one, o_threshold=one, signed=signed, tau=0.0, normalize=True,
+                     decay=np.ones(1, np.float32))
+    return _single(core, 3, 1)
+
+
+def test_ssa_spike_products_are_synaptic_operations_counted_by_the_simulator():
+    # T=1, thresholds 1, v_init 1/2: a current of 1 spikes, 0 does not.
+    # positions (q, k, v): (1, 1, 1), (1, 0, 1) -> Q = [1, 1], K = [1, 0], V = [1, 1]
+    # A = tril(Q K^T) = [[1, 0], [1, 0]]: Q K^T coincidences 1 + 1 = 2; non-zero entries 2;
+    # A V: V_0 reaches the 2 queries of column 0, V_1 none (column 1 is zero) -> 2.
+    graph = _ssa_graph()
+    x = torch.tensor([[[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]])
+    result = simulate(graph, x, 1)
+    assert result.operations["op"] == {"q_spikes": 2, "k_spikes": 1, "v_spikes": 2, "qk_synops": 2,
+                                       "a_nonzero": 2, "av_synops": 2}
+    layer = by_name(count_operations(graph, result, positions=2), "op")
+    assert layer.kind == "attention" and layer.attention
+    assert layer.snn.synops == (2 + 2) / 2  # per token
+    assert layer.snn.macs == 0
+    assert layer.snn.neuron_updates == (3 + 1) * 1  # q, k, v and output neurons, one step
+    assert layer.snn.spikes == (2 + 1 + 2 + result.spike_counts["op"]) / 2
+    assert layer.snn.ops == 2 * 1  # normalise and scale each output, no rotary, no decay
+    assert layer.ann.macs == 2 * 1 * 1 * 3 / 2  # the ANN's softmax attention: q.k and p.v over 3 pairs
+    assert layer.neurons == 4 and layer.firing_rate == layer.snn.spikes / (4 * 1)
+
+
+def test_ssa_operations_add_up_over_runs():
+    graph = _ssa_graph(signed=True)
+    runs = [simulate(graph, torch.randn(1, 3, 3), 4) for _ in range(2)]
+    combined = combine_results(runs)
+    for kind in ("qk_synops", "av_synops", "q_spikes"):
+        assert combined.operations["op"][kind] == sum(r.operations["op"][kind] for r in runs)
+
+
+def test_spike_softmax_products_are_incremental_synaptic_operations():
+    from spikec.core.streaming_ir import SpikecSpikeAttention, SpikecSTBIF
+
+    one = np.ones(3, np.float32)
+    nodes = {"input": nir.Input(np.array([3])),
+             "qkv": SpikecSTBIF(threshold=one, max_spikes=1, signed=True, v_init=0.5),
+             "core": SpikecSpikeAttention(num_heads=1, num_kv_heads=1, head_dim=1, rope_theta=0.0, scale=1.0,
+                                          input_scale=one, prob_threshold=np.full(1, 0.25, np.float32),
+                                          prob_max_spikes=4, prob_v_init=0.5),
+             "output": nir.Output(np.array([1]))}
+    names = list(nodes)
+    graph = nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), type_check=False)
+    # T=1: positions (q, k, v) = (1, 1, 0), (1, 0, 1) -> q spikes at 0 and 1, k at 0, v at 1.
+    result = simulate(graph, torch.tensor([[[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]]), 1)
+    probs = result.spike_counts["core_probs"]
+    assert probs > 0
+    # q at query i meets keys 0..i (1 + 2); k at key 0 reaches queries 0, 1 (2): 5.
+    # v at key 1 reaches query 1 (1); each probability spike meets D = 1 value.
+    assert result.operations["core"] == {"qk_synops": 5, "pv_synops": 1 + probs}
+    counts = count_operations(graph, result, positions=2)
+    core, neurons = by_name(counts, "core"), by_name(counts, "qkv")
+    assert core.kind == "attention" and core.attention and neurons.attention
+    assert core.snn.synops == (5 + 1 + probs) / 2 and core.snn.macs == 0
+    pairs = 1 * 2 * 3 / 2 / 2  # probability neurons per token: one per head and causal pair
+    assert core.snn.neuron_updates == pairs and core.snn.spikes == probs / 2
+    assert core.snn.ops == OPS_PER_ELEMENT["softmax"] * pairs + 3  # softmax of the running scores, decode
+    assert core.ann.macs == 2 * 1 * 3 / 2 and core.ann.ops == OPS_PER_ELEMENT["softmax"] * 3 / 2  # the ANN's softmax
+
+
+def test_token_decode_synapses_cost_one_accumulate_per_spike():
+    from spikec.core.streaming_ir import SpikecSpikeDecode, SpikecTokenEncoder
+
+    nodes = {"input": nir.Input(np.array([2])),
+             "enc": SpikecTokenEncoder(threshold=np.ones(2, np.float32), max_spikes=1, signed=True, v_init=0.5,
+                                       scheme="rate", bits=8),
+             "dec": SpikecSpikeDecode(weight=np.ones(2, np.float32), scheme="rate", bits=8),
+             "output": nir.Output(np.array([2]))}
+    names = list(nodes)
+    graph = nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), type_check=False)
+    result = simulate(graph, torch.tensor([[[0.5, -0.25]]]), 4)
+    counts = count_operations(graph, result, positions=1)
+    dec = by_name(counts, "dec")
+    assert dec.kind == "decode" and dec.ann == OpCounts()
+    assert dec.snn.synops == result.spike_counts["enc"] > 0

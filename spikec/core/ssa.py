@@ -209,6 +209,7 @@ def ssa_forward(
     alpha: float | None = None,
     output: str = "spikes",
     decay: torch.Tensor | None = None,
+    stats: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """SSA over T steps (module docstring), differentiable through surrogate gradients.
 
@@ -220,7 +221,10 @@ def ssa_forward(
     ``Y_t * scale`` in the units of ``o_threshold`` (``output="current"``).
     decay: ``[H]`` in (0, 1], or None (all 1): the causal mask of head h weighs position j
     seen from position i by ``decay[h] ** (i - j)`` (1 = Spikformer's plain causal mask), and
-    ``normalize`` divides by the sum of those weights."""
+    ``normalize`` divides by the sum of those weights.
+    stats: when given, receives the operation counts of the spike products (summed over batch
+    and steps, see ``_count_products``) and the ``q_spikes``, ``k_spikes``, ``v_spikes`` of the
+    input neurons, for energy estimates."""
     import torch
 
     if timesteps < 1:
@@ -265,6 +269,8 @@ def ssa_forward(
         a = sq.reshape(*lead, num_kv_heads, rep * positions, head_dim) @ sk.transpose(-1, -2)
         a = a.reshape(*lead, num_kv_heads, rep, positions, positions)
         a = torch.tril(a) if mask is None else a * mask
+        if stats is not None:
+            _count_products(stats, sq, sk, sv, a)
         y = (a @ sv.unsqueeze(-3)).reshape(sq.shape)
         if inv_count is not None:
             y = y * inv_count
@@ -275,6 +281,31 @@ def ssa_forward(
         outs.append(so)
     out = torch.stack(outs)  # [T, b, H, P, D]
     return out.transpose(-2, -3).reshape(*out.shape[:-3], positions, num_heads * head_dim)
+
+
+def _count_products(stats: dict[str, float], sq: torch.Tensor, sk: torch.Tensor, sv: torch.Tensor,
+                    a: torch.Tensor) -> None:
+    """Add one step's operations of the spike products to ``stats``.
+
+    ``sq [..., H, P, D]``, ``sk, sv [..., KV, P, D]``: the step's spikes; ``a [..., KV, rep, P, P]``:
+    the masked attention map. ``qk_synops``: spike coincidences of ``Q K^T`` over causal pairs
+    (``sum_{j <= i, d} |Q_id| |K_jd|``: one accumulate each); ``a_nonzero``: non-zero map
+    entries; ``av_synops``: each V spike ``(j, c)`` times the non-zero entries of column ``j``
+    of the map (its fan-out); ``q_spikes``, ``k_spikes``, ``v_spikes``: ``|spikes|``."""
+    import torch
+
+    kv = sk.shape[-3]
+    qa, ka, va = sq.abs(), sk.abs(), sv.abs()
+    grouped = qa.reshape(*qa.shape[:-3], kv, -1, *qa.shape[-2:])  # [..., KV, rep, P, D]
+    keys_so_far = torch.cumsum(ka, dim=-2).unsqueeze(-3)  # |K| summed over positions j <= i
+    nonzero = (a != 0).to(torch.float64)
+    fan_out = nonzero.sum(-2).sum(-2)  # [..., KV, P]: queries reached from key position j, all heads of the group
+    for key, value in (("q_spikes", qa.sum(dtype=torch.float64)), ("k_spikes", ka.sum(dtype=torch.float64)),
+                       ("v_spikes", va.sum(dtype=torch.float64)),
+                       ("qk_synops", (grouped.double() * keys_so_far.double()).sum()),
+                       ("a_nonzero", nonzero.sum()),
+                       ("av_synops", (fan_out * va.sum(-1, dtype=torch.float64)).sum())):
+        stats[key] = stats.get(key, 0.0) + float(value)
 
 
 def spiking_self_attention(
@@ -293,14 +324,17 @@ def spiking_self_attention(
     tau: float = 0.0,
     normalize: bool = True,
     decay: torch.Tensor | None = None,
+    stats: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Graph form of ``ssa_forward``: the output spike train ``[T, b, P, H D]`` as int8,
-    without gradients. The canonical op of a converted graph and the simulator's kernel."""
+    without gradients. The canonical op of a converted graph and the simulator's kernel
+    (which passes ``stats`` to count the spike products' operations)."""
     import torch
 
     with torch.no_grad():
         spikes = ssa_forward(qkv, q_threshold, k_threshold, v_threshold, scale, o_threshold, num_heads,
-                             num_kv_heads, head_dim, rope_theta, timesteps, signed, tau, normalize, decay=decay)
+                             num_kv_heads, head_dim, rope_theta, timesteps, signed, tau, normalize, decay=decay,
+                             stats=stats)
     return spikes.to(torch.int8)
 
 
