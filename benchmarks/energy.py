@@ -1,10 +1,11 @@
-"""Energy per token of SmolLM2-135M as a spiking network (rate-coded path, default pipeline) on
-held-out text: whole-model and attention-only reductions under the 45nm, 45nm-memory and loihi
+"""Energy per token of SmolLM2-135M as a spiking network (rate-coded path, default pipeline, or
+another conversion mode with --attention/--token-encoding) on held-out text: whole-model and attention-only reductions under the 45nm, 45nm-memory and loihi
 models, with the accuracy measured on the very same simulation runs. Sequence
 lengths: 1024 (one sequence, as `spikec eval --tokens 1024` runs it) and 128 (the compile's).
-Writes benchmarks/results/energy.json.
+Writes benchmarks/results/energy.json (energy_<mode>.json for the other modes).
 
     python benchmarks/energy.py [--dir COMPILED] [-T 16] [--tokens 1024] [--seq-lens 1024,128]
+                                [--attention softmax|spike-softmax|ssa] [--token-encoding none|rate|binary]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from _common import write_results  # noqa: E402
 from spikec.backends.energy import MODEL_NAMES, builtin_model, combine_results, count_operations, estimate  # noqa: E402
 from spikec.backends.simulator import simulate  # noqa: E402
 from spikec.compile import CompileOptions, compile_model  # noqa: E402
+from spikec.passes.pipelines import ATTENTION_MODES, TOKEN_ENCODINGS, build_pipeline  # noqa: E402
 from spikec.evaluate import _metrics, load_compiled  # noqa: E402
 from spikec.report import token_chunks  # noqa: E402
 from spikec.text import HELDOUT_TEXT, read_text, token_stream  # noqa: E402
@@ -77,14 +79,20 @@ def main() -> None:
     ap.add_argument("-T", "--timesteps", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--seq-lens", default="1024,128")
+    ap.add_argument("--attention", default="softmax", choices=ATTENTION_MODES)
+    ap.add_argument("--token-encoding", default="none", choices=TOKEN_ENCODINGS)
     a = ap.parse_args()
+    default = a.attention == "softmax" and a.token_encoding == "none"
+    mode = "default" if default else f"{a.attention}+{a.token_encoding}-tokens"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         directory = a.dir or f"{tmp}/m"
         compile_seconds = None
         if not a.dir:
             start = time.perf_counter()
-            compile_model(CompileOptions(model=a.model, output=directory, timesteps=a.timesteps))
+            passes, options = build_pipeline(a.attention, a.token_encoding)
+            compile_model(CompileOptions(model=a.model, output=directory, timesteps=a.timesteps,
+                                         passes=["default"] if default else passes, options=options))
             compile_seconds = time.perf_counter() - start
         for seq_len in (int(s) for s in a.seq_lens.split(",")):
             row = run(directory, a.tokens, seq_len, a.timesteps)
@@ -102,7 +110,8 @@ def main() -> None:
                 if r["spikes_per_neuron_per_window"] is not None:
                     print(f"    {role:<10} 45nm reduction {100 * r['reduction']:6.1f}%  "
                           f"spikes/neuron/window {r['spikes_per_neuron_per_window']:.2f}")
-    write_results("energy", {"model": a.model, "pipeline": "default", "compile_seconds": compile_seconds,
+    write_results("energy" if default else f"energy_{a.attention}_{a.token_encoding}",
+                  {"model": a.model, "pipeline": mode, "compile_seconds": compile_seconds,
                              "goal": {"reduction_45nm": 0.90, "attention_reduction_45nm": 0.85}, "rows": rows})
 
 

@@ -295,10 +295,14 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(a: argparse.Namespace) -> int:
+    from spikec.finetune import run
+
+    return run(a)
+
+
 COMMANDS = {"compile": _cmd_compile, "eval": _cmd_eval, "run": _cmd_run, "passes": _cmd_passes, "inspect": _cmd_inspect,
-            "energy": _cmd_energy, "report": _cmd_report}
-COMMANDS["export-nir"] = _cmd_export_nir
-COMMANDS["finetune"] = lambda a: __import__("spikec.finetune", fromlist=["run"]).run(a)
+            "energy": _cmd_energy, "report": _cmd_report, "export-nir": _cmd_export_nir, "finetune": _cmd_finetune}
 
 
 class _Interrupts:

@@ -129,6 +129,51 @@ def test_signed_if_encoding_fits_loihi_registers(max_spikes, current):
     assert enc["current_step"] == pytest.approx(2 ** enc["bias_exp"] / enc["theta"])
 
 
+def _float_neuron(u: np.ndarray, v_init: float, steps: int, low: int, high: int) -> np.ndarray:
+    v, out = np.full(u.shape, np.float32(v_init), np.float32), []
+    for _ in range(steps):
+        v = v + u
+        s = np.clip(np.floor(v), low, high)
+        v = v - s
+        out.append(s)
+    return np.stack(out)
+
+
+def _integer_neuron(bias: np.ndarray, v0: int | np.ndarray, theta: int, steps: int, low: int, high: int) -> np.ndarray:
+    v, out = np.full(bias.shape, v0, np.int64), []
+    for _ in range(steps):
+        v = v + bias
+        s = np.clip(np.floor_divide(v, theta), low, high)
+        v = v - s * theta
+        out.append(s)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("current", runner.CURRENT_ENCODINGS)
+@pytest.mark.parametrize("max_spikes,signed", [(1, True), (4, True), (1, False)])
+def test_fixed_point_currents_reproduce_the_float32_neurons_spikes(current, max_spikes, signed):
+    # Currents a hair away from the rounding boundaries k / t - v_init, where float32 arithmetic
+    # and a plain rint of the integer current disagree, plus ordinary and out-of-range ones.
+    rng = np.random.default_rng(3)
+    steps, low = 8, -max_spikes if signed else 0
+    enc = runner.signed_if_encoding(max_spikes, steps, current)
+    ties = np.array([(k + 0.5) / t for t in range(1, steps + 1) for k in range(-max_spikes * t, max_spikes * t)])
+    u = np.concatenate([np.nextafter(ties.astype(np.float32), np.float32(np.inf)),
+                        np.nextafter(ties.astype(np.float32), np.float32(-np.inf)), ties.astype(np.float32),
+                        rng.uniform(-max_spikes - 1, max_spikes + 1, 2000).astype(np.float32)])
+    mant, v0 = runner.fixed_point_current(u, 0.5, enc["theta"], enc["bias_exp"], enc["mant_max"], steps, low,
+                                          max_spikes)
+    assert np.abs(mant).max() <= enc["mant_max"] + 1 and ((v0 >= 0) & (v0 < enc["theta"])).all()
+    assert (v0 != round(0.5 * enc["theta"])).mean() < 0.05  # the initial membrane moves only at ties
+    got = _integer_neuron(mant << enc["bias_exp"], v0, enc["theta"], steps, low, max_spikes)
+    want = _float_neuron(u, 0.5, steps, low, max_spikes)
+    assert (got == want).mean() == 1.0
+    plain = np.rint(np.clip(u, low, max_spikes).astype(np.float64) * enc["theta"] / 2 ** enc["bias_exp"])
+    rounded = _integer_neuron(plain.astype(np.int64) << enc["bias_exp"], round(0.5 * enc["theta"]), enc["theta"],
+                              steps, low, max_spikes)
+    assert (rounded != want).any()  # the case this rounding exists for
+
+
 @pytest.mark.parametrize("synapses", [1, 2])
 def test_weights_quantize_to_8_bit_synapse_groups_with_a_power_of_two_exponent(synapses):
     w = np.random.default_rng(0).standard_normal((24, 40)).astype(np.float32) * 0.05

@@ -188,7 +188,10 @@ def quantization_report(desc: dict[str, Any], arrays: dict[str, np.ndarray], tim
                        "(13-bit mantissa << readout_bias_exp) in units of 2**weight_exp; value = sum * unit / T",
             "neurons": "threshold = vth << 6 (17-bit vth), 24-bit membrane; the current x/threshold clipped to "
                        "[-B, B] is 'graded24' (a 24-bit value, default) or 'bias13' (LIF bias, 13-bit "
-                       "mantissa << bias_exp); current_step is its resolution in threshold units",
+                       "mantissa << bias_exp); current_step is its resolution in threshold units; the "
+                       "current is rounded so that the integer neuron emits the float32 neuron's spikes "
+                       "(spike-preserving rounding, moving the initial membrane only where float32 sums sit "
+                       "on a rounding tie), else to nearest",
             "real_ops": "embedding, norms, attention, activations and adds compute in floating point in both "
                         "precisions",
         },

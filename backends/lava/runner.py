@@ -319,6 +319,63 @@ def signed_if_encoding(max_spikes: int, timesteps: int, current: str = "graded24
             "mant_max": int(mant_max), "resolution": float(resolution), "current_step": 1.0 / resolution}
 
 
+def fixed_point_current(u: np.ndarray, v_init: float, theta: int, bias_exp: int, mant_max: int, timesteps: int,
+                        low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer currents and initial membranes for the real currents ``u`` (threshold units,
+    float32 ``[N, ...]``) of a fixed-point SignedIF layer: ``(mant, v0)``, the bias being
+    ``mant << bias_exp``. Spike-preserving: the integer neurons emit the spikes of the float32
+    neurons (the reference simulator's arithmetic, from ``v_init``) at every step.
+
+    Within ``[low, high]`` nothing clips, so the integer neuron's cumulative count is
+    ``floor((v0 + t b) / theta)``, and the float32 neuron's counts ``C_t`` (``t <= T``) bound the
+    bias ``b`` (and ``v0``) by linear inequalities. The mantissa is the one nearest
+    ``u theta / 2**bias_exp`` that meets them with ``v0 = round(v_init theta)``; where none does
+    (``t u + v_init`` within float32 rounding of an integer: the float32 sums are then not those
+    of any exact current), ``v0`` is chosen too, in ``[0, theta)``. Plain rounding to nearest
+    with ``v0 = round(v_init theta)`` is kept where no pair fits and outside the bounds (where
+    both neurons emit ``low`` or ``high`` every step)."""
+    u32 = np.asarray(u, np.float32)
+    unit, steps = 1 << int(bias_exp), int(timesteps)
+    nearest = np.rint(np.clip(u32, low, high).astype(np.float64) * (theta / unit)).astype(np.int64)
+    v = np.full(u32.shape, np.float32(v_init), np.float32)
+    counts = np.zeros((steps + 1,) + u32.shape, np.int64)  # C_0 = 0: v0 itself emits nothing
+    for t in range(steps):  # the float32 neuron, as PySignedIFModelFloat runs it
+        v = v + u32
+        spikes = np.clip(np.floor(v), low, high)
+        v = v - spikes
+        counts[t + 1] = counts[t] + spikes.astype(np.int64)
+    v_default = int(round(float(v_init) * theta))
+    v0 = np.full(u32.shape, v_default, np.int64)
+    t = np.arange(1, steps + 1, dtype=np.int64).reshape(-1, *([1] * u32.ndim))
+    # C_t theta <= v0 + t b < (C_t + 1) theta for t = 1..T, with v0 fixed
+    lo = _ceil_div(_ceil_div(counts[1:] * theta - v_default, t).max(0), unit)
+    hi = (((counts[1:] + 1) * theta - 1 - v_default) // t).min(0) // unit
+    mant = np.where(lo <= hi, np.clip(nearest, lo, hi), nearest)
+    stuck = np.flatnonzero(((lo > hi) & (u32 >= low) & (u32 <= high)).ravel())
+    if stuck.size:  # choose v0 too: for every pair t < t', (C_t' - C_t - 1) theta < (t' - t) b < (C_t' - C_t + 1) theta
+        c = counts.reshape(steps + 1, -1)[:, stuck]
+        b_lo = np.full(stuck.size, np.iinfo(np.int64).min // 4, np.int64)
+        b_hi = np.full(stuck.size, np.iinfo(np.int64).max // 4, np.int64)
+        for a in range(steps + 1):
+            for z in range(a + 1, steps + 1):
+                b_lo = np.maximum(b_lo, _ceil_div((c[z] - c[a] - 1) * theta + 1, z - a))
+                b_hi = np.minimum(b_hi, ((c[z] - c[a] + 1) * theta - 1) // (z - a))
+        m_lo, m_hi = _ceil_div(b_lo, unit), b_hi // unit
+        m = np.clip(nearest.ravel()[stuck], m_lo, m_hi)
+        b = m * unit
+        tt = np.arange(steps + 1, dtype=np.int64)[:, None]
+        v_lo = (c * theta - tt * b).max(0)
+        v_hi = ((c + 1) * theta - 1 - tt * b).min(0)
+        ok = (m_lo <= m_hi) & (v_lo <= v_hi)
+        mant.ravel()[stuck[ok]] = m[ok]
+        v0.ravel()[stuck[ok]] = np.clip(v_default, v_lo, v_hi)[ok]
+    return np.clip(mant, -mant_max - 1, mant_max), v0
+
+
+def _ceil_div(a: np.ndarray, b: Any) -> np.ndarray:
+    return -((-a) // b)
+
+
 def weight_int_max(synapses: int) -> int:
     """Largest |integer weight| with ``synapses`` 8-bit synapse groups (shifts 7*i apart)."""
     if synapses not in (1, 2):
@@ -780,7 +837,7 @@ def lava_backend() -> Any:
     @tag("fixed_pt", "bit_accurate_loihi")
     class PySignedIFModelFixed(_SignedIFBase):
         """Integer neurons with Loihi's encodings: threshold ``vth << 6``, the current as a
-        bias ``mant << exp`` (13-bit mantissa), a 24-bit saturating membrane."""
+        bias ``mant << exp`` (``fixed_point_current``), a 24-bit saturating membrane."""
 
         v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
@@ -789,11 +846,11 @@ def lava_backend() -> Any:
             theta, B = enc["theta"], self.p["max_spikes"]
             if t == 0:
                 u = self._x.astype(_F32) / self.p["threshold"].astype(_F32)[:, None]
-                u = np.clip(u, self.low, B)  # changes no spike, bounds the membrane by (B+1) theta
-                mant = np.rint(u.astype(np.float64) * (theta / (1 << enc["bias_exp"])))
-                mant = np.clip(mant, -enc["mant_max"] - 1, enc["mant_max"])
-                self.bias = mant.astype(np.int64) << enc["bias_exp"]
-                self.v[:] = int(round(self.p["v_init"] * theta))
+                # u is used within [low, B]: that changes no spike and bounds the membrane by (B+1) theta
+                mant, v0 = fixed_point_current(u, self.p["v_init"], theta, enc["bias_exp"], enc["mant_max"],
+                                               self.p["timesteps"], self.low, B)
+                self.bias = mant << enc["bias_exp"]
+                self.v[:] = v0
             v = np.clip(self.v.astype(np.int64) + self.bias, -STATE_MAX, STATE_MAX)
             s = np.clip(np.floor_divide(v, theta), self.low, B)
             self.v[:] = v - s * theta
