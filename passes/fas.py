@@ -57,7 +57,7 @@ from ._fx import (
 )
 from .calibrate import META_KEY as CALIBRATION_KEY
 from .encode import NEURON_KEY, V_INIT, neuron_config, provably_nonnegative, thresholds
-from .training import TrainConfig, train
+from .training import TrainConfig, save_state, train
 
 FAS_KEY = "spikec_fas"  # neuron meta written by fas-calibrate
 REFERENCE_KEY = "spikec_fas_reference"  # gm.meta: the weights before qcfs-finetune, fas-calibrate's target
@@ -185,13 +185,6 @@ def _state_dir(ctx: PassContext) -> Path:
     if chosen:
         return Path(chosen).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikec" / "fas"
-
-
-def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _load(path: Path, run_id: str) -> dict | None:
@@ -378,7 +371,7 @@ def qcfs_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
         result = train(params, loss_fn, cfg, extra_fingerprint=run_id)
         losses, resumed_from = result.losses, result.resumed_from
         if reuse:
-            _save(done_file, {"run_id": run_id, "losses": losses,
+            save_state(done_file, {"run_id": run_id, "losses": losses,
                               "params": {k: p.detach().cpu() for k, p in params.items()}})
 
     # fas-calibrate's target is the network before fine-tuning: keep its weights (no copy).
@@ -837,7 +830,7 @@ def fas_calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
         logits_losses = state.get("logits_losses", [])
     else:
         teacher = _sequential(gm, layers, ids, samples, mode, steps, lr, seed, FINE_PARAMS[fine_params], reference,
-                              state, lambda: _save(path, state), progress)
+                              state, lambda: save_state(path, state), progress)
         logits_losses: list[float] = []
         if logits_steps:
             logits_losses = _logits_step(gm, layers, ids[:samples], teacher[:samples], mode, FINE_PARAMS[fine_params],
@@ -847,7 +840,7 @@ def fas_calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
         state["logits_losses"] = logits_losses
         state["complete"] = True
         if reuse:
-            _save(path, state)
+            save_state(path, state)
         elif path.exists():
             path.unlink()
     _apply(gm, layers, mode)

@@ -77,7 +77,8 @@ def fingerprint(params: dict[str, torch.Tensor], cfg: TrainConfig, extra: str = 
     return h.hexdigest()[:16]
 
 
-def _save(path: Path, state: dict) -> None:
+def save_state(path: Path, state: dict) -> None:
+    """Write ``state`` (torch.save) to ``path`` atomically: a temporary file, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)
@@ -153,7 +154,7 @@ def train(
         bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
         done = step + 1
         if path is not None and (done % cfg.checkpoint_every == 0) and done < cfg.steps:
-            _save(path, {
+            save_state(path, {
                 "run_id": run_id, "step": done, "losses": result.losses,
                 "params": {k: p.detach().clone() for k, p in named.items()},
                 "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "random_rng": random.getstate(),
