@@ -108,7 +108,8 @@ def main() -> None:
                   f"spike-driven share of ANN MACs {100 * row['models']['45nm']['spike_driven_mac_share']:.1f}%")
             for role, r in row["by_role_45nm"].items():
                 if r["spikes_per_neuron_per_window"] is not None:
-                    print(f"    {role:<10} 45nm reduction {100 * r['reduction']:6.1f}%  "
+                    reduction = "     -" if r["reduction"] is None else f"{100 * r['reduction']:6.1f}"
+                    print(f"    {role:<10} 45nm reduction {reduction}%  "
                           f"spikes/neuron/window {r['spikes_per_neuron_per_window']:.2f}")
     write_results("energy" if default else f"energy_{a.attention}_{a.token_encoding}",
                   {"model": a.model, "pipeline": mode, "compile_seconds": compile_seconds,

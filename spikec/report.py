@@ -82,7 +82,7 @@ def measure_operations(
         if i == 0:
             first_spikes = r.spikes
         results.append(SimResult(outputs={}, spike_counts=r.spike_counts, firing_rates=r.firing_rates,
-                                 timesteps=r.timesteps))
+                                 timesteps=r.timesteps, operations=r.operations))
     combined = combine_results(results)
     combined.spikes = first_spikes
     return count_operations(graph, combined, positions=int(ids.shape[1]), sequences=int(ids.shape[0])), combined

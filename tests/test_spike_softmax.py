@@ -321,3 +321,13 @@ def test_compile_reports_the_mode_the_spiking_parts_and_an_exact_simulator_check
     assert (tmp_path / "m" / "report.html").is_file()
     (row,) = evaluate(load_compiled(tmp_path / "m"), tokens=40, timesteps=[T], progress=False)
     assert math.isfinite(row["ppl_ratio"]) and row["spikes_per_neuron_step"] > 0
+    # energy: the spike-equivalent attention cores are counted from their spike products, the
+    # token encoder's synapses as accumulates, and nothing is left uncounted
+    from spikec.report import energy_on_text
+
+    est = energy_on_text(tmp_path / "m", tokens=32, progress=False)
+    kinds = {l["kind"] for l in est["layers"]}
+    assert "uncounted" not in kinds and {"attention", "decode", "neurons"} <= kinds
+    cores = [l for l in est["layers"] if l["kind"] == "attention"]
+    assert len(cores) == 2 and all(l["snn"]["synops"] > 0 and l["snn"]["macs"] == 0 for l in cores)
+    assert all(l["attention"] for l in est["layers"] if l["name"].endswith("attn_core_neuron"))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -327,6 +329,13 @@ def test_finetune_command_writes_a_compile_output_and_removes_its_checkpoint(tmp
     assert not (tmp_path / "m.finetune.ckpt").exists()
     graph = nirio.read(out / "model.nir")
     assert any(isinstance(n, ssa.SpikecSSA) for n in graph.nodes.values())
+    # its energy: the SSA cores are attention layers counted from their spike products
+    assert main(["energy", str(out), "--tokens", "32", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    cores = [l for l in est["layers"] if l["kind"] == "attention"]
+    assert cores and all(l["attention"] and l["snn"]["synops"] > 0 and l["snn"]["macs"] == 0 for l in cores)
+    assert not [l for l in est["layers"] if l["kind"] == "uncounted"]
+    assert est["attention_reduction"] is not None
 
 
 def test_finetune_command_errors(tmp_path: Path, capsys, monkeypatch):
