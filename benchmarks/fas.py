@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--state-dir", default=None, help="fas_state_dir (default ~/.cache/spikec/fas)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="more pass options")
     a = ap.parse_args()
-    common: dict[str, Any] = {"qcfs_steps": a.qcfs_steps, "qcfs_lr": a.qcfs_lr, "progress": False}
+    common: dict[str, Any] = {"qcfs_steps": a.qcfs_steps, "qcfs_lr": a.qcfs_lr, "qcfs_reuse": True,
+                              "progress": False}  # stage 1 runs once; its later variants reuse it
     if a.state_dir:
         common["fas_state_dir"] = a.state_dir
     common.update({k: _value(v) for k, v in (o.split("=", 1) for o in a.option)})
