@@ -6,6 +6,8 @@ they skip locally and FAIL when the environment variable ``CI`` is set."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ast
 import functools
 import json
@@ -267,6 +269,56 @@ def test_floating_pt_lava_equals_the_reference_simulator_spike_for_spike(lava_py
     assert result["logits_max_abs_diff"] < 1e-4 and result["next_token_agreement"] == 1.0
     assert run.meta["run_config"] == "Loihi2SimCfg" and run.meta["steps_single_network"] == 9 * T + 1
     assert len(run.meta["segments"]) == (1 if per_run == 0 else 9)
+
+
+@functools.lru_cache(maxsize=None)
+def converted_ssa(family: str) -> nir.NIRGraph:
+    """The tiny model of ``family`` with spiking self-attention in place of softmax attention."""
+    torch.manual_seed(0)
+    ctx = PassContext(options={"timesteps": T}, calibration=token_ids(seed=2))
+    gm, _ = run_passes(FAMILIES[family](), [*spikec.passes.DEFAULT_PIPELINE, "ssa"], ctx)
+    ids = token_ids(samples=1, positions=POSITIONS, seed=5)
+    return lower_to_nir(gm, ids, {"timesteps": T, "positions": POSITIONS, "model": f"tiny-{family}-ssa"})
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_runners_numpy_ssa_equals_spikec_core_ssa(family):
+    from spikec.core.ssa import SpikecSSA, spiking_self_attention
+
+    graph = converted_ssa(family)
+    (name, node), *_ = [(n, v) for n, v in graph.nodes.items() if isinstance(v, SpikecSSA)]
+    heads, kv, d = node.num_heads, node.num_kv_heads, node.head_dim
+    qkv = torch.randn(2, 11, (heads + 2 * kv) * d) * 3
+    params = {k: np.asarray(getattr(node, k), np.float32) for k in runner.SSA_PARAMS}
+    want = spiking_self_attention(qkv, *(torch.from_numpy(params[k]) for k in runner.SSA_PARAMS), heads, kv, d,
+                                  node.rope_theta, T, node.signed, node.tau, node.normalize)
+    got = runner.ssa_spikes(qkv.numpy(), params, heads, kv, d, node.rope_theta, T, node.signed, node.tau,
+                            node.normalize)
+    assert got.dtype == np.int8 and np.abs(got).sum() > 0
+    assert (got == want.numpy()).all()
+
+
+def test_export_refuses_a_decaying_ssa_mask_and_says_what_to_use():
+    from spikec.core.ssa import SpikecSSA
+
+    graph = converted_ssa("gpt2")
+    nodes = dict(graph.nodes)
+    name = next(n for n, v in nodes.items() if isinstance(v, SpikecSSA))
+    nodes[name] = dataclasses.replace(nodes[name], decay=np.full(nodes[name].num_heads, 0.9, np.float32))
+    with pytest.raises(UnsupportedError, match="ssa_decay=none"):
+        export.network_description(nir.NIRGraph(nodes=nodes, edges=graph.edges, type_check=False))
+
+
+@pytest.mark.parametrize("family,precision", [("gpt2", "floating_pt"), ("llama", "fixed_pt")])
+def test_ssa_graphs_run_in_lava_spike_for_spike(lava_python, tmp_path, family, precision):
+    graph = converted_ssa(family)
+    ids = token_ids(samples=1, positions=POSITIONS, seed=5)
+    folder = export.export_lava(graph, tmp_path / "lava")["folder"]
+    run = compare.run_export(folder, ids, precision=precision, python=lava_python)
+    result = compare.compare(graph, ids, run)
+    per_layer = result["spike_agreement_per_layer"]
+    assert sum(k.endswith("attn_ssa") for k in per_layer) == 2  # the SSA layers are compared too
+    assert per_layer == {k: 1.0 for k in per_layer} and result["logits_max_abs_diff"] == 0.0
 
 
 def test_fixed_pt_agrees_with_the_quantized_network_per_layer_and_reports_the_float_gap(lava_python, exports):

@@ -3,7 +3,7 @@
 The folder holds everything a host with only lava-nc, numpy (and nir) needs:
 
 * ``network.json``  the graph in the runner's terms (node types ``Input, Embedding,
-  LayerNorm, RMSNorm, Attention, Activation, GatedActivation, Add, Affine, SignedIF,
+  LayerNorm, RMSNorm, Attention, Activation, GatedActivation, Add, Affine, SignedIF, SSA,
   Dense, RateReadout, Output``), edges in NIR order (fan-in sums in that order), metadata;
 * ``weights.npz``   arrays by ``<node>/<field>``: float32 parameters, and for every Dense
   its fixed-point weights ``weight_int`` (int16), ``weight_exp`` and ``synapses``;
@@ -31,6 +31,7 @@ import numpy as np
 
 from spikec.core import ir
 from spikec.core.errors import InputError, UnsupportedError
+from spikec.core.ssa import SpikecSSA
 
 from . import runner
 
@@ -40,7 +41,7 @@ DEFAULT_SYNAPSES = 1
 
 
 def _spiking(graph: nir.NIRGraph, name: str) -> bool:
-    return isinstance(graph.nodes[name], ir.SpikecSignedIF)
+    return isinstance(graph.nodes[name], (ir.SpikecSignedIF, SpikecSSA))
 
 
 def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -87,6 +88,17 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
                                           "activation": str(node.activation)})
         elif isinstance(node, ir.SpikecAdd):
             add(name, "Add", {"features": int(node.features)})
+        elif isinstance(node, SpikecSSA):
+            if not (np.asarray(node.decay) == 1).all():
+                raise UnsupportedError(
+                    f"SSA {name!r} has a decaying causal mask (ssa_decay=fit), whose real-valued products the "
+                    "Lava export cannot reproduce spike for spike",
+                    hint="fine-tune with --option ssa_decay=none for the Lava target")
+            h, kv, d = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim)
+            add(name, "SSA", {"features": h * d, "in_features": (h + 2 * kv) * d, "num_heads": h, "num_kv_heads": kv,
+                              "head_dim": d, "rope_theta": float(node.rope_theta), "signed": bool(node.signed),
+                              "tau": float(node.tau), "normalize": bool(node.normalize)},
+                **{k: f32(getattr(node, k)) for k in runner.SSA_PARAMS})
         elif isinstance(node, ir.SpikecSignedIF):
             if np.ndim(node.v_init):
                 raise UnsupportedError(

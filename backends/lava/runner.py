@@ -16,6 +16,8 @@ carries a ``[features, batch*positions]`` array):
 
 * ``SignedIF``    -> custom process ``SignedIF`` (signed, graded, soft-reset neurons),
                      driven by its real input as a constant current (a bias) for T steps.
+* ``SSA``         -> custom process ``SpikingSelfAttention``: spiking self-attention on the
+                     real q|k|v, scheduled like a SignedIF layer (spikes for T steps).
 * ``Affine`` fed by neurons -> ``PositionalDense``, a subclass of Lava's ``Dense`` with
                      graded spikes (num_message_bits = 8) and a ``[in, N]`` input port;
                      its model runs Lava's Dense arithmetic (float, or Loihi's 8-bit
@@ -77,7 +79,9 @@ SPIKING = "SignedIF"
 DENSE = "Dense"
 READOUT = "RateReadout"
 REAL_OPS = ("Embedding", "LayerNorm", "RMSNorm", "Attention", "Activation", "GatedActivation", "Add", "Affine")
-NODE_TYPES = ("Input", "Output", SPIKING, DENSE, READOUT, *REAL_OPS)
+SSA = "SSA"  # spiking self-attention: real q|k|v in, spikes out, like a SignedIF layer
+NEURON_TYPES = (SPIKING, SSA)
+NODE_TYPES = ("Input", "Output", SPIKING, SSA, DENSE, READOUT, *REAL_OPS)
 
 
 class NetworkError(ValueError):
@@ -191,16 +195,16 @@ def schedule(net: Network, timesteps: int) -> Schedule:
         kind, preds = node.type, node.preds
         if kind == "Input":
             ready[name] = 1
-        elif kind == SPIKING:
+        elif kind in NEURON_TYPES:
             if not preds or any(p not in ready for p in preds):
-                raise NetworkError(f"SignedIF {name!r} must be driven by real values")
+                raise NetworkError(f"{kind} {name!r} must be driven by real values")
             bad = [s for s in node.succs if net.nodes[s].type != DENSE]
             if bad:
-                raise NetworkError(f"SignedIF {name!r} drives {bad[0]!r}; only Dense (Affine) nodes may read spikes")
+                raise NetworkError(f"{kind} {name!r} drives {bad[0]!r}; only Dense (Affine) nodes may read spikes")
             window[name] = max(ready[p] for p in preds)
         elif kind == DENSE:
-            if len(preds) != 1 or net.nodes[preds[0]].type != SPIKING:
-                raise NetworkError(f"Dense {name!r} must be fed by exactly one SignedIF")
+            if len(preds) != 1 or net.nodes[preds[0]].type not in NEURON_TYPES:
+                raise NetworkError(f"Dense {name!r} must be fed by exactly one SignedIF or SSA layer")
             if len(node.succs) != 1 or net.nodes[node.succs[0]].type != READOUT:
                 raise NetworkError(f"Dense {name!r} must feed exactly one RateReadout")
             window[name] = window[preds[0]]
@@ -624,6 +628,69 @@ def attention(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_th
     return out.transpose(0, 2, 1, 3).reshape(b, p, heads * head_dim)
 
 
+def ssa_spikes(qkv: np.ndarray, p: dict[str, np.ndarray], heads: int, kv_heads: int, head_dim: int,
+               rope_theta: float, timesteps: int, signed: bool, tau: float, normalize: bool) -> np.ndarray:
+    """Spiking self-attention (``spikec.core.ssa.spiking_self_attention``, plain causal mask) in
+    numpy float32, operation for operation: ``qkv [b, P, (H+2KV)D]`` -> int8 ``[T, b, P, HD]``.
+    ``p``: ``q_threshold``, ``k_threshold``, ``v_threshold``, ``scale``, ``o_threshold``. The
+    spike products are integer sums, exact in float32 in any order."""
+    b, n, _ = qkv.shape
+    hq, hk, rep = heads * head_dim, kv_heads * head_dim, heads // kv_heads
+    x = qkv.astype(_F32)
+    q = x[..., :hq].reshape(b, n, heads, head_dim).transpose(0, 2, 1, 3)
+    k = x[..., hq:hq + hk].reshape(b, n, kv_heads, head_dim).transpose(0, 2, 1, 3)
+    v = x[..., hq + hk:hq + 2 * hk].reshape(b, n, kv_heads, head_dim).transpose(0, 2, 1, 3)
+    if rope_theta > 0:
+        cos, sin = rotary_cos_sin(n, head_dim, rope_theta)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+    per_head = lambda a, h: a.astype(_F32).reshape(h, 1, head_dim)  # noqa: E731
+    u = [q / per_head(p["q_threshold"], heads), k / per_head(p["k_threshold"], kv_heads),
+         v / per_head(p["v_threshold"], kv_heads)]
+    scale_h = per_head(p["scale"], heads)
+    gain = scale_h / per_head(p["o_threshold"], heads)
+    inv_count = _F32(1.0) / np.arange(1, n + 1, dtype=_F32)[:, None] if normalize else None
+
+    def fire(v_: np.ndarray) -> np.ndarray:
+        s_ = (v_ >= 1.0).astype(_F32)
+        return s_ - (v_ < 0).astype(_F32) if signed else s_
+
+    trains = []
+    for ui in u:  # the Q, K, V neurons driven by a constant current (ssa.input_spikes)
+        if tau == 0:
+            steps = np.arange(1, timesteps + 1, dtype=_F32).reshape(-1, *([1] * ui.ndim))
+            before = np.floor(ui * (steps - 1) + _F32(0.5))
+            before = np.minimum(np.maximum(before, -(steps - 1) if signed else np.zeros_like(steps)), steps - 1)
+            trains.append(fire(ui * steps + _F32(0.5) - before))
+        else:
+            vm, out = np.full(ui.shape, _F32(0.5), _F32), []
+            for _ in range(timesteps):
+                vm = vm + (ui - vm) / _F32(tau)
+                s_ = fire(vm)
+                vm = vm - s_
+                out.append(s_)
+            trains.append(np.stack(out))
+    vo = np.full(trains[0].shape[1:], _F32(0.5), _F32)
+    outs = []
+    for t in range(timesteps):
+        sq, sk, sv = (tr[t] for tr in trains)
+        a = sq.reshape(b, kv_heads, rep * n, head_dim) @ sk.transpose(0, 1, 3, 2)
+        a = np.tril(a.reshape(b, kv_heads, rep, n, n))
+        y = (a @ sv[:, :, None]).reshape(sq.shape)
+        if inv_count is not None:
+            y = y * inv_count
+        current = y * gain
+        vo = vo + current if tau == 0 else vo + (current - vo) / _F32(tau)
+        so = fire(vo)
+        vo = vo - so
+        outs.append(so)
+    out = np.stack(outs)  # [T, b, H, P, D]
+    return out.transpose(0, 1, 3, 2, 4).reshape(timesteps, b, n, hq).astype(np.int8)
+
+
+SSA_PARAMS = ("q_threshold", "k_threshold", "v_threshold", "scale", "o_threshold")
+
+
 def embedding(ids: np.ndarray, weight: np.ndarray, position_weight: np.ndarray) -> np.ndarray:
     out = weight[ids].astype(_F32)
     if position_weight.shape[0] > 0:
@@ -728,6 +795,19 @@ def lava_backend() -> Any:
             self.a_in = InPort(shape=shape)
             self.s_out = OutPort(shape=shape)
             self.v = Var(shape=shape, init=0)
+
+    class SpikingSelfAttention(AbstractProcess):
+        """Spiking self-attention (``ssa_spikes``): the real q|k|v received at step ``start``
+        drives its Q, K, V neurons for T steps; the output neurons' spikes leave on ``s_out``
+        at steps ``start .. start+T-1``, like a SignedIF layer's."""
+
+        def __init__(self, *, shape_in: tuple[int, int], shape_out: tuple[int, int], params: dict,
+                     attrs: dict, batch: int, start: int, timesteps: int, record: np.ndarray,
+                     name: str | None = None) -> None:
+            super().__init__(shape_in=shape_in, shape_out=shape_out, params=params, attrs=attrs, batch=batch,
+                             start=start, timesteps=timesteps, record=record, name=name, log_config=quiet)
+            self.a_in = InPort(shape=shape_in)
+            self.s_out = OutPort(shape=shape_out)
 
     class PositionalDense(Dense):
         """Lava's Dense with a ``[in, N]`` input (N = batch x positions): the same weights
@@ -855,6 +935,36 @@ def lava_backend() -> Any:
             s = np.clip(np.floor_divide(v, theta), self.low, B)
             self.v[:] = v - s * theta
             return s
+
+    @implements(proc=SpikingSelfAttention, protocol=LoihiProtocol)
+    @requires(CPU)
+    @tag("floating_pt", "fixed_pt")
+    class PySpikingSelfAttentionModel(PyLoihiProcessModel):
+        """float32 arithmetic in both precisions (Loihi has no spike-matrix product)."""
+
+        a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
+        s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int8, precision=8)
+
+        def __init__(self, proc_params: Any) -> None:
+            super().__init__(proc_params)
+            self.p = proc_params
+            self.zeros = np.zeros(self.p["shape_out"], np.int8)
+
+        def run_spk(self) -> None:
+            x = self.a_in.recv()
+            t = self.time_step - self.p["start"]
+            if not 0 <= t < self.p["timesteps"]:
+                self.s_out.send(self.zeros)
+                return
+            if t == 0:
+                a = self.p["attrs"]
+                train = ssa_spikes(from_lava(x, self.p["batch"]), self.p["params"], int(a["num_heads"]),
+                                   int(a["num_kv_heads"]), int(a["head_dim"]), float(a["rope_theta"]),
+                                   self.p["timesteps"], bool(a["signed"]), float(a["tau"]), bool(a["normalize"]))
+                self.train = [to_lava(s) for s in train]
+            s = self.train[t]
+            self.p["record"][t] = s
+            self.s_out.send(s)
 
     class _DenseSkip:
         """Event-driven like Loihi: a step without spikes costs no synaptic operation."""
@@ -1008,13 +1118,15 @@ def lava_backend() -> Any:
         SignedIF: {"floating_pt": PySignedIFModelFloat, "fixed_pt": PySignedIFModelFixed},
         PositionalDense: {"floating_pt": PyPositionalDenseModelFloat, "fixed_pt": PyPositionalDenseModelBitAcc},
         RateReadout: {"floating_pt": PyRateReadoutModelFloat, "fixed_pt": PyRateReadoutModelFixed},
+        SpikingSelfAttention: {"floating_pt": PySpikingSelfAttentionModel, "fixed_pt": PySpikingSelfAttentionModel},
     }
     for cls in (RealOp, Attention, Norm, Add):
         models[cls] = {"floating_pt": PyRealOpModel, "fixed_pt": PyRealOpModel}
     models[HostValue] = {"floating_pt": PyHostValueModel, "fixed_pt": PyHostValueModel}
     models[Embedding] = {"floating_pt": PyEmbeddingModel, "fixed_pt": PyEmbeddingModel}
     _LAVA = SimpleNamespace(
-        SignedIF=SignedIF, PositionalDense=PositionalDense, RateReadout=RateReadout, RealOp=RealOp,
+        SignedIF=SignedIF, SpikingSelfAttention=SpikingSelfAttention, PositionalDense=PositionalDense,
+        RateReadout=RateReadout, RealOp=RealOp,
         Attention=Attention, Norm=Norm, Add=Add, HostValue=HostValue, Embedding=Embedding, models=models,
         RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg,
     )
@@ -1090,6 +1202,14 @@ def build_process(net: Network, sched: Schedule, seg: Segment, name: str, state:
                           encoding=signed_if_encoding(int(node.attrs["max_spikes"]), T, state.current) if fixed
                           else None,
                           name=name)
+    if node.type == SSA:
+        f, a = features(net, name), node.attrs
+        record = shared_array((T, f, n), np.int8)
+        state.spikes[name] = record
+        params = {k: np.array(net.array(name, k), _F32) for k in SSA_PARAMS}  # loaded before Lava forks
+        return L.SpikingSelfAttention(shape_in=(int(a["in_features"]), n), shape_out=(f, n), params=params,
+                                      attrs=dict(a), batch=state.batch, start=sched.window[name] - seg.offset,
+                                      timesteps=T, record=record, name=name)
     if node.type == DENSE:
         if fixed:  # Lava's Dense holds mixed-sign 8-bit weights as 2 * mantissa
             (high, shift), *low = dense_fixed(net, name)["groups"]
@@ -1274,7 +1394,7 @@ def run_network(net: Network, inputs: np.ndarray, timesteps: int | None = None, 
     if precision == "fixed_pt":
         meta["current_encoding"] = current
         meta["signed_if_encoding"] = {k: signed_if_encoding(int(net.nodes[k].attrs["max_spikes"]), T, current)
-                                      for k in state.spikes}
+                                      for k in state.spikes if net.nodes[k].type == SPIKING}
         meta["readout_accumulator"] = {k: {"max_abs": float(v[0]), "saturated": int(v[1])}
                                        for k, v in state.readout_stats.items()}
     return {"outputs": result_outputs, "spikes": spikes, "window_start": dict(sched.window),
