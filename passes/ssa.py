@@ -371,7 +371,8 @@ class FinetuneConfig:
     surrogate (``surrogate`` = sigmoid | arctan), alpha (``surrogate_alpha``: its sharpness).
     e2e_steps (``finetune_e2e_steps`` = 0): steps after the layer-wise ones that minimise
     ``1 - cosine`` of the final hidden state (lm_head's input) to the unquantized model's,
-    back-propagated through the whole converted network (slower per step).
+    back-propagated through the whole converted network (slower per step), at learning rate
+    e2e_lr (``finetune_e2e_lr`` = lr / 10: the whole network amplifies every update).
     checkpoint (``finetune_checkpoint``), checkpoint_every (``finetune_checkpoint_every`` = 10),
     seed (``finetune_seed`` = 0), progress (``progress`` = true).
     """
@@ -379,6 +380,7 @@ class FinetuneConfig:
     steps: int = 100
     lr: float = 1e-2
     e2e_steps: int = 0
+    e2e_lr: float | None = None  # None: lr / 10
     batch: int = 4
     samples: int = 0
     rank: int = 8
@@ -397,6 +399,7 @@ class FinetuneConfig:
         cfg = cls(
             steps=int(ctx.option("finetune_steps", d.steps)), lr=float(ctx.option("finetune_lr", d.lr)),
             e2e_steps=int(ctx.option("finetune_e2e_steps", d.e2e_steps)),
+            e2e_lr=None if ctx.option("finetune_e2e_lr") is None else float(ctx.option("finetune_e2e_lr")),
             batch=int(ctx.option("finetune_batch", d.batch)), samples=int(ctx.option("finetune_samples", d.samples)),
             rank=int(ctx.option("finetune_rank", d.rank)), inputs=str(ctx.option("finetune_inputs", d.inputs)),
             surrogate=str(ctx.option("surrogate", d.surrogate)), alpha=None if alpha is None else float(alpha),
@@ -412,6 +415,8 @@ class FinetuneConfig:
             raise UsageError(f"finetune_inputs must be one of {', '.join(INPUTS)}, got {cfg.inputs!r}")
         if cfg.e2e_steps < 0:
             raise UsageError(f"finetune_e2e_steps must be >= 0, got {cfg.e2e_steps}")
+        if cfg.e2e_lr is not None and not cfg.e2e_lr > 0:
+            raise UsageError(f"finetune_e2e_lr must be positive, got {cfg.e2e_lr}")
         if cfg.batch < 1 or cfg.rank < 0 or cfg.samples < 0:
             raise UsageError(f"finetune_batch must be >= 1 and finetune_rank, finetune_samples >= 0 "
                              f"(got {cfg.batch}, {cfg.rank}, {cfg.samples})")
@@ -817,12 +822,15 @@ def ssa_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
     before = _mean_loss(blocks, n, cfg.batch, params, units, cfg)
     train_cfg = TrainConfig(steps=cfg.steps + cfg.e2e_steps, lr=cfg.lr, checkpoint=cfg.checkpoint,
                             checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, desc="ssa-finetune",
-                            progress=cfg.progress, backward_in_loss=True)
+                            progress=cfg.progress, backward_in_loss=True,
+                            lr_from=((cfg.steps, cfg.lr / 10 if cfg.e2e_lr is None else cfg.e2e_lr),)
+                            if cfg.e2e_steps else ())
     result = train(params, loss_fn, train_cfg, extra_fingerprint=_fingerprint(blocks, cfg, n))
     after = _mean_loss(blocks, n, cfg.batch, params, units, cfg)
     _write_back(gm, blocks, params, units)
     if cfg.e2e_steps:
         ctx.record("e2e_steps", cfg.e2e_steps)
+        ctx.record("e2e_lr", train_cfg.lr_at(cfg.steps))
         ctx.record("e2e_losses", [round(x, 6) for x in result.losses[cfg.steps:]])
     ctx.record("layers", len(blocks))
     ctx.record("steps", cfg.steps)

@@ -34,6 +34,8 @@ class TrainConfig:
     (None: no checkpoint). seed: seeds torch and random before the first step.
     backward_in_loss: ``loss_fn`` accumulates the gradients itself (calls ``backward`` on
     parts of the loss) and returns the total loss for display and the finiteness check.
+    lr_from: ``((step, lr), ...)``: from each ``step`` on (0-based, ascending) the learning rate
+    is ``lr`` (e.g. a second phase with another objective); before the first, ``lr``.
     """
 
     steps: int
@@ -46,6 +48,15 @@ class TrainConfig:
     desc: str = "fine-tuning"
     progress: bool = True
     backward_in_loss: bool = False  # loss_fn back-propagates itself (e.g. piece by piece, to bound memory)
+    lr_from: tuple[tuple[int, float], ...] = ()
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (see ``lr_from``)."""
+        lr = self.lr
+        for first, value in self.lr_from:
+            if step >= first:
+                lr = value
+        return lr
 
     def validate(self) -> None:
         if self.steps < 0:
@@ -54,6 +65,8 @@ class TrainConfig:
             raise UsageError(f"learning rate must be positive, got {self.lr}")
         if self.checkpoint_every < 1:
             raise UsageError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if any(not value > 0 for _, value in self.lr_from):
+            raise UsageError(f"learning rates must be positive, got {[v for _, v in self.lr_from]}")
 
 
 @dataclass
@@ -140,6 +153,8 @@ def train(
     bar = tqdm(range(start, cfg.steps), desc=cfg.desc, unit="step", initial=start, total=cfg.steps,
                disable=not cfg.progress, leave=False)
     for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(step)
         if not torch.isfinite(loss):

@@ -70,3 +70,12 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     w2, loss_fn = _problem()
     with pytest.raises(InputError, match="another fine-tuning run"):
         train({"w": w2}, loss_fn, TrainConfig(steps=10, lr=0.01, checkpoint=str(ckpt), progress=False))
+
+
+def test_a_later_phase_runs_at_its_own_learning_rate():
+    # loss = p: a constant gradient of 1, so each AdamW step moves p by its learning rate
+    p = torch.zeros((), requires_grad=True)
+    cfg = TrainConfig(steps=3, lr=0.1, grad_clip=None, progress=False, lr_from=((2, 0.01),))
+    train({"p": p}, lambda step: p * 1.0, cfg)
+    assert [cfg.lr_at(s) for s in range(3)] == [0.1, 0.1, 0.01]
+    assert float(p) == pytest.approx(-0.21, abs=1e-6)
