@@ -72,12 +72,27 @@ class _Observer(fx.Interpreter):
         return out
 
 
-def _module_device(gm: fx.GraphModule) -> torch.device:
+def module_device(gm: fx.GraphModule) -> torch.device:
+    """The device of the module's tensors (CPU when it has none)."""
     for t in gm.buffers():
         return t.device
     for t in gm.parameters():
         return t.device
     return torch.device("cpu")
+
+
+def observe_nodes(gm: fx.GraphModule, data: torch.Tensor, watch: dict[fx.Node, Any], batch: int,
+                  desc: str | None = None) -> None:
+    """Run ``gm`` on the token ids ``data [samples, positions]``, ``batch`` samples at a time,
+    feeding each watched node's value to its statistics (any object with ``update(value)``);
+    ``desc``: a progress bar's label (None: no bar)."""
+    device = module_device(gm)
+    observer = _Observer(gm, watch)
+    with torch.no_grad():
+        bar = tqdm(range(0, data.shape[0], batch), desc=desc, unit="batch", disable=None if desc else True,
+                   leave=False)
+        for start in bar:
+            observer.run(data[start:start + batch].to(device))
 
 
 @register_pass("calibrate")
@@ -124,12 +139,7 @@ def calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
             f"an exact {percentile}th percentile over {tokens} tokens needs {need / 2**30:.1f} GiB of buffers",
             "use a higher calibration_percentile or fewer calibration tokens")
 
-    device = _module_device(gm)
-    observer = _Observer(gm, watch)
-    starts = range(0, data.shape[0], batch)
-    with torch.no_grad():
-        for start in tqdm(starts, desc="calibrate", unit="batch", disable=None, leave=False):
-            observer.run(data[start:start + batch].to(device))
+    observe_nodes(gm, data, watch, batch, "calibrate")
     for affine in affines:
         affine.meta[META_KEY] = watch[get_arg(affine, 0, "x")].result()
     ctx.record("affines", len(affines))

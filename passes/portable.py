@@ -33,7 +33,7 @@ from spikec.core.passes import PassContext, register_pass
 
 from ._fx import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, spikec_name
 from .calibrate import META_KEY as CALIBRATION_KEY
-from .calibrate import _module_device, _Observer
+from .calibrate import observe_nodes
 from .encode import NEURON_KEY, RANGES, provably_nonnegative, thresholds
 
 PORTABLE_KEY = "spikec_portable"
@@ -133,11 +133,7 @@ def fit_channels(gm: fx.GraphModule, ctx: PassContext, fits: dict[fx.Node, Chann
     if data is None or data.numel() == 0:
         raise UsageError("portable_fit=mse needs calibration data", "give calibration text or set portable_fit=none")
     batch = int(ctx.option("calibration_batch", 4))
-    observer = _Observer(gm, fits)
-    device = _module_device(gm)
-    with torch.no_grad():
-        for start in range(0, data.shape[0], batch):
-            observer.run(data[start:start + batch].to(device))
+    observe_nodes(gm, data, fits, batch)
 
 
 @register_pass("portable-encode")

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import fx
-from tqdm import tqdm
 
 from spikec.core import ops, streaming
 from spikec.core.errors import InputError, UnsupportedError, UsageError
@@ -32,7 +31,7 @@ from ._fx import (
     new_attr,
     spikec_name,
 )
-from .calibrate import DEFAULT_PERCENTILE, ChannelStats
+from .calibrate import DEFAULT_PERCENTILE, ChannelStats, module_device, observe_nodes
 from .calibrate import META_KEY as CALIBRATION_KEY
 from .encode import NEURON_KEY, V_INIT, neuron_config, provably_nonnegative, thresholds
 
@@ -44,20 +43,6 @@ PIPELINE_WITH_TOKENS: list[str] = ["fold-norm-affine", "calibrate", "burst-all",
 
 DEFAULT_PROB_MAX_SPIKES = 64
 STREAMING_KEY = "spikec_streaming"  # node meta: the streaming settings of a neuron site
-
-
-class _Observer(fx.Interpreter):
-    """Runs the module and feeds each watched node's value to its statistics."""
-
-    def __init__(self, gm: fx.GraphModule, watch: dict[fx.Node, ChannelStats]):
-        super().__init__(gm, garbage_collect_values=True)
-        self.watch = watch
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n in self.watch:
-            self.watch[n].update(out)
-        return out
 
 
 def observe(gm: fx.GraphModule, ctx: PassContext, nodes: list[fx.Node], what: str) -> dict[fx.Node, dict[str, Any]]:
@@ -78,21 +63,11 @@ def observe(gm: fx.GraphModule, ctx: PassContext, nodes: list[fx.Node], what: st
     lazy = [n for n in nodes if not sizes[n]]
     if lazy:  # feature sizes unknown before a first run: size the statistics on one sample
         from torch.fx.passes.shape_prop import ShapeProp
-        ShapeProp(gm).propagate(data[:1, :2].to(_device(gm)))
+        ShapeProp(gm).propagate(data[:1, :2].to(module_device(gm)))
         watch.update({n: ChannelStats(int(n.meta["tensor_meta"].shape[-1]), tokens, percentile / 100.0)
                       for n in lazy})
-    observer = _Observer(gm, watch)
-    device = _device(gm)
-    with torch.no_grad():
-        for start in tqdm(range(0, data.shape[0], batch), desc=what, unit="batch", disable=None, leave=False):
-            observer.run(data[start:start + batch].to(device))
+    observe_nodes(gm, data, watch, batch, what)
     return {n: s.result() for n, s in watch.items()}
-
-
-def _device(gm: fx.GraphModule) -> torch.device:
-    for t in gm.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def site_config(ctx: PassContext, prefix: str) -> dict[str, Any]:
@@ -207,7 +182,7 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
         qkv = get_arg(att, 0, "qkv")
         name = spikec_name(att)
         qkv_cfg = validated(att, site_config(ctx, "qkv"), ctx)
-        theta = thresholds(qkv_stats[att], qkv_cfg).to(_device(gm))
+        theta = thresholds(qkv_stats[att], qkv_cfg).to(module_device(gm))
         count = _neuron(gm, att, qkv, theta, qkv_cfg, True, f"{name}.neuron", name, att.meta.get("module_path", ""),
                         timesteps)
         heads, kv_heads, head_dim = (int(get_arg(att, i, k)) for i, k in
