@@ -804,7 +804,7 @@ def lava_backend() -> Any:
         def __init__(self, *, shape_in: tuple[int, int], shape_out: tuple[int, int], params: dict,
                      attrs: dict, batch: int, start: int, timesteps: int, record: np.ndarray,
                      name: str | None = None) -> None:
-            super().__init__(shape_in=shape_in, shape_out=shape_out, params=params, attrs=attrs, batch=batch,
+            super().__init__(shape_in=shape_in, shape=shape_out, params=params, attrs=attrs, batch=batch,
                              start=start, timesteps=timesteps, record=record, name=name, log_config=quiet)
             self.a_in = InPort(shape=shape_in)
             self.s_out = OutPort(shape=shape_out)
@@ -875,15 +875,17 @@ def lava_backend() -> Any:
 
     # -- models ---------------------------------------------------------------------
 
-    class _SignedIFBase(PyLoihiProcessModel):
+    class _WindowSpikes(PyLoihiProcessModel):
+        """A spiking layer driven by a real input: ``step(t)`` gives the spikes of window step
+        ``t`` (the input is ``self._x``); outside the window it sends zeros."""
+
         a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
         s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int8, precision=8)
 
         def __init__(self, proc_params: Any) -> None:
             super().__init__(proc_params)
             self.p = proc_params
-            self.low = -self.p["max_spikes"] if self.p["signed"] else 0
-            self.zeros = np.zeros(self.p["shape"], np.int8)
+            self.zeros = np.zeros(self.p["shape"], np.int8)  # the output's
 
         def run_spk(self) -> None:
             self._x = self.a_in.recv()
@@ -894,6 +896,11 @@ def lava_backend() -> Any:
                 self.s_out.send(s)
             else:
                 self.s_out.send(self.zeros)
+
+    class _SignedIFBase(_WindowSpikes):
+        def __init__(self, proc_params: Any) -> None:
+            super().__init__(proc_params)
+            self.low = -self.p["max_spikes"] if self.p["signed"] else 0
 
     @implements(proc=SignedIF, protocol=LoihiProtocol)
     @requires(CPU)
@@ -939,32 +946,17 @@ def lava_backend() -> Any:
     @implements(proc=SpikingSelfAttention, protocol=LoihiProtocol)
     @requires(CPU)
     @tag("floating_pt", "fixed_pt")
-    class PySpikingSelfAttentionModel(PyLoihiProcessModel):
+    class PySpikingSelfAttentionModel(_WindowSpikes):
         """float32 arithmetic in both precisions (Loihi has no spike-matrix product)."""
 
-        a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float32)
-        s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int8, precision=8)
-
-        def __init__(self, proc_params: Any) -> None:
-            super().__init__(proc_params)
-            self.p = proc_params
-            self.zeros = np.zeros(self.p["shape_out"], np.int8)
-
-        def run_spk(self) -> None:
-            x = self.a_in.recv()
-            t = self.time_step - self.p["start"]
-            if not 0 <= t < self.p["timesteps"]:
-                self.s_out.send(self.zeros)
-                return
+        def step(self, t: int) -> np.ndarray:
             if t == 0:
                 a = self.p["attrs"]
-                train = ssa_spikes(from_lava(x, self.p["batch"]), self.p["params"], int(a["num_heads"]),
+                train = ssa_spikes(from_lava(self._x, self.p["batch"]), self.p["params"], int(a["num_heads"]),
                                    int(a["num_kv_heads"]), int(a["head_dim"]), float(a["rope_theta"]),
                                    self.p["timesteps"], bool(a["signed"]), float(a["tau"]), bool(a["normalize"]))
                 self.train = [to_lava(s) for s in train]
-            s = self.train[t]
-            self.p["record"][t] = s
-            self.s_out.send(s)
+            return self.train[t]
 
     class _DenseSkip:
         """Event-driven like Loihi: a step without spikes costs no synaptic operation."""
