@@ -350,7 +350,8 @@ def _ssa(g: _Graph, name: str, node: SpikecSSA, result: SimResult, w: Workload) 
     """SNN counts per token and neurons per position of spiking self-attention (docs/energy.md):
     Q, K, V and output neurons; the spike products as synaptic operations, as the kernel
     counted them (``qk_synops``, ``av_synops``); rotary on q, k, the normalisation and output
-    scale per output and step, and the decay weight per non-zero map entry as real ops."""
+    scale per output and step, and the decay weight per non-zero map entry as real ops; with
+    attention-map neurons, one neuron per head and causal pair (updated every step)."""
     h, kv, d, t = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim), w.timesteps
     measured = {k: v / w.tokens for k, v in result.operations.get(name, {}).items()}
     neurons = (h + 2 * kv) * d + h * d
@@ -361,11 +362,16 @@ def _ssa(g: _Graph, name: str, node: SpikecSSA, result: SimResult, w: Workload) 
     synops = measured.get("qk_synops", 0.0) + measured.get("av_synops", 0.0)
     map_entries = measured.get("a_nonzero", 0.0)
     spikes = sum(measured.get(k, 0.0) for k in ("q_spikes", "k_spikes", "v_spikes"))
+    map_neurons = 0.0  # attention-map neurons per position: one per head and causal pair
+    if node.has_map_neurons:
+        map_neurons = h * (w.positions + 1) / 2
+        spikes += map_entries  # each non-zero map entry is one map-neuron spike
+    updates = (neurons + map_neurons) * t
     return OpCounts(
-        ops=rotary + per_output + (map_entries if decayed else 0), synops=synops, neuron_updates=neurons * t,
+        ops=rotary + per_output + (map_entries if decayed else 0), synops=synops, neuron_updates=updates,
         spikes=spikes + result.spike_counts.get(name, 0) / w.tokens,
-        state_accesses=2 * neurons * t + 2 * map_entries, activation_accesses=synops + (h + 2 * kv) * d * steps,
-    ), neurons
+        state_accesses=2 * updates + 2 * map_entries, activation_accesses=synops + (h + 2 * kv) * d * steps,
+    ), neurons + round(map_neurons)
 
 
 def _spike_attention(name: str, node: SpikecSpikeAttention, result: SimResult, w: Workload) -> tuple[OpCounts, int]:

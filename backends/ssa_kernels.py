@@ -25,7 +25,8 @@ def _ssa(ctx: simulator._Context, name: str, node: nir.NIRNode, x: simulator._Va
     spikes = ssa.spiking_self_attention(
         simulator._floating(x.dense()), *params, int(node.num_heads), int(node.num_kv_heads), int(node.head_dim),
         float(node.rope_theta), ctx.timesteps, bool(node.signed), float(node.tau), bool(node.normalize),
-        None if (node.decay == 1).all() else ctx.param(name, node, "decay"), stats=stats)
+        None if (node.decay == 1).all() else ctx.param(name, node, "decay"), stats=stats,
+        **({f: ctx.param(name, node, f) for f in ("map_threshold", "map_bias")} if node.has_map_neurons else {}))
     return simulator._Value(spikes, True, operations=stats)
 
 

@@ -14,7 +14,7 @@ logits equal the Hugging Face model's):
 
     python benchmarks/ssa.py [--timesteps 8] [--preset accurate] [--steps 100] [--lr 1e-2]
                              [--rank 8] [--samples 32] [--seq-len 64] [--eval-seq-len 1024]
-                             [--baseline] [--threads 1]
+                             [--baseline] [--threads 1] [--save model.nir]
 
 Writes benchmarks/results/ssa.json.
 """
@@ -82,8 +82,12 @@ def _metrics(ids, ann_logits, snn_logits, ann_hidden, snn_hidden) -> dict[str, f
     def nll(logits: torch.Tensor) -> float:
         return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets))
 
+    cosine = F.cosine_similarity(ann_hidden, snn_hidden, dim=-1)  # [sequences, positions]
+    edges = [e for e in (0, 128, 512, 1024, 4096) if e < cosine.shape[1]] + [cosine.shape[1]]
     return {
-        "hidden_cosine": float(F.cosine_similarity(ann_hidden, snn_hidden, dim=-1).mean()),
+        "hidden_cosine": float(cosine.mean()),
+        "hidden_cosine_by_position": {f"{lo}-{hi - 1}": float(cosine[:, lo:hi].mean())
+                                      for lo, hi in zip(edges, edges[1:])},
         "logits_cosine": float(F.cosine_similarity(ann_logits, snn_logits, dim=-1).mean()),
         "ann_ppl": math.exp(nll(ann_logits)),
         "snn_ppl": math.exp(nll(snn_logits)),
@@ -125,6 +129,7 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also evaluate the conversion without SSA")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--name", default="ssa", help="results file name")
+    ap.add_argument("--save", type=Path, help="also write the final NIR graph here (to evaluate it again)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -185,6 +190,8 @@ def main() -> None:
         print(f"fine-tuned {a.steps} steps in {finetune['minutes']:.1f} min: loss {finetune['loss_before']:.4f} -> "
               f"{finetune['loss_after']:.4f}", flush=True)
         graph = lower_to_nir(model, example)
+        if a.save:
+            nir.write(a.save, graph)
         rows["ssa_finetuned"] = evaluate_all(graph, "ssa, fine-tuned")
     check = compare_fx_and_simulator(model, graph, calib[:1], a.timesteps)
     for positions, final in rows.get("ssa_finetuned", rows.get("ssa_init", {})).items():

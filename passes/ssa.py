@@ -41,6 +41,7 @@ DECAY_UNIT = 0.05  # a decay's trained offset is in these units (one learning ra
 MIN_DECAY = 1e-3
 NODE_KEY = "spikec_ssa"  # meta of an SSA node: its settings and the attention it replaced
 FIELDS = ("q_threshold", "k_threshold", "v_threshold", "scale", "o_threshold")  # tensor args 1..5, in order
+OPTIONAL_FIELDS = ("decay", "map_threshold", "map_bias")  # tensor keyword args, when in use
 MIN_THRESHOLD_FRACTION = 1e-6  # a silent channel's threshold, relative to the layer's largest
 MIN_THRESHOLD = 1e-12
 
@@ -68,6 +69,11 @@ class SSAConfig:
     decay (``ssa_decay`` = none): ``fit`` gives each head a decaying causal mask
     ``decay ** (i - j)`` (chosen from ``DECAYS`` by least squares, trained by ``ssa-finetune``);
     ``none`` keeps Spikformer's plain causal mask.
+    map (``ssa_map`` = none): ``spike`` puts a spiking neuron on every entry of the attention
+    map (per head and causal pair, driven by ``(Q_t K_t^T) / map_threshold - map_bias``), so
+    that only strong query-key matches pass; ``none``: the raw spike products form the map.
+    map_percentile (``ssa_map_percentile`` = 90): each head's initial map threshold, the
+    percentile of ``|mean_t Q_t K_t^T|`` over its causal pairs.
     """
 
     signed: bool = True
@@ -77,6 +83,8 @@ class SSAConfig:
     output_percentile: float = 99.9
     samples: int = 4
     decay: str = "none"
+    map: str = "none"
+    map_percentile: float = 90.0
 
     @classmethod
     def from_context(cls, ctx: PassContext) -> SSAConfig:
@@ -89,12 +97,17 @@ class SSAConfig:
             output_percentile=float(ctx.option("ssa_output_percentile", d.output_percentile)),
             samples=int(ctx.option("ssa_calibration_samples", d.samples)),
             decay=str(ctx.option("ssa_decay", d.decay)),
+            map=str(ctx.option("ssa_map", d.map)),
+            map_percentile=float(ctx.option("ssa_map_percentile", d.map_percentile)),
         )
         if cfg.decay not in ("none", "fit"):
             raise UsageError(f"ssa_decay must be none or fit, got {cfg.decay!r}")
+        if cfg.map not in ("none", "spike"):
+            raise UsageError(f"ssa_map must be none or spike, got {cfg.map!r}")
         if cfg.tau < 0 or (0 < cfg.tau < 1):
             raise UsageError(f"ssa_tau must be 0 (IF neurons) or at least 1 (LIF), got {cfg.tau}")
-        for name, value in (("ssa_percentile", cfg.percentile), ("ssa_output_percentile", cfg.output_percentile)):
+        for name, value in (("ssa_percentile", cfg.percentile), ("ssa_output_percentile", cfg.output_percentile),
+                            ("ssa_map_percentile", cfg.map_percentile)):
             if not 0 < value <= 100:
                 raise UsageError(f"{name} must be in (0, 100], got {value}")
         if cfg.samples < 1:
@@ -159,7 +172,8 @@ def initial_parameters(qkv: torch.Tensor, shape: dict[str, Any], timesteps: int,
     ``y ~ scale * z + offset`` of the softmax attention's output y by z, the mean over T of
     ``A_t V_t`` (normalised). Output thresholds: the ``cfg.output_percentile`` of
     |scale * z| per channel. The offset (constant over positions: e.g. what attention
-    sinks contribute) goes into the output projection's bias."""
+    sinks contribute) goes into the output projection's bias. With ``cfg.map == "spike"``:
+    ``map_threshold`` per head (``_map_thresholds``) and ``map_bias`` 0, set before the fits."""
     h, kv, d, rope = shape["num_heads"], shape["num_kv_heads"], shape["head_dim"], shape["rope_theta"]
     qkv = qkv.float()
     q, k, v = core_ssa.split_heads(qkv, h, kv, d, rope)
@@ -171,6 +185,11 @@ def initial_parameters(qkv: torch.Tensor, shape: dict[str, Any], timesteps: int,
     thr = {f: _channel_percentile(magnitude(x), cfg.percentile)
            for f, x in (("q_threshold", q), ("k_threshold", k), ("v_threshold", v))}
     ones = torch.ones(h * d, device=qkv.device)
+    maps = {}
+    if cfg.map == "spike":
+        maps = {"map_threshold": _map_thresholds(q, k, thr, kv, timesteps, cfg),
+                "map_bias": torch.zeros(h, device=qkv.device)}
+        thr.update(maps)
     target = ops.attention(qkv, h, kv, d, rope, shape["attention_scale"])
     y = target.reshape(-1, h * d).double()
     yc = y - y.mean(0)
@@ -179,7 +198,7 @@ def initial_parameters(qkv: torch.Tensor, shape: dict[str, Any], timesteps: int,
         """z, per-channel least-squares scale, and per-head unexplained variance."""
         current = core_ssa.ssa_forward(qkv, thr["q_threshold"], thr["k_threshold"], thr["v_threshold"], ones, ones,
                                        h, kv, d, rope, timesteps, cfg.signed, cfg.tau, cfg.normalize,
-                                       output="current", decay=decay).mean(0)
+                                       output="current", decay=decay, **maps).mean(0)
         z = current.reshape(-1, h * d).double()
         zc = z - z.mean(0)
         den = (zc * zc).sum(0)
@@ -202,7 +221,27 @@ def initial_parameters(qkv: torch.Tensor, shape: dict[str, Any], timesteps: int,
     out = (z * scale).float()
     thr["o_threshold"] = _channel_percentile(out.abs() if cfg.signed else out.clamp(min=0), cfg.output_percentile)
     thr["scale"] = scale.float()
-    return {f: thr[f].cpu() for f in (*FIELDS, "offset", "decay") if f in thr}
+    return {f: thr[f].cpu() for f in (*FIELDS, "offset", *OPTIONAL_FIELDS) if f in thr}
+
+
+def _map_thresholds(q: torch.Tensor, k: torch.Tensor, thr: dict[str, torch.Tensor], num_kv_heads: int,
+                    timesteps: int, cfg: SSAConfig) -> torch.Tensor:
+    """Initial map threshold per head ``[H]``: the ``cfg.map_percentile`` of ``|mean_t Q_t K_t^T|``
+    over the causal pairs of ``q [b, H, P, D]``, ``k [b, KV, P, D]`` (rotated), at the
+    initial Q/K thresholds."""
+    h, d = q.shape[1], q.shape[-1]
+    tq = core_ssa.input_spikes(q / thr["q_threshold"].reshape(h, 1, d), timesteps, False, cfg.signed, cfg.tau)
+    tk = core_ssa.input_spikes(k / thr["k_threshold"].reshape(num_kv_heads, 1, d), timesteps, False, cfg.signed,
+                               cfg.tau)
+    tk = tk.repeat_interleave(h // num_kv_heads, dim=-3)
+    positions = q.shape[-2]
+    causal = torch.ones(positions, positions, dtype=torch.bool, device=q.device).tril()
+    out = []
+    for head in range(h):
+        scores = (tq[:, :, head] @ tk[:, :, head].transpose(-1, -2)).mean(0)[:, causal].abs().flatten()
+        k_th = min(max(1, math.ceil(cfg.map_percentile / 100.0 * scores.numel())), scores.numel())
+        out.append(scores.kthvalue(k_th).values.clamp(min=1.0 / timesteps))
+    return torch.stack(out)
 
 
 def _attention_shape(attn: fx.Node) -> dict[str, Any]:
@@ -269,13 +308,14 @@ def _replace(gm: fx.GraphModule, attn: fx.Node, init: dict[str, torch.Tensor], s
             {"num_heads": shape["num_heads"], "num_kv_heads": shape["num_kv_heads"], "head_dim": shape["head_dim"],
              "rope_theta": shape["rope_theta"], "timesteps": timesteps, "signed": cfg.signed, "tau": cfg.tau,
              "normalize": cfg.normalize})
-    if "decay" in init:
-        with graph.inserting_before(node):
-            node.update_kwarg("decay", graph.get_attr(new_attr(gm, f"{ssa_name}.decay", init["decay"].to(device))))
+    for f in OPTIONAL_FIELDS:
+        if f in init:
+            with graph.inserting_before(node):
+                node.update_kwarg(f, graph.get_attr(new_attr(gm, f"{ssa_name}.{f}", init[f].to(device))))
     node.meta.update({
         "spikec_name": ssa_name, "role": "attention", "module_path": attn.meta.get("module_path", ""),
         NODE_KEY: {"replaces": name, "attention_scale": shape["attention_scale"], "signed": cfg.signed,
-                   "tau": cfg.tau, "normalize": cfg.normalize, "timesteps": timesteps},
+                   "tau": cfg.tau, "normalize": cfg.normalize, "timesteps": timesteps, "map": cfg.map},
     })
     theta_o, offset = init["o_threshold"], init["offset"]
     for user in list(attn.users):
@@ -346,6 +386,7 @@ def ssa_pass(gm: fx.GraphModule, ctx: PassContext) -> None:
     ctx.record("signed", cfg.signed)
     ctx.record("neuron", "IF" if cfg.tau == 0 else f"LIF tau={cfg.tau}")
     ctx.record("normalize", cfg.normalize)
+    ctx.record("map", cfg.map)
     ctx.record("calibration_samples", int(data.shape[0]))
     if decays:
         ctx.record("decay", decays)
@@ -457,8 +498,9 @@ def _blocks(gm: fx.GraphModule, rank: int) -> list[_Block]:
         bias_node = get_arg(readout, 2, "bias")
         b = attr_tensor(gm, bias_node) if bias_node is not None else None
         init = {f: attr_tensor(gm, node.args[1 + i]) for i, f in enumerate(FIELDS)}
-        if node.kwargs.get("decay") is not None:
-            init["decay"] = attr_tensor(gm, node.kwargs["decay"])
+        for f in OPTIONAL_FIELDS:
+            if node.kwargs.get(f) is not None:
+                init[f] = attr_tensor(gm, node.kwargs[f])
         if w is None or any(v is None for v in init.values()):
             raise UnsupportedError(f"{name}: its thresholds and projection weight must be tensor attributes")
         qkv = node.args[0]
@@ -537,6 +579,9 @@ def _parameters(blocks: list[_Block], rank: int, seed: int) -> tuple[dict[str, t
         units[f"{blk.name}.scale"] = float(blk.init["scale"].abs().mean()) or 1.0
         if "decay" in blk.init:
             params[f"{blk.name}.decay_offset"] = torch.zeros_like(blk.init["decay"]).requires_grad_()
+        if "map_threshold" in blk.init:
+            params[f"{blk.name}.log_map_threshold"] = blk.init["map_threshold"].log().requires_grad_()
+            params[f"{blk.name}.map_bias"] = blk.init["map_bias"].clone().requires_grad_()
         params[f"{blk.name}.bias_offset"] = torch.zeros(blk.w_o.shape[0], requires_grad=True)
         units[f"{blk.name}.bias"] = math.sqrt(blk.power)
         if rank:
@@ -565,6 +610,9 @@ def _current(blk: _Block, params: dict[str, torch.Tensor], units: dict[str, floa
     out["bias"] = bias if blk.b_o is None else blk.b_o + bias
     if f"{n}.decay_offset" in params:
         out["decay"] = (blk.init["decay"] + params[f"{n}.decay_offset"] * DECAY_UNIT).clamp(MIN_DECAY, 1.0)
+    if f"{n}.log_map_threshold" in params:
+        out["map_threshold"] = params[f"{n}.log_map_threshold"].exp()
+        out["map_bias"] = params[f"{n}.map_bias"]
     for part in ("out", "qkv"):
         if f"{n}.{part}_a" in params:
             a, b, unit = params[f"{n}.{part}_a"], params[f"{n}.{part}_b"], units[f"{n}.{part}"]
@@ -573,6 +621,11 @@ def _current(blk: _Block, params: dict[str, torch.Tensor], units: dict[str, floa
             else:
                 out[f"lora_{part}"] = (a, b, unit)
     return out
+
+
+def _optional(cur: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The keyword arguments of ``ssa_forward`` for the optional fields in use."""
+    return {f: cur[f] for f in OPTIONAL_FIELDS if f in cur}
 
 
 def _low_rank(x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor, float] | None) -> torch.Tensor | float:
@@ -595,7 +648,7 @@ def _block_loss(blk: _Block, idx: torch.Tensor, params: dict[str, torch.Tensor],
     spikes = core_ssa.ssa_forward(qkv, cur["q_threshold"], cur["k_threshold"], cur["v_threshold"], cur["scale"],
                                   cur["o_threshold"], s["num_heads"], s["num_kv_heads"], s["head_dim"], s["rope_theta"],
                                   int(st["timesteps"]), bool(st["signed"]), float(st["tau"]), bool(st["normalize"]),
-                                  cfg.surrogate, cfg.alpha, decay=cur.get("decay"))
+                                  cfg.surrogate, cfg.alpha, **_optional(cur))
     y = spikes.mean(0) * cur["o_threshold"]
     out = F.linear(y, blk.w_o, cur["bias"]) + _low_rank(y, cur.get("lora_out"))
     return (out - blk.target[0][idx]).pow(2).mean() / blk.power
@@ -628,10 +681,11 @@ def _write_back(gm: fx.GraphModule, blocks: list[_Block], params: dict[str, torc
                 for i, f in enumerate(FIELDS):
                     value = cur[f].float().to(device)
                     blk.node.update_arg(1 + i, graph.get_attr(new_attr(gm, f"{blk.name}.{f}_finetuned", value)))
-                if "decay" in cur:
-                    old.append(blk.node.kwargs["decay"])
-                    value = cur["decay"].float().to(device)
-                    blk.node.update_kwarg("decay", graph.get_attr(new_attr(gm, f"{blk.name}.decay_finetuned", value)))
+                for f in OPTIONAL_FIELDS:
+                    if f in cur:
+                        old.append(blk.node.kwargs[f])
+                        value = cur[f].float().to(device)
+                        blk.node.update_kwarg(f, graph.get_attr(new_attr(gm, f"{blk.name}.{f}_finetuned", value)))
             w_o = blk.w_o + cur["delta_out"] if "delta_out" in cur else blk.w_o
             folded = (w_o.double() * cur["o_threshold"].double()[None, :]).float().to(device)
             old += [get_arg(blk.readout, 1, "weight"), get_arg(blk.readout, 2, "bias")]
@@ -725,7 +779,7 @@ class _Network(fx.Interpreter):
                                         cur["scale"], cur["o_threshold"], s["num_heads"], s["num_kv_heads"],
                                         s["head_dim"], s["rope_theta"], int(st["timesteps"]), bool(st["signed"]),
                                         float(st["tau"]), bool(st["normalize"]), self.cfg.surrogate, self.cfg.alpha,
-                                        decay=cur.get("decay"))
+                                        **_optional(cur))
         if n.target is ops.rate_readout_affine:
             source = n.args[0]
             x, w, b = args[0], arg(1, "weight"), arg(2, "bias")

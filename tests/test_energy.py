@@ -333,14 +333,15 @@ def test_missing_constant_file_and_unknown_model_names():
 # --- spiking attention -------------------------------------------------------------------
 
 
-def _ssa_graph(signed: bool = False) -> nir.NIRGraph:
+def _ssa_graph(signed: bool = False, map_neurons: bool = False) -> nir.NIRGraph:
     """input q|k|v currents (one head, D=1) -> SpikecSSA (thresholds 1, no rotary) -> output."""
     from spikec.core.ssa import SpikecSSA
 
     one = np.ones(1, np.float32)
+    maps = {"map_threshold": one, "map_bias": np.zeros(1, np.float32)} if map_neurons else {}
     core = SpikecSSA(num_heads=1, num_kv_heads=1, head_dim=1, rope_theta=0.0, q_threshold=one, k_threshold=one,
                      v_threshold=one, scale=one, o_threshold=one, signed=signed, tau=0.0, normalize=True,
-                     decay=np.ones(1, np.float32))
+                     decay=np.ones(1, np.float32), **maps)
     return _single(core, 3, 1)
 
 
@@ -363,6 +364,20 @@ def test_ssa_spike_products_are_synaptic_operations_counted_by_the_simulator():
     assert layer.snn.ops == 2 * 1  # normalise and scale each output, no rotary, no decay
     assert layer.ann.macs == 2 * 1 * 1 * 3 / 2  # the ANN's softmax attention: q.k and p.v over 3 pairs
     assert layer.neurons == 4 and layer.firing_rate == layer.snn.spikes / (4 * 1)
+
+
+def test_attention_map_neurons_are_counted_one_per_head_and_causal_pair():
+    # As above, with a map neuron (threshold 1, bias 0) on each of the 3 causal pairs: products
+    # 1, 1, 0 -> the neurons of (0, 0) and (1, 0) spike, (1, 1) does not; the map is unchanged.
+    plain, mapped = _ssa_graph(), _ssa_graph(map_neurons=True)
+    x = torch.tensor([[[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]])
+    a, b = simulate(plain, x, 1), simulate(mapped, x, 1)
+    assert a.operations["op"] == b.operations["op"]
+    before = by_name(count_operations(plain, a, positions=2), "op")
+    after = by_name(count_operations(mapped, b, positions=2), "op")
+    assert after.snn.neuron_updates == before.snn.neuron_updates + 3 / 2  # 3 map neurons, 2 tokens, 1 step
+    assert after.snn.spikes == before.snn.spikes + 2 / 2  # the 2 map spikes
+    assert after.snn.synops == before.snn.synops
 
 
 def test_ssa_operations_add_up_over_runs():

@@ -298,7 +298,7 @@ def test_the_runners_numpy_ssa_equals_spikec_core_ssa(family):
     assert (got == want.numpy()).all()
 
 
-def test_export_refuses_a_decaying_ssa_mask_and_says_what_to_use():
+def test_export_refuses_a_decaying_ssa_mask_or_map_neurons_and_says_what_to_use():
     from spikec.core.ssa import SpikecSSA
 
     graph = converted_ssa("gpt2")
@@ -306,6 +306,9 @@ def test_export_refuses_a_decaying_ssa_mask_and_says_what_to_use():
     name = next(n for n, v in nodes.items() if isinstance(v, SpikecSSA))
     nodes[name] = dataclasses.replace(nodes[name], decay=np.full(nodes[name].num_heads, 0.9, np.float32))
     with pytest.raises(UnsupportedError, match="ssa_decay=none"):
+        export.network_description(nir.NIRGraph(nodes=nodes, edges=graph.edges, type_check=False))
+    nodes[name] = dataclasses.replace(graph.nodes[name], map_threshold=np.full(graph.nodes[name].num_heads, 2.0, np.float32))
+    with pytest.raises(UnsupportedError, match="ssa_map=none"):
         export.network_description(nir.NIRGraph(nodes=nodes, edges=graph.edges, type_check=False))
 
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import spikec.passes
 import spikec.passes.ssa as pass_ssa
@@ -85,8 +87,10 @@ def test_if_neuron_on_a_constant_current_counts_round_of_t_times_the_current(sig
     assert torch.equal(count, expected)
 
 
-def _reference_ssa(qkv, thr, h, kv, d, rope, steps, signed, normalize, decay=None):
-    """SSA written out position by position, head by head, with scalar neurons."""
+def _reference_ssa(qkv, thr, h, kv, d, rope, steps, signed, normalize, decay=None, map_threshold=None,
+                   map_bias=None):
+    """SSA written out position by position, head by head, with scalar neurons (and, with
+    ``map_threshold``, one scalar map neuron per head and causal pair)."""
     q, k, v = ssa.split_heads(qkv, h, kv, d, rope)
     b, _, p, _ = q.shape
     qt, kt, vt, scale, ot = (x.view(-1, d) for x in thr)
@@ -105,6 +109,7 @@ def _reference_ssa(qkv, thr, h, kv, d, rope, steps, signed, normalize, decay=Non
     sv = train(v, vt[None, :, None, :])
     out = torch.zeros(steps, b, p, h * d)
     mem = torch.full((b, h, p, d), 0.5)
+    map_mem = torch.full((b, h, p, p), 0.5)
     for t in range(steps):
         y = torch.zeros(b, h, p, d)
         for head in range(h):
@@ -112,7 +117,12 @@ def _reference_ssa(qkv, thr, h, kv, d, rope, steps, signed, normalize, decay=Non
             for i in range(p):
                 lam = 1.0 if decay is None else float(decay[head])
                 for j in range(i + 1):  # causal: j <= i only
-                    a = (sq[t, :, head, i] * sk[t, :, g, j]).sum(-1) * lam ** (i - j)
+                    a = (sq[t, :, head, i] * sk[t, :, g, j]).sum(-1)
+                    if map_threshold is not None:  # an unsigned IF neuron on the map entry
+                        map_mem[:, head, i, j] += a / map_threshold[head] - map_bias[head]
+                        a = (map_mem[:, head, i, j] >= 1).float()
+                        map_mem[:, head, i, j] -= a
+                    a = a * lam ** (i - j)
                     y[:, head, i] += a[:, None] * sv[t, :, g, j]
                 if normalize:
                     y[:, head, i] /= sum(lam ** n for n in range(i + 1))
@@ -123,20 +133,25 @@ def _reference_ssa(qkv, thr, h, kv, d, rope, steps, signed, normalize, decay=Non
     return out
 
 
-@pytest.mark.parametrize("h, kv, rope, signed, normalize, decay", [
-    (2, 2, 0.0, True, True, None), (4, 2, 100.0, False, True, None), (2, 1, 10000.0, True, False, None),
-    (4, 2, 10000.0, True, True, [1.0, 0.9, 0.5, 0.75])])
-def test_ssa_equals_the_written_out_definition(h, kv, rope, signed, normalize, decay):
+@pytest.mark.parametrize("h, kv, rope, signed, normalize, decay, map_neurons", [
+    (2, 2, 0.0, True, True, None, False), (4, 2, 100.0, False, True, None, False),
+    (2, 1, 10000.0, True, False, None, False), (4, 2, 10000.0, True, True, [1.0, 0.9, 0.5, 0.75], False),
+    (2, 1, 10000.0, True, True, None, True), (4, 2, 0.0, False, True, [1.0, 0.9, 0.5, 0.75], True)])
+def test_ssa_equals_the_written_out_definition(h, kv, rope, signed, normalize, decay, map_neurons):
     d, p = 4, 5
     qkv = torch.randn(2, p, (h + 2 * kv) * d) * 2
     thr = [torch.rand(h * d) + 0.5, torch.rand(kv * d) + 0.5, torch.rand(kv * d) + 0.5, torch.randn(h * d),
            torch.rand(h * d) + 0.5]
     decay = None if decay is None else torch.tensor(decay)
-    got = ssa.spiking_self_attention(qkv, *thr, h, kv, d, rope, 6, signed, 0.0, normalize, decay=decay)
-    want = _reference_ssa(qkv, thr, h, kv, d, rope, 6, signed, normalize, decay)
+    maps = {"map_threshold": torch.rand(h) + 0.5, "map_bias": torch.rand(h) * 0.5} if map_neurons else {}
+    got = ssa.spiking_self_attention(qkv, *thr, h, kv, d, rope, 6, signed, 0.0, normalize, decay=decay, **maps)
+    want = _reference_ssa(qkv, thr, h, kv, d, rope, 6, signed, normalize, decay, **maps)
     assert got.dtype == torch.int8 and got.shape == (6, 2, p, h * d)
     assert got.abs().sum() > 0
-    if decay is None:
+    if map_neurons:  # the map neurons do select: they differ from the raw products
+        assert not torch.equal(got, ssa.spiking_self_attention(qkv, *thr, h, kv, d, rope, 6, signed, 0.0,
+                                                               normalize, decay=decay))
+    if decay is None and not map_neurons:
         assert torch.equal(got.float(), want)  # integer sums: exact whatever the order
     else:  # real-valued weights: equal up to float rounding at a threshold
         assert (got.float() != want).float().mean() < 0.01
@@ -173,7 +188,8 @@ def test_ssa_pass_replaces_every_attention_and_the_projection_reads_its_spikes(f
     assert ctx.stats["ssa"]["layers"] == 2
 
 
-VARIANTS = [("gpt2", {}), ("llama", {}), ("llama", {"ssa_decay": "fit"})]
+VARIANTS = [("gpt2", {}), ("llama", {}), ("llama", {"ssa_decay": "fit"}),
+            ("llama", {"ssa_decay": "fit", "ssa_map": "spike"})]
 
 
 @pytest.mark.parametrize("family, options", VARIANTS)
@@ -218,7 +234,22 @@ def test_ssa_node_survives_a_nir_file_round_trip(tmp_path: Path):
     back = nirio.read(tmp_path / "m.nir")
     node = back.nodes["h_0_attn_ssa"]
     assert isinstance(node, ssa.SpikecSSA) and node.signed and node.normalize and node.rope_theta == 10000.0
+    assert not node.has_map_neurons
     assert torch.equal(simulate(back, ids, T).output, simulate(graph, ids, T).output)
+
+
+def test_attention_map_neurons_survive_a_nir_file_round_trip_and_a_file_without_them_reads(tmp_path: Path):
+    gm, ctx = convert("llama", ssa_map="spike")
+    assert ctx.stats["ssa"]["map"] == "spike"
+    ids = token_ids(samples=1, positions=8, seed=7)
+    graph = lower_to_nir(gm, ids[:, :2])
+    nirio.write(tmp_path / "m.nir", graph)
+    node = nirio.read(tmp_path / "m.nir").nodes["h_0_attn_ssa"]
+    assert node.has_map_neurons and node.map_threshold.shape == (4,) and (node.map_threshold > 0).all()
+    np.testing.assert_array_equal(node.map_bias, graph.nodes["h_0_attn_ssa"].map_bias)
+    older = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
+             if f.name not in ("map_threshold", "map_bias", "input_type", "output_type")}
+    assert not ssa.SpikecSSA(**older).has_map_neurons  # written before map neurons existed: none
 
 
 def test_an_ssa_node_with_a_non_positive_threshold_or_a_decay_above_one_is_refused():
@@ -231,6 +262,8 @@ def test_an_ssa_node_with_a_non_positive_threshold_or_a_decay_above_one_is_refus
         ssa.SpikecSSA(**{**fields, "v_threshold": -ones[:2]})
     with pytest.raises(ValueError, match="decay"):
         ssa.SpikecSSA(**{**fields, "decay": 2 * ones[:2]})
+    with pytest.raises(ValueError, match="map_threshold must be all positive"):
+        ssa.SpikecSSA(**{**fields, "map_threshold": np.array([1.0, 0.0], np.float32)})
 
 
 def test_binary_lif_variant_emits_only_zero_or_one():
@@ -247,6 +280,8 @@ def test_ssa_pass_errors_name_the_problem():
         convert("gpt2", [*PIPELINE, "ssa"])  # already replaced
     with pytest.raises(UsageError, match="ssa_tau"):
         convert("gpt2", ssa_tau=0.5)
+    with pytest.raises(UsageError, match="ssa_map must be none or spike"):
+        convert("gpt2", ssa_map="relu")
     gm = gpt2_like(n_layer=1)
     attn = calls_to(gm, ops.attention)[0]
     attn.args = (*attn.args[:5], None, False)  # non-causal
@@ -261,9 +296,13 @@ def test_ssa_pass_errors_name_the_problem():
 # --- fine-tuning ----------------------------------------------------------------------------------
 
 
-def test_finetuning_lowers_the_loss_and_trains_only_the_ssa_parameters():
-    gm, ctx = convert("llama", finetune_steps=12, finetune_lr=2e-2, finetune_rank=4, ssa_decay="fit")
+@pytest.mark.parametrize("map_neurons", ["none", "spike"])
+def test_finetuning_lowers_the_loss_and_trains_only_the_ssa_parameters(map_neurons: str):
+    gm, ctx = convert("llama", finetune_steps=12, finetune_lr=2e-2, finetune_rank=4, ssa_decay="fit",
+                      ssa_map=map_neurons)
     decays = [gm.get_buffer(n.kwargs["decay"].target).clone() for n in ssa_nodes(gm)]
+    maps = [gm.get_buffer(n.kwargs["map_threshold"].target).clone() for n in ssa_nodes(gm) if "map_threshold" in n.kwargs]
+    assert len(maps) == (2 if map_neurons == "spike" else 0)
     frozen = {k: v.clone() for k, v in gm.state_dict().items()}
     tuned, _ = run_passes(gm, ["ssa-finetune"], ctx)
     stats = ctx.stats["ssa-finetune"]
@@ -275,6 +314,8 @@ def test_finetuning_lowers_the_loss_and_trains_only_the_ssa_parameters():
     trained = [tuned.get_buffer(n.kwargs["decay"].target) for n in ssa_nodes(tuned)]
     assert any(not torch.equal(a, b) for a, b in zip(decays, trained)) and all((t > 0).all() and (t <= 1).all()
                                                                              for t in trained)
+    for before, node in zip(maps, ssa_nodes(tuned)):  # the map thresholds train too
+        assert not torch.equal(before, tuned.get_buffer(node.kwargs["map_threshold"].target))
     ids = token_ids(samples=1, positions=8, seed=7)
     assert compare_fx_and_simulator(tuned, lower_to_nir(tuned, ids[:, :2]), ids, T).identical
 

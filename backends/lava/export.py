@@ -94,6 +94,11 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
                     f"SSA {name!r} has a decaying causal mask (ssa_decay=fit), whose real-valued products the "
                     "Lava export cannot reproduce spike for spike",
                     hint="fine-tune with --option ssa_decay=none for the Lava target")
+            if node.has_map_neurons:
+                raise UnsupportedError(
+                    f"SSA {name!r} has attention-map neurons (ssa_map=spike), which the Lava SSA process does "
+                    "not implement",
+                    hint="fine-tune with --option ssa_map=none for the Lava target")
             h, kv, d = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim)
             add(name, "SSA", {"features": h * d, "in_features": (h + 2 * kv) * d, "num_heads": h, "num_kv_heads": kv,
                               "head_dim": d, "rope_theta": float(node.rope_theta), "signed": bool(node.signed),

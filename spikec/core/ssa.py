@@ -18,6 +18,11 @@ Per window of T steps, on the fused projections ``qkv = [q | k | v]`` (real,
   ``A_t = tril(Q_t K_t^T)`` (the causal mask zeroes entries above the diagonal),
   ``Y_t = A_t V_t``, divided by the number of attended positions ``i + 1`` when
   ``normalize``. These are exact integer sums of spike products.
+* Optionally (``map_threshold`` given), one unsigned neuron per head and causal pair
+  ``(i, j)`` is driven by ``(Q_t K_t^T)_ij / map_threshold_h - map_bias_h`` and its
+  spikes ``M_t`` (``{0, 1}``) take the place of the raw products in ``A_t``: a spiking
+  attention map that passes only strong query-key matches (a thresholded, saturating
+  map instead of a linear one; still no softmax and no data-dependent division).
 * Output neurons (one per channel) are driven by ``Y_t * scale / o_threshold`` and
   emit ``O_t``, the node's output ``[T, batch, P, H * D]``. No softmax anywhere. A
   consumer reads ``o_threshold * mean_t(O_t)`` (the threshold is folded into its weight).
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -210,6 +216,8 @@ def ssa_forward(
     output: str = "spikes",
     decay: torch.Tensor | None = None,
     stats: dict[str, float] | None = None,
+    map_threshold: torch.Tensor | None = None,
+    map_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SSA over T steps (module docstring), differentiable through surrogate gradients.
 
@@ -222,9 +230,13 @@ def ssa_forward(
     decay: ``[H]`` in (0, 1], or None (all 1): the causal mask of head h weighs position j
     seen from position i by ``decay[h] ** (i - j)`` (1 = Spikformer's plain causal mask), and
     ``normalize`` divides by the sum of those weights.
+    map_threshold, map_bias: ``[H]`` (threshold positive), or None: no map neurons (the raw
+    spike products form the map). When given, the map neurons of head h integrate
+    ``(Q_t K_t^T) / map_threshold[h] - map_bias[h]`` (membrane from ``V_INIT``, unsigned, reset
+    by subtraction; IF, or LIF with ``tau``) and their spikes form the map, weighted by the causal mask.
     stats: when given, receives the operation counts of the spike products (summed over batch
     and steps, see ``_count_products``) and the ``q_spikes``, ``k_spikes``, ``v_spikes`` of the
-    input neurons, for energy estimates."""
+    input neurons, for energy estimates (with map neurons, ``a_nonzero`` counts their spikes)."""
     import torch
 
     if timesteps < 1:
@@ -258,8 +270,15 @@ def ssa_forward(
         mask = torch.where(distance >= 0, base ** distance.clamp(min=0), torch.zeros((), device=qkv.device))
         counts = mask.sum(-1, keepdim=True).reshape(num_heads, positions, 1)
     inv_count = 1.0 / counts if normalize else None
+    if map_threshold is not None:
+        map_gain = 1.0 / map_threshold.float().reshape(num_kv_heads, rep, 1, 1)
+        map_shift = (torch.zeros(num_heads, device=qkv.device) if map_bias is None else map_bias.float()).reshape(
+            num_kv_heads, rep, 1, 1)
+        if mask is None:
+            mask = torch.ones(positions, positions, device=qkv.device).tril()
     trains = [input_spikes(u, timesteps, series, signed, tau, surrogate, alpha) for u in (uq, uk, uv)]
     vo = torch.full(trains[0].shape[1:], V_INIT, device=qkv.device)
+    vm = None  # membranes of the map neurons [b, KV, rep, P, P]
     outs = []
     for t in range(timesteps):
         sq, sk, sv = (x[t] for x in trains)
@@ -268,6 +287,10 @@ def ssa_forward(
         lead = sq.shape[:-3]
         a = sq.reshape(*lead, num_kv_heads, rep * positions, head_dim) @ sk.transpose(-1, -2)
         a = a.reshape(*lead, num_kv_heads, rep, positions, positions)
+        if map_threshold is not None:
+            if vm is None:
+                vm = torch.full_like(a, V_INIT)
+            a, vm = neuron_step(a * map_gain - map_shift, vm, False, tau, surrogate, alpha)
         a = torch.tril(a) if mask is None else a * mask
         if stats is not None:
             _count_products(stats, sq, sk, sv, a)
@@ -325,6 +348,8 @@ def spiking_self_attention(
     normalize: bool = True,
     decay: torch.Tensor | None = None,
     stats: dict[str, float] | None = None,
+    map_threshold: torch.Tensor | None = None,
+    map_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Graph form of ``ssa_forward``: the output spike train ``[T, b, P, H D]`` as int8,
     without gradients. The canonical op of a converted graph and the simulator's kernel
@@ -334,7 +359,7 @@ def spiking_self_attention(
     with torch.no_grad():
         spikes = ssa_forward(qkv, q_threshold, k_threshold, v_threshold, scale, o_threshold, num_heads,
                              num_kv_heads, head_dim, rope_theta, timesteps, signed, tau, normalize, decay=decay,
-                             stats=stats)
+                             stats=stats, map_threshold=map_threshold, map_bias=map_bias)
     return spikes.to(torch.int8)
 
 
@@ -350,7 +375,9 @@ class SpikecSSA(SpikecNode):
     Input: fused ``[q | k | v]`` real ``[batch, P, (H + 2*KV) * D]``; output: spike train
     ``[T, batch, P, H * D]`` of ``{0, 1}`` (``{-1, 0, 1}`` when ``signed``). ``tau`` 0 means
     IF neurons, else LIF with that time constant; ``normalize`` divides ``A_t V_t`` by the
-    number of attended positions. Thresholds are per channel and positive."""
+    number of attended positions. Thresholds are per channel and positive. ``map_threshold``
+    and ``map_bias`` ``[H]``: the attention-map neurons of each head (``ssa_forward``); all
+    zero thresholds (the default, also when absent from a file) mean none."""
 
     kind: ClassVar[str] = "spiking"
     num_heads: int
@@ -366,6 +393,12 @@ class SpikecSSA(SpikecNode):
     tau: float
     normalize: bool
     decay: np.ndarray  # [H], in (0, 1]; all 1: the plain causal mask
+    map_threshold: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # [H]; all 0: no map neurons
+    map_bias: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # [H]
+
+    @property
+    def has_map_neurons(self) -> bool:
+        return bool((np.asarray(self.map_threshold) > 0).any())
 
     def __post_init__(self) -> None:
         h, kv, d = int(self.num_heads), int(self.num_kv_heads), int(self.head_dim)
@@ -384,6 +417,16 @@ class SpikecSSA(SpikecNode):
         decay = np.asarray(self.decay)
         if decay.shape != (h,) or not np.issubdtype(decay.dtype, np.floating) or not ((decay > 0) & (decay <= 1)).all():
             raise ValueError(f"decay has shape {list(decay.shape)} ({decay.dtype}); expected [{h}] floats in (0, 1]")
+        for name in ("map_threshold", "map_bias"):
+            value = np.asarray(getattr(self, name))
+            if value.size == 0:
+                value = np.zeros(h, np.float32)
+            if value.shape != (h,) or not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+                raise ValueError(f"{name} has shape {list(value.shape)} ({value.dtype}); expected [{h}] finite floats")
+            setattr(self, name, value)
+        mt = self.map_threshold
+        if not ((mt > 0).all() or (mt == 0).all()):
+            raise ValueError("map_threshold must be all positive (map neurons) or all zero (none)")
         self._set_types((h + 2 * kv) * d, h * d)
 
 
@@ -401,4 +444,5 @@ def to_nir(args: dict[str, Any], node: Any = None) -> SpikecSSA:
         o_threshold=array(args["o_threshold"]), signed=bool(args["signed"]), tau=float(args["tau"]),
         normalize=bool(args["normalize"]),
         decay=np.ones(int(args["num_heads"]), np.float32) if args.get("decay") is None else array(args["decay"]),
+        **{name: array(args[name]) for name in ("map_threshold", "map_bias") if args.get(name) is not None},
     )
