@@ -236,12 +236,10 @@ def _map_thresholds(q: torch.Tensor, k: torch.Tensor, thr: dict[str, torch.Tenso
     tk = tk.repeat_interleave(h // num_kv_heads, dim=-3)
     positions = q.shape[-2]
     causal = torch.ones(positions, positions, dtype=torch.bool, device=q.device).tril()
-    out = []
-    for head in range(h):
-        scores = (tq[:, :, head] @ tk[:, :, head].transpose(-1, -2)).mean(0)[:, causal].abs().flatten()
-        k_th = min(max(1, math.ceil(cfg.map_percentile / 100.0 * scores.numel())), scores.numel())
-        out.append(scores.kthvalue(k_th).values.clamp(min=1.0 / timesteps))
-    return torch.stack(out)
+    # one head at a time: the [T, b, P, P] products of all heads at once can be large
+    scores = torch.stack([(tq[:, :, i] @ tk[:, :, i].transpose(-1, -2)).mean(0)[:, causal].flatten()
+                          for i in range(h)], dim=1)  # [b * causal pairs, H]
+    return _channel_percentile(scores.abs(), cfg.map_percentile).clamp(min=1.0 / timesteps)
 
 
 def _attention_shape(attn: fx.Node) -> dict[str, Any]:

@@ -45,9 +45,9 @@ not pull in torch).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -274,8 +274,6 @@ def ssa_forward(
         map_gain = 1.0 / map_threshold.float().reshape(num_kv_heads, rep, 1, 1)
         map_shift = (torch.zeros(num_heads, device=qkv.device) if map_bias is None else map_bias.float()).reshape(
             num_kv_heads, rep, 1, 1)
-        if mask is None:
-            mask = torch.ones(positions, positions, device=qkv.device).tril()
     trains = [input_spikes(u, timesteps, series, signed, tau, surrogate, alpha) for u in (uq, uk, uv)]
     vo = torch.full(trains[0].shape[1:], V_INIT, device=qkv.device)
     vm = None  # membranes of the map neurons [b, KV, rep, P, P]
