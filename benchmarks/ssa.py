@@ -1,7 +1,8 @@
 """SSA mode (spiking self-attention + surrogate-gradient fine-tuning) on SmolLM2-135M.
 
 Converts the model with the default pipeline, replaces every attention with SSA (``ssa``),
-fine-tunes the SSA layers (``ssa-finetune``) on the GPL-3 calibration text, lowers to NIR
+fine-tunes the SSA layers (``ssa-finetune``) on calibration text (the embedded GPL-3 text, or
+``--calib-text``, e.g. spikec/data/finetune_numpy_docstrings.txt), lowers to NIR
 and runs the reference simulator on 1024 held-out tokens (Python docstrings, disjoint from
 the calibration text). Reports, against the original model (the canonical ANN graph, whose
 logits equal the Hugging Face model's):
@@ -14,7 +15,7 @@ logits equal the Hugging Face model's):
 
     python benchmarks/ssa.py [--timesteps 8] [--preset accurate] [--steps 100] [--lr 1e-2]
                              [--rank 8] [--samples 32] [--seq-len 64] [--eval-seq-len 1024]
-                             [--baseline] [--threads 1] [--save model.nir]
+                             [--calib-text FILE] [--baseline] [--threads 1] [--save model.nir]
 
 Writes benchmarks/results/ssa.json.
 """
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--samples", type=int, default=32, help="calibration/fine-tuning sequences")
     ap.add_argument("--seq-len", type=int, default=64, help="positions per calibration/fine-tuning sequence")
+    ap.add_argument("--calib-text", help="calibration and fine-tuning text file (default: the embedded GPL-3 text)")
     ap.add_argument("--inputs", default="ann", choices=("ann", "snn"))
     ap.add_argument("--surrogate", default="sigmoid", choices=("sigmoid", "arctan"))
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="more pass options")
@@ -138,7 +140,7 @@ def main() -> None:
     loaded = load_model(a.model)
     gm = capture_canonical(loaded, seq_len=16)
     tok = loaded.tokenizer
-    calib = cut_samples(token_stream(tok, read_text(None, CALIBRATION_TEXT)), a.samples, a.seq_len, "calibration")
+    calib = cut_samples(token_stream(tok, read_text(a.calib_text, CALIBRATION_TEXT)), a.samples, a.seq_len, "calibration")
     stream = token_stream(tok, read_text(None, HELDOUT_TEXT))
     evals = {}  # positions -> (ids, ANN logits, ANN hidden states)
     with torch.no_grad():
@@ -200,7 +202,8 @@ def main() -> None:
     print(f"fx vs simulator identical: {check.identical}")
     write_results(a.name, {
         "model": a.model, "timesteps": a.timesteps, "preset": a.preset, "tokens": a.tokens,
-        "eval_positions": sorted(evals), "calibration": {"samples": int(calib.shape[0]),
+        "eval_positions": sorted(evals), "calibration": {"text": a.calib_text or f"embedded:{CALIBRATION_TEXT}",
+                                                             "samples": int(calib.shape[0]),
                                                              "positions": int(calib.shape[1])},
         "options": {k: v for k, v in options.items() if k != "progress"}, "convert_seconds": convert_s,
         "ssa_seconds": ssa_s, "finetune": finetune, "results": rows, "fx_simulator_identical": check.identical,

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output directory (default: build/<model>)")
     c.add_argument("-T", "--timesteps", type=int, default=16, help="timesteps per window (default 16)")
     c.add_argument("--target", default="nir", help="nir (default), sim, or lava (also writes DIR/lava/, docs/lava.md)")
-    c.add_argument("--calib-text", help="calibration text file (default: the embedded GPL-3 text)")
+    c.add_argument("--calib-text", help="calibration text file, or embedded:NAME for a shipped text "
+                   "(default: the embedded GPL-3 text)")
     c.add_argument("--calib-samples", type=int, default=16, help="calibration samples (default 16)")
     c.add_argument("--seq-len", type=int, default=128, help="positions per calibration sample (default 128)")
     c.add_argument("--passes", default="default", help="comma list of passes; 'default' is the built-in pipeline")

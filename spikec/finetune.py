@@ -70,7 +70,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     f.add_argument("--surrogate", choices=SURROGATES, help="surrogate gradient of the spikes (ssa; default sigmoid)")
     f.add_argument("--seq-len", type=int, default=64, help="positions per fine-tuning/calibration sequence (default 64)")
     f.add_argument("--calib-samples", type=int, default=32, help="calibration/fine-tuning sequences (default 32)")
-    f.add_argument("--calib-text", help="calibration and fine-tuning text (default: the embedded GPL-3 text)")
+    f.add_argument("--calib-text", help="calibration and fine-tuning text file, or embedded:NAME for a shipped text "
+                   "(default: the embedded GPL-3 text)")
     f.add_argument("--checkpoint", help="checkpoint file (default: <output>.finetune.ckpt)")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     f.add_argument("--preset", default="balanced", choices=("balanced", "accurate"), help="as for compile")

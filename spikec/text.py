@@ -12,6 +12,8 @@ from spikec.core.errors import InputError
 
 CALIBRATION_TEXT = "calibration_gpl3.txt"  # GPL-3 licence text (calibration default)
 HELDOUT_TEXT = "heldout_docstrings.txt"  # Python standard-library docstrings (evaluation default)
+NUMPY_TEXT = "finetune_numpy_docstrings.txt"  # NumPy docstrings (in-domain fine-tuning text)
+EMBEDDED_PREFIX = "embedded:"
 
 
 def embedded_text(name: str) -> str:
@@ -19,11 +21,24 @@ def embedded_text(name: str) -> str:
     return resources.files("spikec").joinpath("data", name).read_text(encoding="utf-8")
 
 
+def embedded_names() -> list[str]:
+    """Names of the embedded texts (``spikec/data/*.txt`` but the licence notice)."""
+    data = resources.files("spikec").joinpath("data")
+    return sorted(f.name for f in data.iterdir() if f.name.endswith(".txt") and f.name != "NOTICE.txt")
+
+
 def read_text(path: str | Path | None, default: str) -> str:
-    """The text of ``path``, or the embedded text ``default`` when path is None.
-    Missing, unreadable or empty files raise ``InputError``."""
+    """The text of ``path``, or the embedded text ``default`` when path is None. A path
+    ``embedded:NAME`` names an embedded text (``embedded_names()``). Missing, unreadable or
+    empty files raise ``InputError``."""
     if path is None:
         return embedded_text(default)
+    if str(path).startswith(EMBEDDED_PREFIX):
+        name = str(path)[len(EMBEDDED_PREFIX):]
+        if name not in embedded_names():
+            raise InputError(f"there is no embedded text {name!r}",
+                             hint="use one of " + ", ".join(EMBEDDED_PREFIX + n for n in embedded_names()))
+        return embedded_text(name)
     p = Path(path)
     if not p.is_file():
         raise InputError(f"text file {str(p)!r} does not exist", hint="pass an existing UTF-8 text file")
