@@ -4,7 +4,7 @@ models, with the accuracy measured on the very same simulation runs. Sequence
 lengths: 1024 (one sequence, as `spikec eval --tokens 1024` runs it) and 128 (the compile's).
 Writes benchmarks/results/energy.json (energy_<mode>.json for the other modes).
 
-    python benchmarks/energy.py [--dir COMPILED] [-T 16] [--tokens 1024] [--seq-lens 1024,128]
+    python benchmarks/energy.py [--dir COMPILED --name NAME] [-T 16] [--tokens 1024] [--seq-lens 1024,128]
                                 [--attention softmax|spike-softmax|ssa] [--token-encoding none|rate|binary]
 """
 
@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--seq-lens", default="1024,128")
     ap.add_argument("--attention", default="softmax", choices=ATTENTION_MODES)
     ap.add_argument("--token-encoding", default="none", choices=TOKEN_ENCODINGS)
+    ap.add_argument("--name", help="results file name (default: energy, or energy_<attention>_<tokens>; "
+                                    "give one with --dir, whose mode the flags do not describe)")
     a = ap.parse_args()
     default = a.attention == "softmax" and a.token_encoding == "none"
     mode = "default" if default else f"{a.attention}+{a.token_encoding}-tokens"
@@ -111,7 +113,7 @@ def main() -> None:
                     reduction = "     -" if r["reduction"] is None else f"{100 * r['reduction']:6.1f}"
                     print(f"    {role:<10} 45nm reduction {reduction}%  "
                           f"spikes/neuron/window {r['spikes_per_neuron_per_window']:.2f}")
-    write_results("energy" if default else f"energy_{a.attention}_{a.token_encoding}",
+    write_results(a.name or ("energy" if default else f"energy_{a.attention}_{a.token_encoding}"),
                   {"model": a.model, "pipeline": mode, "compile_seconds": compile_seconds,
                              "goal": {"reduction_45nm": 0.90, "attention_reduction_45nm": 0.85}, "rows": rows})
 
