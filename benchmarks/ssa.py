@@ -50,6 +50,7 @@ from spikec.text import (
     cut_samples,
     cut_sequences,
     read_text,
+    text_label,
     token_stream,
 )
 from spikec.verify import compare_fx_and_simulator
@@ -122,7 +123,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--samples", type=int, default=32, help="calibration/fine-tuning sequences")
     ap.add_argument("--seq-len", type=int, default=64, help="positions per calibration/fine-tuning sequence")
-    ap.add_argument("--calib-text", help="calibration and fine-tuning text file (default: the embedded GPL-3 text)")
+    ap.add_argument("--calib-text", help="calibration and fine-tuning text file, or embedded:NAME "
+                    "(default: the embedded GPL-3 text)")
     ap.add_argument("--inputs", default="ann", choices=("ann", "snn"))
     ap.add_argument("--surrogate", default="sigmoid", choices=("sigmoid", "arctan"))
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="more pass options")
@@ -202,7 +204,7 @@ def main() -> None:
     print(f"fx vs simulator identical: {check.identical}")
     write_results(a.name, {
         "model": a.model, "timesteps": a.timesteps, "preset": a.preset, "tokens": a.tokens,
-        "eval_positions": sorted(evals), "calibration": {"text": a.calib_text or f"embedded:{CALIBRATION_TEXT}",
+        "eval_positions": sorted(evals), "calibration": {"text": text_label(a.calib_text, CALIBRATION_TEXT),
                                                              "samples": int(calib.shape[0]),
                                                              "positions": int(calib.shape[1])},
         "options": {k: v for k, v in options.items() if k != "progress"}, "convert_seconds": convert_s,

@@ -35,7 +35,7 @@ from spikec.lower import lower_to_nir
 from spikec.outputs import atomic_directory
 from spikec.plugins import load_entry_point_plugins, load_plugin_file
 from spikec.report import write_report
-from spikec.text import CALIBRATION_TEXT, cut_samples, read_text, token_stream
+from spikec.text import CALIBRATION_TEXT, cut_samples, read_text, text_label, token_stream
 from spikec.verify import compare_fx_and_simulator
 
 TARGETS = ("nir", "sim", "lava")
@@ -168,7 +168,7 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             "timesteps": opts.timesteps,
             "seq_len": opts.seq_len,
             "target": opts.target,
-            "calibration": {"text": opts.calib_text or f"embedded:{CALIBRATION_TEXT}",
+            "calibration": {"text": text_label(opts.calib_text, CALIBRATION_TEXT),
                             "samples": int(calibration.shape[0]), "positions": int(calibration.shape[1])},
             "passes": [asdict(r) for r in records],
             "capture_seconds": steps["capture"],

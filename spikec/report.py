@@ -34,7 +34,7 @@ from spikec.backends.energy import (
 from spikec.backends.simulator import SimResult, simulate
 from spikec.core import ir
 from spikec.core.errors import InputError, ResourceError, UsageError
-from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, token_stream
+from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, text_label, token_stream
 
 REPORT_FILE = "report.html"
 ENERGY_FILE = "energy.json"
@@ -125,7 +125,7 @@ def energy_on_text(
     start = time.perf_counter()
     counts, _ = measure_operations(graph, ids, t, progress=progress)
     est = estimate(counts, model)
-    est["text"] = text_path or f"embedded:{HELDOUT_TEXT}"
+    est["text"] = text_label(text_path, HELDOUT_TEXT)
     est["seconds"] = time.perf_counter() - start
     _write_json(p / ENERGY_FILE, {"text": est["text"], "counts": counts.to_dict(), "estimate": est})
     return est

@@ -27,6 +27,12 @@ def embedded_names() -> list[str]:
     return sorted(f.name for f in data.iterdir() if f.name.endswith(".txt") and f.name != "NOTICE.txt")
 
 
+def text_label(path: str | Path | None, default: str) -> str:
+    """How a text given to ``read_text`` is recorded in reports: its path, or
+    ``embedded:NAME`` for an embedded one (itself a valid ``read_text`` path)."""
+    return str(path) if path is not None else EMBEDDED_PREFIX + default
+
+
 def read_text(path: str | Path | None, default: str) -> str:
     """The text of ``path``, or the embedded text ``default`` when path is None. A path
     ``embedded:NAME`` names an embedded text (``embedded_names()``). Missing, unreadable or
