@@ -182,6 +182,16 @@ class SpikecRateReadout(SpikecNode):
         self._set_types(self.features, self.features)
 
 
+STANDARD_SPIKING_TYPES = (nir.IF, nir.LIF, nir.CubaLIF, nir.Threshold)
+"""Standard NIR nodes that emit spikes."""
+
+
+def is_spiking(node: nir.NIRNode) -> bool:
+    """Whether ``node`` emits spikes: a standard spiking NIR node, or an extension node whose
+    ``kind`` is ``"spiking"``. The one answer to that question in spikec."""
+    return isinstance(node, STANDARD_SPIKING_TYPES) or (isinstance(node, SpikecNode) and node.kind == "spiking")
+
+
 def is_extension(node: nir.NIRNode) -> bool:
     """Whether ``node`` is one of spikec's extension node types."""
     return isinstance(node, SpikecNode)
