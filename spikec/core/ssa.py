@@ -44,7 +44,6 @@ builder is ``spikec.lowering.ssa``.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -73,27 +72,23 @@ def surrogate_derivative(x: torch.Tensor, surrogate: str, alpha: float) -> torch
     raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
 
 
-@functools.cache
-def _spike_function() -> type:
-    class Spike(torch.autograd.Function):
-        """``[v >= 1] - signed * [v < 0]`` forward; ``surrogate_derivative(v - 1) + signed *
-        surrogate_derivative(v)`` backward (one autograd node per neuron step)."""
+class _Spike(torch.autograd.Function):
+    """``[v >= 1] - signed * [v < 0]`` forward; ``surrogate_derivative(v - 1) + signed *
+    surrogate_derivative(v)`` backward (one autograd node per neuron step)."""
 
-        @staticmethod
-        def forward(ctx: Any, v: torch.Tensor, signed: bool, surrogate: str, alpha: float) -> torch.Tensor:
-            ctx.save_for_backward(v)
-            ctx.signed, ctx.surrogate, ctx.alpha = signed, surrogate, alpha
-            return _spike_value(v, signed)
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, signed: bool, surrogate: str, alpha: float) -> torch.Tensor:
+        ctx.save_for_backward(v)
+        ctx.signed, ctx.surrogate, ctx.alpha = signed, surrogate, alpha
+        return _spike_value(v, signed)
 
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-            (v,) = ctx.saved_tensors
-            d = surrogate_derivative(v - 1.0, ctx.surrogate, ctx.alpha)
-            if ctx.signed:
-                d = d + surrogate_derivative(v, ctx.surrogate, ctx.alpha)
-            return grad * d, None, None, None
-
-    return Spike
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (v,) = ctx.saved_tensors
+        d = surrogate_derivative(v - 1.0, ctx.surrogate, ctx.alpha)
+        if ctx.signed:
+            d = d + surrogate_derivative(v, ctx.surrogate, ctx.alpha)
+        return grad * d, None, None, None
 
 
 def _spike_value(v: torch.Tensor, signed: bool) -> torch.Tensor:
@@ -109,7 +104,7 @@ def spike(v: torch.Tensor, signed: bool, surrogate: str = "sigmoid", alpha: floa
         raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
     if not v.requires_grad:
         return _spike_value(v, signed)
-    return _spike_function().apply(v, signed, surrogate, SURROGATES[surrogate] if alpha is None else float(alpha))
+    return _Spike.apply(v, signed, surrogate, SURROGATES[surrogate] if alpha is None else float(alpha))
 
 
 def neuron_step(
