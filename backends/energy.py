@@ -39,8 +39,7 @@ import nir
 
 from spikec.core import ir
 from spikec.core.errors import InputError, UsageError
-from spikec.core.ssa import SpikecSSA
-from spikec.core.streaming_ir import SpikecSpikeAttention, SpikecSpikeDecode
+from spikec.core.ir import SpikecSpikeAttention, SpikecSpikeDecode, SpikecSSA
 
 from .simulator import SPIKING_TYPES, SimResult
 

@@ -27,7 +27,7 @@ from typing import Any
 import nir
 
 from spikec.core import ir
-from spikec.core.streaming_ir import (
+from spikec.core.ir import (
     SpikecSpikeAttention,
     SpikecSpikeDecode,
     SpikecStreamActivation,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import nir
 
 from spikec.core import ssa
+from spikec.core.ir import SpikecSSA
 
 from . import simulator
 
@@ -30,6 +31,6 @@ def _ssa(ctx: simulator._Context, name: str, node: nir.NIRNode, x: simulator._Va
     return simulator._Value(spikes, True, operations=stats)
 
 
-simulator.KERNELS[ssa.SpikecSSA] = _ssa
-if ssa.SpikecSSA not in simulator.SPIKING_TYPES:
-    simulator.SPIKING_TYPES = (*simulator.SPIKING_TYPES, ssa.SpikecSSA)
+simulator.KERNELS[SpikecSSA] = _ssa
+if SpikecSSA not in simulator.SPIKING_TYPES:
+    simulator.SPIKING_TYPES = (*simulator.SPIKING_TYPES, SpikecSSA)

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from spikec.core import streaming
-from spikec.core.ir import SpikecRateReadout
-from spikec.core.streaming_ir import (
+from spikec.core.ir import (
+    SpikecRateReadout,
     SpikecSpikeAttention,
     SpikecSpikeDecode,
     SpikecSTBIF,

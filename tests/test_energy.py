@@ -335,7 +335,7 @@ def test_missing_constant_file_and_unknown_model_names():
 
 def _ssa_graph(signed: bool = False, map_neurons: bool = False) -> nir.NIRGraph:
     """input q|k|v currents (one head, D=1) -> SpikecSSA (thresholds 1, no rotary) -> output."""
-    from spikec.core.ssa import SpikecSSA
+    from spikec.core.ir import SpikecSSA
 
     one = np.ones(1, np.float32)
     maps = {"map_threshold": one, "map_bias": np.zeros(1, np.float32)} if map_neurons else {}
@@ -389,7 +389,7 @@ def test_ssa_operations_add_up_over_runs():
 
 
 def test_spike_softmax_products_are_incremental_synaptic_operations():
-    from spikec.core.streaming_ir import SpikecSpikeAttention, SpikecSTBIF
+    from spikec.core.ir import SpikecSpikeAttention, SpikecSTBIF
 
     one = np.ones(3, np.float32)
     nodes = {"input": nir.Input(np.array([3])),
@@ -418,7 +418,7 @@ def test_spike_softmax_products_are_incremental_synaptic_operations():
 
 
 def test_token_decode_synapses_cost_one_accumulate_per_spike():
-    from spikec.core.streaming_ir import SpikecSpikeDecode, SpikecTokenEncoder
+    from spikec.core.ir import SpikecSpikeDecode, SpikecTokenEncoder
 
     nodes = {"input": nir.Input(np.array([2])),
              "enc": SpikecTokenEncoder(threshold=np.ones(2, np.float32), max_spikes=1, signed=True, v_init=0.5,

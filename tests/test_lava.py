@@ -283,7 +283,8 @@ def converted_ssa(family: str) -> nir.NIRGraph:
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_the_runners_numpy_ssa_equals_spikec_core_ssa(family):
-    from spikec.core.ssa import SpikecSSA, spiking_self_attention
+    from spikec.core.ir import SpikecSSA
+    from spikec.core.ssa import spiking_self_attention
 
     graph = converted_ssa(family)
     (name, node), *_ = [(n, v) for n, v in graph.nodes.items() if isinstance(v, SpikecSSA)]
@@ -299,7 +300,7 @@ def test_the_runners_numpy_ssa_equals_spikec_core_ssa(family):
 
 
 def test_export_refuses_a_decaying_ssa_mask_or_map_neurons_and_says_what_to_use():
-    from spikec.core.ssa import SpikecSSA
+    from spikec.core.ir import SpikecSSA
 
     graph = converted_ssa("gpt2")
     nodes = dict(graph.nodes)

@@ -20,7 +20,7 @@ from spikec.passes.spike_softmax import PIPELINE
 from spikec.core import neurons, ops, streaming
 from spikec.core.errors import UnsupportedError, UsageError
 from spikec.core.passes import PassContext, run_passes
-from spikec.core.streaming_ir import (
+from spikec.core.ir import (
     SpikecSpikeAttention,
     SpikecSTBIF,
     SpikecStreamActivation,
@@ -172,7 +172,7 @@ def test_spike_attention_equals_the_quantized_attention_on_random_spikes(heads, 
     q, k, v = (t.view(1, -1, n, d).transpose(1, 2) for t, n in ((q, h), (k, kv), (v, kv)))
     if rope_theta:
         cos, sin = ops.rotary_cos_sin(q.shape[2], d, rope_theta)
-        q, k = (t * cos + ops._rotate_half(t) * sin for t in (q, k))
+        q, k = (t * cos + ops.rotate_half(t) * sin for t in (q, k))
     k, v = (t.repeat_interleave(h // kv, 1) for t in (k, v))
     p = torch.softmax((q @ k.transpose(-1, -2) * scale).masked_fill(torch.ones(11, 11).triu(1).bool(), -math.inf), -1)
     p_hat = torch.clamp(torch.floor(T * p / p_theta[0] + 0.5), 0, p_b * T) * p_theta[0] / T

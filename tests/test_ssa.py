@@ -20,6 +20,7 @@ from torch import fx
 
 from spikec.cli import main
 from spikec.core import ops, ssa
+from spikec.core.ir import SpikecSSA
 from spikec.core.errors import UnsupportedError, UsageError
 from spikec.core.passes import PassContext, run_passes
 from spikec.lower import lower_to_nir
@@ -233,7 +234,7 @@ def test_ssa_node_survives_a_nir_file_round_trip(tmp_path: Path):
     nirio.write(tmp_path / "m.nir", graph)
     back = nirio.read(tmp_path / "m.nir")
     node = back.nodes["h_0_attn_ssa"]
-    assert isinstance(node, ssa.SpikecSSA) and node.signed and node.normalize and node.rope_theta == 10000.0
+    assert isinstance(node, SpikecSSA) and node.signed and node.normalize and node.rope_theta == 10000.0
     assert not node.has_map_neurons
     assert torch.equal(simulate(back, ids, T).output, simulate(graph, ids, T).output)
 
@@ -249,7 +250,7 @@ def test_attention_map_neurons_survive_a_nir_file_round_trip_and_a_file_without_
     np.testing.assert_array_equal(node.map_bias, graph.nodes["h_0_attn_ssa"].map_bias)
     older = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
              if f.name not in ("map_threshold", "map_bias", "input_type", "output_type")}
-    assert not ssa.SpikecSSA(**older).has_map_neurons  # written before map neurons existed: none
+    assert not SpikecSSA(**older).has_map_neurons  # written before map neurons existed: none
 
 
 def test_an_ssa_node_with_a_non_positive_threshold_or_a_decay_above_one_is_refused():
@@ -257,13 +258,13 @@ def test_an_ssa_node_with_a_non_positive_threshold_or_a_decay_above_one_is_refus
     fields = {"num_heads": 2, "num_kv_heads": 1, "head_dim": 2, "rope_theta": 0.0, "q_threshold": ones,
               "k_threshold": ones[:2], "v_threshold": ones[:2], "scale": ones, "o_threshold": ones, "signed": True,
               "tau": 0.0, "normalize": True, "decay": ones[:2]}
-    ssa.SpikecSSA(**fields)
+    SpikecSSA(**fields)
     with pytest.raises(ValueError, match="thresholds must be positive"):
-        ssa.SpikecSSA(**{**fields, "v_threshold": -ones[:2]})
+        SpikecSSA(**{**fields, "v_threshold": -ones[:2]})
     with pytest.raises(ValueError, match="decay"):
-        ssa.SpikecSSA(**{**fields, "decay": 2 * ones[:2]})
+        SpikecSSA(**{**fields, "decay": 2 * ones[:2]})
     with pytest.raises(ValueError, match="map_threshold must be all positive"):
-        ssa.SpikecSSA(**{**fields, "map_threshold": np.array([1.0, 0.0], np.float32)})
+        SpikecSSA(**{**fields, "map_threshold": np.array([1.0, 0.0], np.float32)})
 
 
 def test_binary_lif_variant_emits_only_zero_or_one():
@@ -369,7 +370,7 @@ def test_finetune_command_writes_a_compile_output_and_removes_its_checkpoint(tmp
     assert "fine-tuned (ssa)" in capsys.readouterr().out
     assert not (tmp_path / "m.finetune.ckpt").exists()
     graph = nirio.read(out / "model.nir")
-    assert any(isinstance(n, ssa.SpikecSSA) for n in graph.nodes.values())
+    assert any(isinstance(n, SpikecSSA) for n in graph.nodes.values())
     # its energy: the SSA cores are attention layers counted from their spike products
     assert main(["energy", str(out), "--tokens", "32", "--json"]) == 0
     est = json.loads(capsys.readouterr().out)

@@ -31,7 +31,7 @@ import numpy as np
 
 from spikec.core import ir
 from spikec.core.errors import InputError, UnsupportedError
-from spikec.core.ssa import SpikecSSA
+from spikec.core.ir import SpikecSSA
 
 from . import runner
 

@@ -118,7 +118,8 @@ def rotary_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotary embeddings' half rotation: ``[x1 | x2] -> [-x2 | x1]`` over the last axis (any shape)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -148,8 +149,8 @@ def attention(
     v = v.view(b, p, num_kv_heads, head_dim).transpose(1, 2)
     if rope_theta > 0:
         cos, sin = rotary_cos_sin(p, head_dim, rope_theta, device=qkv.device, dtype=qkv.dtype)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
     if num_kv_heads != num_heads:
         rep = num_heads // num_kv_heads
         k = k.repeat_interleave(rep, dim=1)

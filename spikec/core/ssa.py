@@ -38,25 +38,18 @@ derivative is replaced by that of a sigmoid (``alpha * sig(alpha x) (1 - sig(alp
 or of an arctan (``alpha / 2 / (1 + (pi alpha x / 2)^2)``). Resets are not
 differentiated (detached), as is usual in SNN training.
 
-torch is imported only inside the functions: this module also defines the NIR node
-``SpikecSSA`` and is imported wherever ``spikec.core.ir`` is (reading a NIR file must
-not pull in torch).
+The NIR node ``SpikecSSA`` that holds these fields is ``spikec.core.ir.SpikecSSA``; its lowering
+builder is ``spikec.lowering.ssa``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
-import numpy as np
+import torch
 
-from .ir import SpikecNode
-
-if TYPE_CHECKING:
-    import torch
+from .ops import rotary_cos_sin
 
 SURROGATES: dict[str, float] = {"sigmoid": 4.0, "arctan": 2.0}
 """Surrogate gradient name -> default sharpness ``alpha`` (SpikingJelly's defaults)."""
@@ -71,8 +64,6 @@ V_INIT = 0.5  # initial membrane, in threshold units: symmetric rounding for a c
 
 def surrogate_derivative(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
     """The surrogate of ``d Heaviside(x) / dx``: a sigmoid's or an arctan's derivative."""
-    import torch
-
     if surrogate == "sigmoid":
         s = torch.sigmoid(alpha * x)
         return alpha * s * (1 - s)
@@ -81,29 +72,23 @@ def surrogate_derivative(x: torch.Tensor, surrogate: str, alpha: float) -> torch
     raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
 
 
-@functools.cache
-def _spike_function() -> type:
-    import torch
+class _Spike(torch.autograd.Function):
+    """``[v >= 1] - signed * [v < 0]`` forward; ``surrogate_derivative(v - 1) + signed *
+    surrogate_derivative(v)`` backward (one autograd node per neuron step)."""
 
-    class Spike(torch.autograd.Function):
-        """``[v >= 1] - signed * [v < 0]`` forward; ``surrogate_derivative(v - 1) + signed *
-        surrogate_derivative(v)`` backward (one autograd node per neuron step)."""
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, signed: bool, surrogate: str, alpha: float) -> torch.Tensor:
+        ctx.save_for_backward(v)
+        ctx.signed, ctx.surrogate, ctx.alpha = signed, surrogate, alpha
+        return _spike_value(v, signed)
 
-        @staticmethod
-        def forward(ctx: Any, v: torch.Tensor, signed: bool, surrogate: str, alpha: float) -> torch.Tensor:
-            ctx.save_for_backward(v)
-            ctx.signed, ctx.surrogate, ctx.alpha = signed, surrogate, alpha
-            return _spike_value(v, signed)
-
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-            (v,) = ctx.saved_tensors
-            d = surrogate_derivative(v - 1.0, ctx.surrogate, ctx.alpha)
-            if ctx.signed:
-                d = d + surrogate_derivative(v, ctx.surrogate, ctx.alpha)
-            return grad * d, None, None, None
-
-    return Spike
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (v,) = ctx.saved_tensors
+        d = surrogate_derivative(v - 1.0, ctx.surrogate, ctx.alpha)
+        if ctx.signed:
+            d = d + surrogate_derivative(v, ctx.surrogate, ctx.alpha)
+        return grad * d, None, None, None
 
 
 def _spike_value(v: torch.Tensor, signed: bool) -> torch.Tensor:
@@ -119,7 +104,7 @@ def spike(v: torch.Tensor, signed: bool, surrogate: str = "sigmoid", alpha: floa
         raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
     if not v.requires_grad:
         return _spike_value(v, signed)
-    return _spike_function().apply(v, signed, surrogate, SURROGATES[surrogate] if alpha is None else float(alpha))
+    return _Spike.apply(v, signed, surrogate, SURROGATES[surrogate] if alpha is None else float(alpha))
 
 
 def neuron_step(
@@ -154,8 +139,6 @@ def input_spikes(
     this closed form is the definition, so every backend gets the same float32 spikes), with
     the gradient of BPTT through IF neurons with detached resets. Otherwise ``neuron_step``
     is iterated."""
-    import torch
-
     if series or tau != 0:
         v = torch.full(u.shape[1:] if series else u.shape, V_INIT, device=u.device)
         out = []
@@ -176,10 +159,6 @@ def split_heads(
     """``qkv [..., b, P, (H + 2KV) D]`` -> ``q [..., b, H, P, D]``, ``k, v [..., b, KV, P, D]``,
     with rotary embeddings of positions 0..P-1 applied to q and k when ``rope_theta > 0``
     (the convention of ``ops.attention``). A leading time axis is allowed."""
-    import torch
-
-    from .ops import rotary_cos_sin
-
     *lead, p, _ = qkv.shape
     q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
     q = q.reshape(*lead, p, num_heads, head_dim).transpose(-2, -3)
@@ -237,8 +216,6 @@ def ssa_forward(
     stats: when given, receives the operation counts of the spike products (summed over batch
     and steps, see ``_count_products``) and the ``q_spikes``, ``k_spikes``, ``v_spikes`` of the
     input neurons, for energy estimates (with map neurons, ``a_nonzero`` counts their spikes)."""
-    import torch
-
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     if num_heads % num_kv_heads:
@@ -313,8 +290,6 @@ def _count_products(stats: dict[str, float], sq: torch.Tensor, sk: torch.Tensor,
     (``sum_{j <= i, d} |Q_id| |K_jd|``: one accumulate each); ``a_nonzero``: non-zero map
     entries; ``av_synops``: each V spike ``(j, c)`` times the non-zero entries of column ``j``
     of the map (its fan-out); ``q_spikes``, ``k_spikes``, ``v_spikes``: ``|spikes|``."""
-    import torch
-
     kv = sk.shape[-3]
     qa, ka, va = sq.abs(), sk.abs(), sv.abs()
     grouped = qa.reshape(*qa.shape[:-3], kv, -1, *qa.shape[-2:])  # [..., KV, rep, P, D]
@@ -352,95 +327,8 @@ def spiking_self_attention(
     """Graph form of ``ssa_forward``: the output spike train ``[T, b, P, H D]`` as int8,
     without gradients. The canonical op of a converted graph and the simulator's kernel
     (which passes ``stats`` to count the spike products' operations)."""
-    import torch
-
     with torch.no_grad():
         spikes = ssa_forward(qkv, q_threshold, k_threshold, v_threshold, scale, o_threshold, num_heads,
                              num_kv_heads, head_dim, rope_theta, timesteps, signed, tau, normalize, decay=decay,
                              stats=stats, map_threshold=map_threshold, map_bias=map_bias)
     return spikes.to(torch.int8)
-
-
-# ---------------------------------------------------------------------------
-# NIR extension node
-# ---------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class SpikecSSA(SpikecNode):
-    """Causal spiking self-attention (``spiking_self_attention``; docs/ssa.md).
-
-    Input: fused ``[q | k | v]`` real ``[batch, P, (H + 2*KV) * D]``; output: spike train
-    ``[T, batch, P, H * D]`` of ``{0, 1}`` (``{-1, 0, 1}`` when ``signed``). ``tau`` 0 means
-    IF neurons, else LIF with that time constant; ``normalize`` divides ``A_t V_t`` by the
-    number of attended positions. Thresholds are per channel and positive. ``map_threshold``
-    and ``map_bias`` ``[H]``: the attention-map neurons of each head (``ssa_forward``); all
-    zero thresholds (the default, also when absent from a file) mean none."""
-
-    kind: ClassVar[str] = "spiking"
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float
-    q_threshold: np.ndarray  # [H * D]
-    k_threshold: np.ndarray  # [KV * D]
-    v_threshold: np.ndarray  # [KV * D]
-    scale: np.ndarray  # [H * D]
-    o_threshold: np.ndarray  # [H * D]
-    signed: bool
-    tau: float
-    normalize: bool
-    decay: np.ndarray  # [H], in (0, 1]; all 1: the plain causal mask
-    map_threshold: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # [H]; all 0: no map neurons
-    map_bias: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))  # [H]
-
-    @property
-    def has_map_neurons(self) -> bool:
-        return bool((np.asarray(self.map_threshold) > 0).any())
-
-    def __post_init__(self) -> None:
-        h, kv, d = int(self.num_heads), int(self.num_kv_heads), int(self.head_dim)
-        if min(h, kv, d) < 1 or h % kv:
-            raise ValueError(f"num_heads {h}, num_kv_heads {kv}, head_dim {d}: expected positive counts, "
-                             "num_heads a multiple of num_kv_heads")
-        if self.rope_theta < 0 or self.tau < 0:
-            raise ValueError(f"rope_theta {self.rope_theta} and tau {self.tau} must be >= 0")
-        for field, n in (("q_threshold", h), ("k_threshold", kv), ("v_threshold", kv), ("scale", h),
-                         ("o_threshold", h)):
-            value = np.asarray(getattr(self, field))
-            if value.shape != (n * d,) or not np.issubdtype(value.dtype, np.floating):
-                raise ValueError(f"{field} has shape {list(value.shape)} ({value.dtype}); expected [{n * d}] floats")
-            if field != "scale" and not (value > 0).all():
-                raise ValueError(f"{field} has values <= 0; thresholds must be positive")
-        decay = np.asarray(self.decay)
-        if decay.shape != (h,) or not np.issubdtype(decay.dtype, np.floating) or not ((decay > 0) & (decay <= 1)).all():
-            raise ValueError(f"decay has shape {list(decay.shape)} ({decay.dtype}); expected [{h}] floats in (0, 1]")
-        for name in ("map_threshold", "map_bias"):
-            value = np.asarray(getattr(self, name))
-            if value.size == 0:
-                value = np.zeros(h, np.float32)
-            if value.shape != (h,) or not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
-                raise ValueError(f"{name} has shape {list(value.shape)} ({value.dtype}); expected [{h}] finite floats")
-            setattr(self, name, value)
-        mt = self.map_threshold
-        if not ((mt > 0).all() or (mt == 0).all()):
-            raise ValueError("map_threshold must be all positive (map neurons) or all zero (none)")
-        self._set_types((h + 2 * kv) * d, h * d)
-
-
-def to_nir(args: dict[str, Any], node: Any = None) -> SpikecSSA:
-    """The ``SpikecSSA`` node of a ``spiking_self_attention`` call (arguments by name,
-    tensors resolved): the builder ``spikec.lower.LOWERINGS`` uses."""
-
-    def array(t: Any) -> np.ndarray:
-        return t.detach().float().cpu().numpy().copy()
-
-    return SpikecSSA(
-        num_heads=int(args["num_heads"]), num_kv_heads=int(args["num_kv_heads"]), head_dim=int(args["head_dim"]),
-        rope_theta=float(args["rope_theta"]), q_threshold=array(args["q_threshold"]),
-        k_threshold=array(args["k_threshold"]), v_threshold=array(args["v_threshold"]), scale=array(args["scale"]),
-        o_threshold=array(args["o_threshold"]), signed=bool(args["signed"]), tau=float(args["tau"]),
-        normalize=bool(args["normalize"]),
-        decay=np.ones(int(args["num_heads"]), np.float32) if args.get("decay") is None else array(args["decay"]),
-        **{name: array(args[name]) for name in ("map_threshold", "map_bias") if args.get(name) is not None},
-    )

@@ -24,34 +24,21 @@ two agree bit for bit. Shapes: real ``[batch, positions, features]``; prefixes a
 a new leading axis ``[N, batch, positions, features]`` with ``steps`` (an int, or a float32
 tensor broadcastable from ``[N, 1, ..]``) saying how many steps each prefix covers.
 
-Also here: the builders lowering these fx ops to the NIR nodes of ``spikec.core.streaming_ir``
-(``LOWERINGS``) and the window spike counts ``spikec.verify`` compares (``fx_counts``,
-``sim_counts``).
+Also here: the window spike counts ``spikec.verify`` compares (``fx_counts``, ``sim_counts``).
+The NIR nodes are those of ``spikec.core.ir.streaming``; the builders lowering these fx ops to
+them are ``spikec.lowering.streaming``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import nir
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import ops
-from .ir import SpikecRateReadout
-from .streaming_ir import (
-    SpikecSpikeAttention,
-    SpikecSpikeDecode,
-    SpikecSTBIF,
-    SpikecStreamActivation,
-    SpikecStreamAdd,
-    SpikecStreamGatedActivation,
-    SpikecStreamLayerNorm,
-    SpikecStreamRMSNorm,
-    SpikecTokenEncoder,
-)
+from .ir import SpikecTokenEncoder
 
 QUERY_CHUNK = 128
 """Query rows of one attention chunk (fx and simulator use the same chunks)."""
@@ -188,8 +175,8 @@ def attention_heads(
     v = v.reshape(n, b, p, num_kv_heads, head_dim).transpose(2, 3)
     if rope_theta > 0:
         cos, sin = ops.rotary_cos_sin(p, head_dim, rope_theta, device=means.device, dtype=means.dtype)
-        q = q * cos + ops._rotate_half(q) * sin
-        k = k * cos + ops._rotate_half(k) * sin
+        q = q * cos + ops.rotate_half(q) * sin
+        k = k * cos + ops.rotate_half(k) * sin
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
@@ -378,80 +365,6 @@ def prob_thresholds(num_heads: int, prob_max_spikes: int) -> torch.Tensor:
     """Default probability thresholds ``1 / B`` per head: the neurons cover ``[0, 1]`` exactly,
     in steps of ``1 / (B T)``."""
     return torch.full((num_heads,), 1.0 / prob_max_spikes, dtype=torch.float32)
-
-
-# ---------------------------------------------------------------------------
-# lowering builders: (bound fx arguments, fx node) -> NIR node
-# ---------------------------------------------------------------------------
-
-
-def _array(t: Any) -> np.ndarray | None:
-    return None if t is None else t.detach().to(torch.float32).cpu().numpy().copy()
-
-
-def _features(node: torch.fx.Node) -> int:
-    return int(node.meta["tensor_meta"].shape[-1])
-
-
-def _v_init(v: Any) -> Any:
-    return _array(v) if isinstance(v, torch.Tensor) else float(v)
-
-
-def _stbif(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    return SpikecSTBIF(threshold=_array(a["threshold"]), max_spikes=int(a["max_spikes"]), signed=bool(a["signed"]),
-                       v_init=_v_init(a["v_init"]))
-
-
-def _affine(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    w, b = _array(a["weight"]), _array(a["bias"])
-    return nir.Affine(weight=w, bias=b if b is not None else np.zeros(w.shape[0], np.float32))
-
-
-def _layer_norm(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    d = _features(node)
-    w, b = _array(a["weight"]), _array(a["bias"])
-    return SpikecStreamLayerNorm(weight=w if w is not None else np.ones(d, np.float32),
-                                 bias=b if b is not None else np.zeros(d, np.float32), eps=float(a["eps"]))
-
-
-def _rms_norm(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    w = _array(a["weight"])
-    return SpikecStreamRMSNorm(weight=w if w is not None else np.ones(_features(node), np.float32),
-                               eps=float(a["eps"]))
-
-
-def _attention(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    return SpikecSpikeAttention(
-        num_heads=int(a["num_heads"]), num_kv_heads=int(a["num_kv_heads"]), head_dim=int(a["head_dim"]),
-        rope_theta=float(a["rope_theta"]), scale=float(a["scale"]), input_scale=_array(a["input_scale"]),
-        prob_threshold=_array(a["prob_threshold"]), prob_max_spikes=int(a["prob_max_spikes"]),
-        prob_v_init=float(a["prob_v_init"]))
-
-
-def _token_encoder(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    return SpikecTokenEncoder(threshold=_array(a["threshold"]), max_spikes=int(a["max_spikes"]), signed=True,
-                              v_init=float(a["v_init"]), scheme=str(a["scheme"]), bits=int(a["bits"]))
-
-
-def _token_decode(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    return SpikecSpikeDecode(weight=_array(a["weight"]), scheme=str(a["scheme"]), bits=int(a["bits"]))
-
-
-LOWERINGS: dict[Callable, Callable[[dict, torch.fx.Node], nir.NIRNode]] = {
-    stbif: _stbif,
-    count_affine: _affine,
-    count_readout_affine: _affine,
-    readout: lambda a, n: SpikecRateReadout(features=_features(n)),
-    stream_add: lambda a, n: SpikecStreamAdd(features=_features(n)),
-    stream_layer_norm: _layer_norm,
-    stream_rms_norm: _rms_norm,
-    stream_activation: lambda a, n: SpikecStreamActivation(activation=a["kind"], features=_features(n)),
-    stream_gated_activation: lambda a, n: SpikecStreamGatedActivation(activation=a["kind"], features=_features(n)),
-    spike_attention: _attention,
-    token_code: _token_encoder,
-    token_decode: _token_decode,
-}
-"""fx op of this module -> builder of its NIR node (merged into ``spikec.lower.LOWERINGS``)."""
 
 
 # ---------------------------------------------------------------------------

@@ -4,9 +4,9 @@ Semantics in docs/nir-extensions.md ("Streaming nodes"). The neuron nodes subcla
 ``SpikecSignedIF`` so that spikec's bookkeeping (spike counting, energy, file validation) treats
 them as neuron layers with thresholds; the simulator runs their own dynamics. The
 spike-equivalent operators subclass the real-valued nodes whose fields and window value they
-share; they differ on a time series (running means, not step by step). This module imports
-no torch (it is imported by ``spikec.core.ir``); the fx ops and lowering builders are in
-``spikec.core.streaming``.
+share; they differ on a time series (running means, not step by step). Their dynamics (torch)
+are in ``spikec.core.streaming``; the builders lowering its fx ops to these nodes are in
+``spikec.lowering.streaming``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import (
-    SpikecActivation,
-    SpikecAdd,
-    SpikecGatedActivation,
-    SpikecLayerNorm,
-    SpikecNode,
-    SpikecRMSNorm,
-    SpikecSignedIF,
-)
+from .base import SpikecNode
+from .rate import SpikecSignedIF
+from .real import SpikecActivation, SpikecAdd, SpikecGatedActivation, SpikecLayerNorm, SpikecRMSNorm
 
 
 @dataclass(eq=False)
@@ -79,7 +73,7 @@ class SpikecSpikeAttention(SpikecNode):
     prob_v_init: float
 
     def __post_init__(self) -> None:
-        self._set_types(int(self.input_scale.shape[0]), self.num_heads * self.head_dim)
+        self.set_feature_types(int(self.input_scale.shape[0]), self.num_heads * self.head_dim)
 
 
 @dataclass(eq=False)
@@ -102,7 +96,7 @@ class SpikecSpikeDecode(SpikecNode):
     bits: int
 
     def __post_init__(self) -> None:
-        self._set_types(int(self.weight.shape[0]), int(self.weight.shape[0]))
+        self.set_feature_types(int(self.weight.shape[0]), int(self.weight.shape[0]))
 
 
 STREAMING_NEURONS = (SpikecSTBIF, SpikecTokenEncoder)
