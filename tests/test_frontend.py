@@ -11,6 +11,7 @@ from torch import nn
 
 from spikec.core import ops
 from spikec.core.errors import ModelNotFoundError, UnsupportedError, UsageError
+from spikec.frontend.architectures import ARCHITECTURES, architecture_of
 from spikec.frontend.canonicalize import (
     AFFINE_ROLES,
     CANONICAL_OPS,
@@ -189,6 +190,23 @@ def test_other_architectures_are_refused_naming_the_architecture():
     with pytest.raises(UnsupportedError, match="OPTForCausalLM") as err:
         capture_canonical(loaded)
     assert err.value.exit_code == 4
+    assert str(err.value).startswith(
+        "architecture OPTForCausalLM (model type 'opt', model 'tiny-opt') is not supported; spikec converts "
+        "GPT-2 (GPT2LMHeadModel) and Llama (LlamaForCausalLM, e.g. SmolLM2) models"
+    )
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_architecture_entries_match_the_models_they_describe(family):
+    loaded = tiny(family)
+    arch = architecture_of(loaded.model)
+    assert arch is ARCHITECTURES[family] and arch.family == loaded.family == family
+    kinds = arch.module_kinds()
+    assert set(kinds.values()) <= {"layer_norm", "rms_norm", "linear", "embedding", "dropout", "activation",
+                                   "attention", "gated_mlp"}
+    assert any(isinstance(m, tuple(kinds)) for m in loaded.model.modules())
+    assert arch.block_index(f"x.{arch.block_container}.3.mlp") == 3 and arch.block_index("x.ln_f") is None
 
 
 # ---------------------------------------------------------------------------- loading

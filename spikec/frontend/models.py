@@ -84,8 +84,8 @@ _HUB_CONNECT_TIMEOUT_S = 3.0
 class LoadedModel:
     """A loaded causal LM and how to load it again.
 
-    ``model`` is in eval mode and float32; ``family`` is ``"gpt2"`` or ``"llama"`` for the
-    supported architectures (else the config's ``model_type``); ``spec`` is a JSON-able dict
+    ``model`` is in eval mode and float32; ``family`` is the config's ``model_type`` (the key of
+    its entry in ``spikec.frontend.architectures.ARCHITECTURES`` when supported); ``spec`` is a JSON-able dict
     ``{name, random_weights, config_overrides, seed}`` that :func:`load_from_spec` turns back
     into an identical model. The tokenizer is loaded on first access (SmolLM2's takes ~5 s).
     """
@@ -347,8 +347,7 @@ def _loaded(model: torch.nn.Module, name: str, spec: dict[str, Any], tokenizer_f
 
 
 def _family(config) -> str:
-    model_type = getattr(config, "model_type", "")
-    return {"gpt2": "gpt2", "llama": "llama"}.get(model_type, model_type or "unknown")
+    return getattr(config, "model_type", "") or "unknown"
 
 
 # ---------------------------------------------------------------------------- pretrained (hub or directory)
