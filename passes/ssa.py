@@ -274,8 +274,34 @@ def _read_through(gm: fx.GraphModule, readout: fx.Node, source: fx.Node, unfold:
     stale |= erase_if_unused(gm, [w_node, b_node])
 
 
+def _rewire_consumers(gm: fx.GraphModule, attn: fx.Node, node: fx.Node, theta_o: torch.Tensor,
+                      offset: torch.Tensor, stale: set[str]) -> None:
+    """Make every reader of ``attn`` a rate readout of the SSA spikes ``node`` (``_read_through``):
+    a ``signed_if`` encoder is removed and its readouts read the spikes; a real-valued affine
+    becomes a ``rate_readout_affine``."""
+    graph = gm.graph
+    for user in list(attn.users):
+        if user.target is ops.signed_if:  # spike-encode's encoder of the output projection: SSA spikes replace it
+            theta_enc = attr_tensor(gm, get_arg(user, 1, "threshold")).float().cpu()
+            for readout in list(user.users):
+                _read_through(gm, readout, node, 1.0 / theta_enc, theta_o, offset, stale)
+            args = list(user.all_input_nodes)
+            graph.erase_node(user)
+            stale |= erase_if_unused(gm, args)
+        else:  # a real-valued affine: it becomes a rate readout of the SSA spikes
+            with graph.inserting_before(user):
+                readout = graph.call_function(
+                    ops.rate_readout_affine, (attn, get_arg(user, 1, "weight"), get_arg(user, 2, "bias")))
+            readout.meta.update(user.meta)
+            user.replace_all_uses_with(readout)
+            graph.erase_node(user)
+            _read_through(gm, readout, node, None, theta_o, offset, stale)
+
+
 def _replace(gm: fx.GraphModule, attn: fx.Node, init: dict[str, torch.Tensor], shape: dict[str, Any],
              timesteps: int, cfg: SSAOptions, stale: set[str]) -> fx.Node:
+    """Put a ``spiking_self_attention`` node with parameters ``init`` in place of ``attn`` and
+    make its readers read the spikes; returns the new node (``stale``: attributes to drop)."""
     graph = gm.graph
     name = spikec_name(attn)
     ssa_name = (name.removesuffix(".core")) + ".ssa"
@@ -296,23 +322,7 @@ def _replace(gm: fx.GraphModule, attn: fx.Node, init: dict[str, torch.Tensor], s
         NODE_KEY: {"replaces": name, "attention_scale": shape["attention_scale"], "signed": cfg.signed,
                    "tau": cfg.tau, "normalize": cfg.normalize, "timesteps": timesteps, "map": cfg.map},
     })
-    theta_o, offset = init["o_threshold"], init["offset"]
-    for user in list(attn.users):
-        if user.target is ops.signed_if:  # spike-encode's encoder of the output projection: SSA spikes replace it
-            theta_enc = attr_tensor(gm, get_arg(user, 1, "threshold")).float().cpu()
-            for readout in list(user.users):
-                _read_through(gm, readout, node, 1.0 / theta_enc, theta_o, offset, stale)
-            args = list(user.all_input_nodes)
-            graph.erase_node(user)
-            stale |= erase_if_unused(gm, args)
-        else:  # a real-valued affine: it becomes a rate readout of the SSA spikes
-            with graph.inserting_before(user):
-                readout = graph.call_function(
-                    ops.rate_readout_affine, (attn, get_arg(user, 1, "weight"), get_arg(user, 2, "bias")))
-            readout.meta.update(user.meta)
-            user.replace_all_uses_with(readout)
-            graph.erase_node(user)
-            _read_through(gm, readout, node, None, theta_o, offset, stale)
+    _rewire_consumers(gm, attn, node, init["o_threshold"], init["offset"], stale)
     graph.erase_node(attn)
     return node
 

@@ -94,48 +94,53 @@ class _Block:
     power: float = 1.0  # mean square of the target: the loss is relative to it
 
 
+def _block(gm: fx.GraphModule, node: fx.Node, rank: int) -> _Block:
+    """The block of SSA node ``node`` (no records yet); ``UnsupportedError`` when its output does
+    not feed one rate-readout projection or its tensors are not attributes."""
+    name = spikec_name(node)
+    users = list(node.users)
+    if len(users) != 1 or users[0].target is not ops.rate_readout_affine:
+        raise UnsupportedError(f"{name}: ssa-finetune needs the SSA output to feed one rate-readout projection")
+    readout = users[0]
+    w = attr_tensor(gm, get_arg(readout, 1, "weight"))
+    bias_node = get_arg(readout, 2, "bias")
+    b = attr_tensor(gm, bias_node) if bias_node is not None else None
+    init = {f: attr_tensor(gm, node.args[1 + i]) for i, f in enumerate(FIELDS)}
+    for f in OPTIONAL_FIELDS:
+        if node.kwargs.get(f) is not None:
+            init[f] = attr_tensor(gm, node.kwargs[f])
+    if w is None or any(v is None for v in init.values()):
+        raise UnsupportedError(f"{name}: its thresholds and projection weight must be tensor attributes")
+    qkv = node.args[0]
+    w_qkv = None
+    if (rank > 0 and isinstance(qkv, fx.Node) and qkv.target in (ops.affine, ops.rate_readout_affine)
+            and len(qkv.users) == 1):
+        w_qkv = attr_tensor(gm, get_arg(qkv, 1, "weight"))
+    meta = node.meta.get(NODE_KEY, {})
+    shape = {"num_heads": int(node.kwargs["num_heads"]), "num_kv_heads": int(node.kwargs["num_kv_heads"]),
+             "head_dim": int(node.kwargs["head_dim"]), "rope_theta": float(node.kwargs["rope_theta"]),
+             "attention_scale": meta.get("attention_scale")}
+    settings = {k: node.kwargs[k] for k in ("signed", "tau", "normalize", "timesteps")}
+    w_o = (w.double().cpu() / init["o_threshold"].double().cpu()[None, :]).float()
+    b_o = None if b is None else b.detach().float().cpu()
+    teacher = meta.get("teacher", {"weight": w_o, "bias": b_o})
+    return _Block(
+        name=name, node=node, qkv=qkv, readout=readout, shape=shape, settings=settings,
+        init={k: v.detach().float().cpu().clone() for k, v in init.items()},
+        w_o=w_o, b_o=b_o, teacher_w=teacher["weight"], teacher_b=teacher["bias"],
+        w_qkv=None if w_qkv is None else w_qkv.detach().float().cpu(),
+        x_in=[], base=[], target=[])
+
+
 def _blocks(gm: fx.GraphModule, rank: int) -> list[_Block]:
-    blocks = []
-    for node in calls(gm, core_ssa.spiking_self_attention):
-        name = spikec_name(node)
-        users = list(node.users)
-        if len(users) != 1 or users[0].target is not ops.rate_readout_affine:
-            raise UnsupportedError(f"{name}: ssa-finetune needs the SSA output to feed one rate-readout projection")
-        readout = users[0]
-        w = attr_tensor(gm, get_arg(readout, 1, "weight"))
-        bias_node = get_arg(readout, 2, "bias")
-        b = attr_tensor(gm, bias_node) if bias_node is not None else None
-        init = {f: attr_tensor(gm, node.args[1 + i]) for i, f in enumerate(FIELDS)}
-        for f in OPTIONAL_FIELDS:
-            if node.kwargs.get(f) is not None:
-                init[f] = attr_tensor(gm, node.kwargs[f])
-        if w is None or any(v is None for v in init.values()):
-            raise UnsupportedError(f"{name}: its thresholds and projection weight must be tensor attributes")
-        qkv = node.args[0]
-        w_qkv = None
-        if (rank > 0 and isinstance(qkv, fx.Node) and qkv.target in (ops.affine, ops.rate_readout_affine)
-                and len(qkv.users) == 1):
-            w_qkv = attr_tensor(gm, get_arg(qkv, 1, "weight"))
-        meta = node.meta.get(NODE_KEY, {})
-        shape = {"num_heads": int(node.kwargs["num_heads"]), "num_kv_heads": int(node.kwargs["num_kv_heads"]),
-                 "head_dim": int(node.kwargs["head_dim"]), "rope_theta": float(node.kwargs["rope_theta"]),
-                 "attention_scale": meta.get("attention_scale")}
-        settings = {k: node.kwargs[k] for k in ("signed", "tau", "normalize", "timesteps")}
-        w_o = (w.double().cpu() / init["o_threshold"].double().cpu()[None, :]).float()
-        b_o = None if b is None else b.detach().float().cpu()
-        teacher = meta.get("teacher", {"weight": w_o, "bias": b_o})
-        blocks.append(_Block(
-            name=name, node=node, qkv=qkv, readout=readout, shape=shape, settings=settings,
-            init={k: v.detach().float().cpu().clone() for k, v in init.items()},
-            w_o=w_o, b_o=b_o, teacher_w=teacher["weight"], teacher_b=teacher["bias"],
-            w_qkv=None if w_qkv is None else w_qkv.detach().float().cpu(),
-            x_in=[], base=[], target=[]))
-    return blocks
+    """One block per ``spiking_self_attention`` node of ``gm``, in graph order."""
+    return [_block(gm, node, rank) for node in calls(gm, core_ssa.spiking_self_attention)]
 
 
-def _record(gm: fx.GraphModule, blocks: list[_Block], data: torch.Tensor, inputs: str, batch: int) -> None:
-    """Fill each block's ``x_in``, ``base`` and ``target`` from a run over ``data``. With
-    ``inputs == "ann"`` every SSA layer is replaced by softmax attention during the run."""
+def _recording_hooks(blocks: list[_Block], inputs: str) -> tuple[dict[fx.Node, Callable], dict[fx.Node, Callable]]:
+    """``Probe``'s ``before`` and ``replace`` hooks of ``_record``: at each SSA node record its
+    input and the teacher's output on it; at a qkv projection with a trainable update record its
+    input rate; with ``inputs == "ann"`` stand the teacher's output in for the SSA block's."""
     pending: dict[str, torch.Tensor] = {}
     before: dict[fx.Node, Callable] = {}
     replace: dict[fx.Node, Callable] = {}
@@ -160,7 +165,13 @@ def _record(gm: fx.GraphModule, blocks: list[_Block], data: torch.Tensor, inputs
         if inputs == "ann":
             replace[blk.node] = lambda args: args[0]  # not computed: its only reader is replaced below
             replace[blk.readout] = lambda args, blk=blk: pending[blk.name].to(args[1].device)
-    probe = Probe(gm, before, replace)
+    return before, replace
+
+
+def _record(gm: fx.GraphModule, blocks: list[_Block], data: torch.Tensor, inputs: str, batch: int) -> None:
+    """Fill each block's ``x_in``, ``base`` and ``target`` from a run over ``data``. With
+    ``inputs == "ann"`` every SSA layer is replaced by softmax attention during the run."""
+    probe = Probe(gm, *_recording_hooks(blocks, inputs))
     device = module_device(gm)
     with torch.no_grad():
         for start in tqdm(range(0, data.shape[0], batch), desc="ssa-finetune: recording", unit="batch",
