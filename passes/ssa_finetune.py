@@ -59,7 +59,7 @@ class SSAFinetuneOptions:
     inputs: str = option_field("finetune_inputs", "ann", "each layer's input is recorded with softmax attention in "
                                "every layer (ann) or with the SSA layers in place (snn)", choices=INPUTS)
     surrogate: str = option_field("surrogate", "sigmoid", "surrogate gradient of the spikes",
-                                  choices=core_ssa.SURROGATES)
+                                  choices=tuple(core_ssa.SURROGATES))
     alpha: float | None = option_field("surrogate_alpha", None, "the surrogate's sharpness (None: its default)")
     checkpoint: str | None = option_field("finetune_checkpoint", None, "checkpoint file (None: no checkpoint)")
     checkpoint_every: int = option_field("finetune_checkpoint_every", 10, "steps between checkpoints")
