@@ -40,6 +40,7 @@ from _common import write_results
 from spikec.backends.simulator import Simulator
 
 from spikec.core import ops
+from spikec.core.options import parse_value
 from spikec.core.passes import PassContext, run_passes
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import load_model
@@ -168,7 +169,7 @@ def main() -> None:
     extra = {}
     for item in a.option:
         key, _, value = item.partition("=")
-        extra[key] = builtin_value(value)
+        extra[key] = parse_value(value)
     options = {"timesteps": a.timesteps, **builtin.PRESETS[a.preset], "finetune_steps": a.steps,
                "finetune_lr": a.lr, "finetune_rank": a.rank, "finetune_batch": a.batch, "finetune_inputs": a.inputs,
                "surrogate": a.surrogate, "progress": sys.stderr.isatty(), **extra}
@@ -211,15 +212,6 @@ def main() -> None:
         "ssa_seconds": ssa_s, "finetune": finetune, "results": rows, "fx_simulator_identical": check.identical,
         "hidden_state": "input of lm_head: final RMSNorm output times its weight",
     })
-
-
-def builtin_value(value: str):
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 if __name__ == "__main__":

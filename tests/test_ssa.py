@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import spikec.passes
-import spikec.passes.ssa as pass_ssa
+import spikec.passes.ssa_finetune as pass_ssa_finetune
 import torch
 from canonical_models import by_name, calls_to, gpt2_like, llama_like, token_ids
 from spikec.backends import nirio
@@ -281,7 +281,7 @@ def test_ssa_pass_errors_name_the_problem():
         convert("gpt2", [*PIPELINE, "ssa"])  # already replaced
     with pytest.raises(UsageError, match="ssa_tau"):
         convert("gpt2", ssa_tau=0.5)
-    with pytest.raises(UsageError, match="ssa_map must be none or spike"):
+    with pytest.raises(UsageError, match="ssa_map must be one of none, spike"):
         convert("gpt2", ssa_map="relu")
     gm = gpt2_like(n_layer=1)
     attn = calls_to(gm, ops.attention)[0]
@@ -331,7 +331,7 @@ def test_resumed_finetuning_ends_where_an_uninterrupted_run_ends(tmp_path: Path,
 
     ckpt = tmp_path / "ft.ckpt"
     calls = {"n": 0}
-    original = pass_ssa._block_loss
+    original = pass_ssa_finetune.block_loss
 
     def dying(*args, **kwargs):
         calls["n"] += 1
@@ -339,11 +339,11 @@ def test_resumed_finetuning_ends_where_an_uninterrupted_run_ends(tmp_path: Path,
             raise _Interrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pass_ssa, "_block_loss", dying)
+    monkeypatch.setattr(pass_ssa_finetune, "block_loss", dying)
     with pytest.raises(_Interrupt):
         convert("gpt2", [*PIPELINE, "ssa-finetune"], **options, finetune_checkpoint=str(ckpt))
     assert ckpt.exists()
-    monkeypatch.setattr(pass_ssa, "_block_loss", original)
+    monkeypatch.setattr(pass_ssa_finetune, "block_loss", original)
     resumed, ctx = convert("gpt2", [*PIPELINE, "ssa-finetune"], **options, finetune_checkpoint=str(ckpt))
     assert ctx.stats["ssa-finetune"]["resumed_from"] == 4
     assert not ckpt.exists()
