@@ -89,7 +89,7 @@ def _open_private_dir(path: Path) -> int:
     return fd
 
 
-def _compiler() -> str | None:
+def find_compiler() -> str | None:
     for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
         path = shutil.which(name)
         if path:
@@ -159,7 +159,7 @@ def load_library(directory: Path) -> ctypes.CDLL:
     """The compiled loops from the private cache ``directory``, built there when missing or
     not trusted. Raises ``UnsafeCacheError`` (directory not private), ``RuntimeError`` (no
     compiler, compile error) or ``OSError``."""
-    cc = _compiler()
+    cc = find_compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     name = library_name(cc)
