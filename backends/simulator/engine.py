@@ -57,12 +57,15 @@ class SimResult:
         return next(iter(self.outputs.values()))
 
 
-KERNELS: dict[type, Kernel] = {**standard.KERNELS, **rate.KERNELS, **ssa.KERNELS, **streaming.KERNELS}
+KERNELS: dict[type, Kernel] = {
+    **standard.KERNELS, **rate.KERNELS, **ssa.KERNELS, **streaming.KERNELS,
+    # the shared kernels that streaming values reach, wrapped to take them (``streaming``)
+    nir.Affine: streaming.spike_driven_affine(standard.KERNELS[nir.Affine]),
+    nir.Linear: streaming.spike_driven_affine(standard.KERNELS[nir.Linear]),
+    ir.SpikecRateReadout: streaming.stream_readout(rate.KERNELS[ir.SpikecRateReadout]),
+    nir.Output: streaming.stream_output(standard.KERNELS[nir.Output]),
+}
 """Node class -> kernel, for every node family. Input nodes are handled by ``Simulator.run`` itself."""
-KERNELS[nir.Affine] = streaming.spike_driven_affine(standard.KERNELS[nir.Affine])
-KERNELS[nir.Linear] = streaming.spike_driven_affine(standard.KERNELS[nir.Linear])
-KERNELS[ir.SpikecRateReadout] = streaming.stream_readout(rate.KERNELS[ir.SpikecRateReadout])
-KERNELS[nir.Output] = streaming.stream_output(standard.KERNELS[nir.Output])
 
 
 def _kernel_for(name: str, node: nir.NIRNode) -> Kernel:
