@@ -14,7 +14,7 @@ import torch
 from canonical_models import FAMILIES, calls_to, token_ids
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, engine, simulate
-from spikec.backends.simulator import streaming as streaming_kernels
+from spikec.backends.simulator import streaming as sim_streaming
 from spikec.backends.spiking_parts import spiking_parts
 from spikec.passes.spike_softmax import PIPELINE
 
@@ -238,7 +238,7 @@ def test_every_layers_window_value_in_the_simulation_is_the_quantized_networks(f
     def recording(kernel):
         def run(ctx, name, node, x):
             value = kernel(ctx, name, node, x)
-            if isinstance(value, streaming_kernels.Stream) or not value.series:
+            if isinstance(value, sim_streaming.Stream) or not value.series:
                 seen[name] = value.data[-1] if value.series else value.data
             return value
         return run
