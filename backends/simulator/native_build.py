@@ -142,9 +142,7 @@ def _load_checked(dir_fd: int, directory: Path, name: str) -> ctypes.CDLL | None
     None when it is missing or fails ``unsafe_reason``."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError:  # a symlink (ELOOP) or unreadable: rebuild over it
+    except OSError:  # missing, a symlink (ELOOP) or unreadable: (re)build it
         return None
     try:
         if unsafe_reason(os.fstat(fd), os.getuid(), directory=False) is not None:
