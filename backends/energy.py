@@ -41,7 +41,7 @@ from spikec.core import ir
 from spikec.core.errors import InputError, UsageError
 from spikec.core.ir import SpikecSpikeAttention, SpikecSpikeDecode, SpikecSSA
 
-from .simulator import SPIKING_TYPES, SimResult
+from .simulator import SimResult
 
 OPS_PER_ELEMENT: dict[str, int] = {
     "layer_norm": 5,  # mean accumulate, subtract, square-accumulate, normalise, scale-and-shift
@@ -240,7 +240,7 @@ class _Graph:
         self.series: dict[str, bool] = {}  # does the node's output carry a time series
         for n in self.order:
             node = self.nodes[n]
-            if isinstance(node, SPIKING_TYPES):
+            if ir.is_spiking(node):
                 self.series[n] = True
             elif isinstance(node, (nir.Input, ir.SpikecRateReadout)):
                 self.series[n] = False
@@ -251,7 +251,7 @@ class _Graph:
         return any(self.series[p] for p in self.preds[name])
 
     def spiking(self, name: str) -> bool:
-        return isinstance(self.nodes[name], SPIKING_TYPES)
+        return ir.is_spiking(self.nodes[name])
 
     def fused_readout(self, name: str) -> str | None:
         """The readout an affine feeds alone (the simulator fuses the pair), if any."""
@@ -285,7 +285,7 @@ class _Graph:
                     marked.add(n)
                     if (r := self.fused_readout(n)) is not None:
                         marked.add(r)
-                elif isinstance(node, SPIKING_TYPES):
+                elif ir.is_spiking(node):
                     marked.add(n)
                     stack.extend(self.succs[n])
         return marked
@@ -457,7 +457,7 @@ def count_operations(graph: nir.NIRGraph, result: SimResult, positions: int, seq
             kind, members, ann, snn, neurons = claimed[name]
         elif name in done:
             continue
-        elif isinstance(node, SPIKING_TYPES) and not isinstance(node, ATTENTION_CORES):
+        elif ir.is_spiking(node) and not isinstance(node, ATTENTION_CORES):
             kind, members, ann, neurons = "neurons", (name,), OpCounts(), _features(node)
             snn = _neuron_counts(g, name, counts, w)
         else:

@@ -2,7 +2,7 @@
 
 ``spiking_parts(graph)`` classifies every node of a NIR graph written by spikec:
 
-* ``neurons``: nodes that emit spikes (``SPIKING_TYPES``), and the probability neurons inside
+* ``neurons``: nodes that emit spikes (``spikec.core.ir.is_spiking``), and the probability neurons inside
   a ``SpikecSpikeAttention`` (``<name>_probs``);
 * ``spike_driven``: weight layers and products whose every input is spikes (an Affine/Linear
   fed by neurons only; the ``Q K^T`` and ``P V`` products of a ``SpikecSpikeAttention``; a
@@ -38,8 +38,6 @@ from spikec.core.ir import (
     SpikecTokenEncoder,
 )
 
-from . import simulator
-
 ATTENTION_MODES: dict[type, str] = {ir.SpikecAttention: "softmax", SpikecSpikeAttention: "spike-softmax"}
 """Attention node type -> mode name (other attention types are named by their type)."""
 
@@ -71,7 +69,7 @@ def spiking_parts(graph: nir.NIRGraph) -> dict[str, Any]:
     for src, dst in graph.edges:
         if dst in preds:
             preds[dst].append(src)
-    spiking = {n for n, node in graph.nodes.items() if isinstance(node, simulator.SPIKING_TYPES)}
+    spiking = {n for n, node in graph.nodes.items() if ir.is_spiking(node)}
     layers: dict[str, dict[str, list[str]]] = {}
     weight_layers = spike_driven_weights = 0
 

@@ -15,7 +15,7 @@ Writes benchmarks/results/sim_speed.json.
    SpikingJelly at v >= threshold): the spike-for-spike comparison is then well defined.
    Also: the input-rate sweep and a real-valued (dense) input, to show where the lead shrinks.
 3. ``crossover``: event-driven vs dense matmul of int8 spikes for both layer shapes over
-   spike densities; the density where events stop paying (``kernels.SPARSE_CROSSOVER``).
+   spike densities; the density where events stop paying (``native_loops.SPARSE_CROSSOVER``).
 4. ``smollm2`` (with ``--smollm2``): ``spikec eval`` of SmolLM2-135M, 1024 tokens, T=32,
    wall time and peak RSS of the child process; bar < 300 s.
 
@@ -42,7 +42,7 @@ from _common import write_results  # noqa: E402
 
 import nir  # noqa: E402
 
-from spikec.backends import kernels  # noqa: E402
+from spikec.backends.simulator import native_build, native_loops  # noqa: E402
 from spikec.backends.simulator import Simulator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,18 +307,18 @@ def crossover_section(repeats: int, rows: int = 2048) -> dict[str, Any]:
     from torch.nn import functional as F
 
     densities = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-    result: dict[str, Any] = {"threshold_in_use": kernels.SPARSE_CROSSOVER, "rows": rows, "shapes": {}}
-    if kernels.compiled_library() is None:
-        result["skipped"] = f"no compiled kernels: {kernels.compiled_error()}"
+    result: dict[str, Any] = {"threshold_in_use": native_loops.SPARSE_CROSSOVER, "rows": rows, "shapes": {}}
+    if native_build.compiled_library() is None:
+        result["skipped"] = f"no compiled kernels: {native_build.compiled_error()}"
         return result
     gen = torch.Generator().manual_seed(3)
     for n_in, n_out in ((768, 3072), (3072, 768)):
         w, b = torch.randn(n_out, n_in, generator=gen), torch.randn(n_out, generator=gen)
-        packed = kernels.pack_weight(w)
+        packed = native_loops.pack_weight(w)
         curve = []
         for d in densities:
             s = (torch.rand(rows, n_in, generator=gen) < d).to(torch.int8)
-            best = interleaved_best({"events": lambda s=s: kernels.event_matmul(s, packed, n_out, b),
+            best = interleaved_best({"events": lambda s=s: native_loops.event_matmul(s, packed, n_out, b),
                                      "dense": lambda s=s: F.linear(s.float(), w, b)}, repeats)
             curve.append({"density": d, "events_seconds": best["events"], "dense_seconds": best["dense"],
                           "events_over_dense": best["events"] / best["dense"]})
@@ -369,7 +369,7 @@ def main() -> None:
     a = ap.parse_args()
     loads: list[float] = []
     payload: dict[str, Any] = {"threads": torch.get_num_threads(),
-                               "compiled_kernels": kernels.compiled_library() is not None}
+                               "compiled_kernels": native_build.compiled_library() is not None}
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     for name, run in (("crossover", lambda: crossover_section(a.repeats)), ("nir", lambda: nir_section(a.repeats)),
                       ("gpt2", lambda: gpt2_section(a.gpt2_dir, a.repeats))):

@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikec.passes
 from canonical_models import gpt2_like, llama_like, token_ids
-from spikec.backends import kernels
+from spikec.backends.simulator import native_build, native_loops
 from spikec.backends.simulator import Simulator, resolve_device, simulate
 from spikec.core import neurons, ops
 from spikec.core.errors import UsageError
@@ -22,7 +22,7 @@ from spikec.core.passes import PassContext, run_passes
 from spikec.lower import lower_to_nir
 from spikec.verify import compare_fx_and_simulator
 
-COMPILED = kernels.compiled_library() is not None
+COMPILED = native_build.compiled_library() is not None
 
 
 @pytest.fixture(autouse=True)
@@ -57,19 +57,19 @@ def awkward_currents(*shape: int) -> torch.Tensor:
 def test_fused_signed_if_equals_the_neuron_definition_spike_for_spike(timesteps, max_spikes, signed, v_init,
                                                                       implementation):
     if implementation == "compiled" and not COMPILED:
-        pytest.skip(f"no compiled kernels: {kernels.compiled_error()}")
+        pytest.skip(f"no compiled kernels: {native_build.compiled_error()}")
     x = awkward_currents(3, 7, 40)
     theta = torch.rand(40) + 0.05
     params = neurons.SignedIFParams(theta, max_spikes=max_spikes, signed=signed, v_init=v_init)
     expected = neurons.signed_if_encode(x, params, timesteps)
     if implementation == "compiled":
-        count, spikes, total = kernels.signed_if_constant(x, theta, timesteps, max_spikes, signed, v_init, train=True)
-        count_only, none, total_only = kernels.signed_if_constant(x, theta, timesteps, max_spikes, signed, v_init)
+        count, spikes, total = native_loops.signed_if_constant(x, theta, timesteps, max_spikes, signed, v_init, train=True)
+        count_only, none, total_only = native_loops.signed_if_constant(x, theta, timesteps, max_spikes, signed, v_init)
         assert none is None and torch.equal(count_only, count) and total_only == total
     else:
         low = -max_spikes if signed else 0
         current = x.float() / theta.float()
-        count, spikes, total = kernels._signed_if_constant_torch(current, timesteps, low, max_spikes, v_init, True)
+        count, spikes, total = native_loops.signed_if_constant_torch(current, timesteps, low, max_spikes, v_init, True)
     assert spikes.dtype == torch.int8 and torch.equal(spikes, expected)
     assert torch.equal(count, expected.sum(0, dtype=torch.float32))
     assert total == int(expected.abs().sum(dtype=torch.int64))
@@ -87,7 +87,7 @@ def test_fused_nir_if_equals_the_stepwise_definition(series):
     for t in range(timesteps):
         s, v = neurons.nir_if_step(current[t] if series else current, v, r, thr, reset)
         expected.append(s)
-    spikes, total = kernels.nir_if(current, series, timesteps, r, thr, reset)
+    spikes, total = native_loops.nir_if(current, series, timesteps, r, thr, reset)
     assert spikes.dtype == torch.int8
     assert torch.equal(spikes.float(), torch.stack(expected))
     assert total == int(torch.stack(expected).sum()) > 0
@@ -105,7 +105,7 @@ def test_event_matmul_equals_the_dense_product_exactly_on_dyadic_weights(values,
     weight, bias = dyadic(n, k), dyadic(n)
     dense = F.linear(spikes.float(), weight, bias)
     for b in (bias, None):
-        events = kernels.event_matmul(spikes.view(1, rows, k), kernels.pack_weight(weight), n, b)
+        events = native_loops.event_matmul(spikes.view(1, rows, k), native_loops.pack_weight(weight), n, b)
         assert events.shape == (1, rows, n)
         assert torch.equal(events[0], dense if b is not None else F.linear(spikes.float(), weight))
 
@@ -114,18 +114,18 @@ def test_event_matmul_equals_the_dense_product_exactly_on_dyadic_weights(values,
 def test_event_matmul_is_close_to_the_dense_product_on_any_float_weights():
     spikes = (torch.rand(64, 300) < 0.1).to(torch.int8)
     weight, bias = torch.randn(70, 300), torch.randn(70)
-    events = kernels.event_matmul(spikes, kernels.pack_weight(weight), 70, bias)
+    events = native_loops.event_matmul(spikes, native_loops.pack_weight(weight), 70, bias)
     torch.testing.assert_close(events, F.linear(spikes.float(), weight, bias), rtol=1e-5, atol=1e-5)
-    assert kernels.count_nonzero(spikes) == int((spikes != 0).sum())
+    assert native_loops.count_nonzero(spikes) == int((spikes != 0).sum())
 
 
 @pytest.mark.skipif(not COMPILED, reason="no C compiler for the kernels")
 def test_float_spike_trains_are_recognised_and_real_values_are_not():
     spikes = torch.tensor([[0.0, 1.0, -1.0, 3.0], [0.0, 0.0, 127.0, -127.0]])
-    converted, nonzero = kernels.as_spikes(spikes)
+    converted, nonzero = native_loops.as_spikes(spikes)
     assert converted.dtype == torch.int8 and torch.equal(converted.float(), spikes) and nonzero == 5
     for real in ([[0.0, 0.5]], [[128.0, 0.0]], [[float("nan"), 1.0]]):
-        assert kernels.as_spikes(torch.tensor(real)) is None
+        assert native_loops.as_spikes(torch.tensor(real)) is None
 
 
 # --- whole graphs: fast mode against the reference mode -------------------------------------
@@ -293,8 +293,8 @@ def test_cuda_simulation_equals_the_cpu_reference():
 
 def test_kernels_fall_back_to_torch_when_disabled(monkeypatch):
     monkeypatch.setenv("SPIKEC_KERNELS", "torch")
-    assert kernels.compiled_library() is None
+    assert native_build.compiled_library() is None
     x, theta = awkward_currents(4, 30), torch.rand(30) + 0.1
-    count, spikes, _ = kernels.signed_if_constant(x, theta, 9, 2, True, 0.5, train=True)
+    count, spikes, _ = native_loops.signed_if_constant(x, theta, 9, 2, True, 0.5, train=True)
     assert torch.equal(spikes, ops.signed_if(x, theta, 9, 2, True, 0.5))
-    assert kernels.event_matmul(spikes[0], kernels.pack_weight(torch.randn(3, 30)), 3, None) is None
+    assert native_loops.event_matmul(spikes[0], native_loops.pack_weight(torch.randn(3, 30)), 3, None) is None

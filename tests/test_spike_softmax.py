@@ -12,12 +12,13 @@ import pytest
 import spikec.passes  # noqa: F401  (registers the passes)
 import torch
 from canonical_models import FAMILIES, calls_to, token_ids
-from spikec.backends import nirio, simulator, streaming_kernels
-from spikec.backends.simulator import Simulator, simulate
+from spikec.backends import nirio
+from spikec.backends.simulator import Simulator, engine, simulate
+from spikec.backends.simulator import streaming as sim_streaming
 from spikec.backends.spiking_parts import spiking_parts
 from spikec.passes.spike_softmax import PIPELINE
 
-from spikec.core import neurons, ops, streaming
+from spikec.core import ir, neurons, ops, streaming
 from spikec.core.errors import UnsupportedError, UsageError
 from spikec.core.passes import PassContext, run_passes
 from spikec.core.ir import (
@@ -159,7 +160,7 @@ def _attention_case(heads: int, kv_heads: int, rope: float, positions: int = 11,
 def test_spike_attention_equals_the_quantized_attention_on_random_spikes(heads, kv_heads, rope, monkeypatch):
     monkeypatch.setattr(streaming, "QUERY_CHUNK", 4)  # several chunks, fx and simulator alike
     spikes, node, args = _attention_case(heads, kv_heads, rope)
-    graph = _graph({**_io(spikes.shape[-1], heads * 4), "att": node, "r": simulator.ir.SpikecRateReadout(
+    graph = _graph({**_io(spikes.shape[-1], heads * 4), "att": node, "r": ir.SpikecRateReadout(
         features=heads * 4)}, ["input", "att", "r", "output"])
     result = simulate(graph, spikes, T, inputs_are_series=True, record=True)
     counts = spikes.sum(0, dtype=torch.float32)
@@ -237,12 +238,12 @@ def test_every_layers_window_value_in_the_simulation_is_the_quantized_networks(f
     def recording(kernel):
         def run(ctx, name, node, x):
             value = kernel(ctx, name, node, x)
-            if isinstance(value, streaming_kernels._Stream) or not value.series:
+            if isinstance(value, sim_streaming.Stream) or not value.series:
                 seen[name] = value.data[-1] if value.series else value.data
             return value
         return run
 
-    monkeypatch.setattr(simulator, "KERNELS", {k: recording(v) for k, v in simulator.KERNELS.items()})
+    monkeypatch.setattr(engine, "KERNELS", {k: recording(v) for k, v in engine.KERNELS.items()})
     simulate(graph, ids, T)
     fx_values: dict[str, torch.Tensor] = {}
 

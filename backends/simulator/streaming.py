@@ -1,6 +1,5 @@
 """The reference simulator's kernels for streaming (spike-softmax) networks and token encoders.
 
-Registered into ``simulator.KERNELS`` by the import at the end of ``backends/simulator.py``.
 Every kernel computes all prefixes ``t = 1..T`` at once (vectorised over T, never a Python
 loop over steps) with the functions of ``spikec.core.streaming``, the very ones the
 converted fx graph calls; the last prefix is computed on its own with the fx graph's shapes
@@ -9,20 +8,21 @@ and arguments, so the window values and spike counts equal the fx graph's bit fo
 How values are held (an implementation choice; the per-step semantics are those of
 docs/nir-extensions.md):
 
-* a neuron's spike train is the true train ``s_t`` (int8/int16), as a ``_Spikes`` value that
+* a neuron's spike train is the true train ``s_t`` (int8/int16), as a ``Spikes`` value that
   also carries the cumulative counts ``C_t`` (float32) for its consumers;
 * every real-valued time series of a streaming network is held as its running means
-  ``xbar_t`` (``_Stream``), not as its per-step values: an operator's running-mean output is
+  ``xbar_t`` (``Stream``), not as its per-step values: an operator's running-mean output is
   ``f(xbar_t)``, and the fan-in sum of running means (at a ``SpikecStreamAdd``, which marks it
   again) is the running mean of the sum, so nothing is ever differenced and summed back
   (which would not be exact in floating point). A real value (no time axis) is its own
   running mean; any other time series holds per-step values (its prefix sums are taken).
 
 The shared kernels of ``nir.Affine``/``nir.Linear``, ``SpikecRateReadout`` and ``nir.Output``
-are wrapped: given a ``_Spikes`` value an affine computes the running means from its counts;
-given a ``_Stream`` value a readout takes the last running mean (the window value) and an
-Output the per-step values; given anything else they run unchanged. Both modes ("fast",
-"reference") run these same kernels.
+need to know these values: ``spike_driven_affine``, ``stream_readout`` and ``stream_output``
+wrap them (the engine applies the wrappers when it builds its kernel table). Given a ``Spikes``
+value an affine computes the running means from its counts; given a ``Stream`` value a
+readout takes the last running mean (the window value) and an Output the per-step values;
+given anything else they run unchanged. Both modes ("fast", "reference") run these same kernels.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from spikec.core import streaming
+from spikec.core.errors import UnsupportedError
 from spikec.core.ir import (
-    SpikecRateReadout,
     SpikecSpikeAttention,
     SpikecSpikeDecode,
     SpikecSTBIF,
@@ -47,39 +47,38 @@ from spikec.core.ir import (
     SpikecTokenEncoder,
 )
 
-from . import simulator
-from .simulator import _Context, _Value
+from .values import Context, Kernel, Value, floating
 
 TIME_GROUP_BYTES = 256 << 20  # working set of one attention chunk over several prefixes
 
 
 @dataclass
-class _Spikes(_Value):
+class Spikes(Value):
     """A spike train ``[T, ...]`` with its cumulative counts (float32 ``[T, ...]``)."""
 
     counts: torch.Tensor | None = None
 
 
 @dataclass
-class _Stream(_Value):
+class Stream(Value):
     """A real time series held as its running means ``[T, ...]``. ``inner``: spiking neurons
     inside the node that made it, by name suffix: (|spikes|, neuron steps, train or None)."""
 
     inner: dict[str, tuple[int, int, torch.Tensor | None]] = field(default_factory=dict)
 
 
-def _steps(ctx: _Context, ndim: int) -> torch.Tensor:
+def _steps(ctx: Context, ndim: int) -> torch.Tensor:
     """Steps covered by the prefixes ``1..T-1``, float32, shaped ``[T-1, 1, ...]`` for ``ndim`` axes."""
     return torch.arange(1, ctx.timesteps, dtype=torch.float32, device=ctx.device).reshape(-1, *([1] * (ndim - 1)))
 
 
-def _prefixes(ctx: _Context, x: _Value) -> tuple[torch.Tensor, bool]:
+def _prefixes(ctx: Context, x: Value) -> tuple[torch.Tensor, bool]:
     """The running means of ``x`` (``[T, ...]``) and whether it varies in time; a real value
     is returned as it is (constant). A series not made by a streaming node holds per-step
     values (e.g. a graph's input given as a time series): its prefix sums are taken here."""
     if not x.series:
-        return simulator._floating(x.data), False
-    if isinstance(x, _Stream):
+        return floating(x.data), False
+    if isinstance(x, Stream):
         return x.data, True
     if x.data.is_floating_point():
         sums = torch.cumsum(x.dense().double(), 0).float()
@@ -89,7 +88,7 @@ def _prefixes(ctx: _Context, x: _Value) -> tuple[torch.Tensor, bool]:
     return sums / steps.reshape(-1, *([1] * (sums.ndim - 1))), True
 
 
-def _per_prefix(ctx: _Context, means: torch.Tensor, varying: bool, fn) -> torch.Tensor:
+def _per_prefix(ctx: Context, means: torch.Tensor, varying: bool, fn) -> torch.Tensor:
     """``fn(means_t, steps)`` for ``t = 1..T`` stacked ``[T, ...]``: the prefixes before T in
     one call, the last one alone with ``steps = T`` (the fx graph's call)."""
     last = means[-1] if varying else means
@@ -100,7 +99,7 @@ def _per_prefix(ctx: _Context, means: torch.Tensor, varying: bool, fn) -> torch.
     return torch.cat([head, final])
 
 
-def _stbif_prefixes(ctx: _Context, means: torch.Tensor, varying: bool, theta: torch.Tensor, b: int, signed: bool,
+def _stbif_prefixes(ctx: Context, means: torch.Tensor, varying: bool, theta: torch.Tensor, b: int, signed: bool,
                     v_init) -> torch.Tensor:
     """ST-BIF counts of every prefix written into one ``[T, ...]`` buffer (no concatenation)."""
     last = means[-1] if varying else means
@@ -118,53 +117,53 @@ def _stbif_prefixes(ctx: _Context, means: torch.Tensor, varying: bool, theta: to
 # ---------------------------------------------------------------------------
 
 
-def _v_init(ctx: _Context, name: str, node: nir.NIRNode):
+def _v_init(ctx: Context, name: str, node: nir.NIRNode):
     return ctx.param(name, node, "v_init") if np.ndim(node.v_init) else float(node.v_init)
 
 
-def _stbif(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
+def _stbif(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     """Real value or time series of currents -> spike train (ST-BIF, closed form per prefix)."""
     theta = ctx.param(name, node, "threshold")
     b, signed, v_init = int(node.max_spikes), bool(node.signed), _v_init(ctx, name, node)
     means, varying = _prefixes(ctx, x)
     counts = _stbif_prefixes(ctx, means, varying, theta, b, signed, v_init)
     spikes = streaming.spikes_from_counts(counts)
-    return _Spikes(spikes, True, total=int(spikes.abs().sum(dtype=torch.int64)), counts=counts)
+    return Spikes(spikes, True, total=int(spikes.abs().sum(dtype=torch.int64)), counts=counts)
 
 
-def _token_encoder(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
+def _token_encoder(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     """Real embedding -> the encoder's spike train, partial codes as its counts."""
     if x.series:
-        raise simulator.UnsupportedError(f"token encoder {name!r} got a time series; it encodes a real embedding")
+        raise UnsupportedError(f"token encoder {name!r} got a time series; it encodes a real embedding")
     theta = ctx.param(name, node, "threshold")
     scheme, b, v_init, bits = str(node.scheme), int(node.max_spikes), float(node.v_init), int(node.bits)
-    data = simulator._floating(x.data)
+    data = floating(x.data)
     code = streaming.token_code(data, theta, ctx.timesteps, scheme, b, v_init, bits)
     partial = streaming.token_partial_codes(code, data, theta, ctx.timesteps, scheme, b, v_init, bits)
     spikes = streaming.token_spikes(partial, scheme, bits)
-    return _Spikes(spikes, True, total=int(spikes.abs().sum(dtype=torch.int64)), counts=partial)
+    return Spikes(spikes, True, total=int(spikes.abs().sum(dtype=torch.int64)), counts=partial)
 
 
-def _partial_codes(ctx: _Context, x: _Value, scheme: str, bits: int) -> torch.Tensor:
-    if isinstance(x, _Spikes) and x.counts is not None:
+def _partial_codes(ctx: Context, x: Value, scheme: str, bits: int) -> torch.Tensor:
+    if isinstance(x, Spikes) and x.counts is not None:
         return x.counts
     if not x.series:
-        raise simulator.UnsupportedError("a spike decoder got a real value; it decodes a spike train")
+        raise UnsupportedError("a spike decoder got a real value; it decodes a spike train")
     weight = streaming.binary_step_weights(bits, ctx.timesteps, x.data.device) if scheme == "binary" else None
     data = x.data.float() if weight is None else x.data.float() * weight.reshape(-1, *([1] * (x.data.ndim - 1)))
     return torch.cumsum(data, 0)
 
 
-def _spike_decode(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
+def _spike_decode(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     """A token encoder's spikes -> running means of the currents its synapses deliver."""
     weight = ctx.param(name, node, "weight")
     scheme, bits, t = str(node.scheme), int(node.bits), ctx.timesteps
     partial = _partial_codes(ctx, x, scheme, bits)
     final = streaming.token_decode(partial[-1], weight, t, scheme, bits).unsqueeze(0)
     if t == 1:
-        return _Stream(final, True)
+        return Stream(final, True)
     head = streaming.token_running(partial[:-1], weight, _steps(ctx, partial.ndim), t, scheme, bits)
-    return _Stream(torch.cat([head, final]), True)
+    return Stream(torch.cat([head, final]), True)
 
 
 # ---------------------------------------------------------------------------
@@ -172,36 +171,39 @@ def _spike_decode(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Va
 # ---------------------------------------------------------------------------
 
 
-def _wrap_affine(shared: simulator.Kernel) -> simulator.Kernel:
-    def kernel(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
-        if not isinstance(x, _Spikes) or x.counts is None:
+def spike_driven_affine(shared: Kernel) -> Kernel:
+    """The Affine/Linear kernel ``shared``, extended: a ``Spikes`` input with counts gives the
+    ``Stream`` of running means ``W C_t / t + b`` (``[T, ..., out]``)."""
+    def kernel(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
+        if not isinstance(x, Spikes) or x.counts is None:
             return shared(ctx, name, node, x)
         weight = ctx.param(name, node, "weight")
         bias = ctx.param(name, node, "bias") if isinstance(node, nir.Affine) else None
         out = _per_prefix(ctx, x.counts, True, lambda c, steps: streaming.count_affine(c, weight, bias, steps))
-        return _Stream(out, True)
+        return Stream(out, True)
 
-    kernel.shared = shared  # type: ignore[attr-defined]
     return kernel
 
 
-def _wrap_readout(shared: simulator.Kernel) -> simulator.Kernel:
-    def kernel(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
-        if isinstance(x, _Stream):
-            return _Value(x.data[-1], False)
+def stream_readout(shared: Kernel) -> Kernel:
+    """The RateReadout kernel ``shared``, extended: a ``Stream`` input gives its last running
+    mean (the window value, real ``[...]``)."""
+    def kernel(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
+        if isinstance(x, Stream):
+            return Value(x.data[-1], False)
         return shared(ctx, name, node, x)
 
-    kernel.shared = shared  # type: ignore[attr-defined]
     return kernel
 
 
-def _wrap_output(shared: simulator.Kernel) -> simulator.Kernel:
-    def kernel(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
-        if isinstance(x, _Stream):  # what leaves the graph is the per-step series
-            x = _Value(per_step(x.data), True)
+def stream_output(shared: Kernel) -> Kernel:
+    """The Output kernel ``shared``, extended: a ``Stream`` input leaves the graph as its
+    per-step values ``[T, ...]``."""
+    def kernel(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
+        if isinstance(x, Stream):  # what leaves the graph is the per-step series
+            x = Value(per_step(x.data), True)
         return shared(ctx, name, node, x)
 
-    kernel.shared = shared  # type: ignore[attr-defined]
     return kernel
 
 
@@ -217,47 +219,47 @@ def per_step(means: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _stream_op(fn) -> simulator.Kernel:
+def _stream_op(fn) -> Kernel:
     """Kernel of an elementwise/last-axis operator ``fn(ctx, name, node, data)``: ``f`` of every
     running mean (a real input gives a real output)."""
 
-    def kernel(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
+    def kernel(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
         means, varying = _prefixes(ctx, x)
         if not varying:
-            return _Value(fn(ctx, name, node, means), False)
-        return _Stream(_per_prefix(ctx, means, True, lambda m, steps: fn(ctx, name, node, m)), True)
+            return Value(fn(ctx, name, node, means), False)
+        return Stream(_per_prefix(ctx, means, True, lambda m, steps: fn(ctx, name, node, m)), True)
 
     return kernel
 
 
-def _stream_add(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
+def _stream_add(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     """The fan-in sum of streaming values is the running mean of the sum: keep it marked."""
-    return _Stream(x.data, True) if x.series and x.data.is_floating_point() else x
+    return Stream(x.data, True) if x.series and x.data.is_floating_point() else x
 
 
-def _layer_norm(ctx: _Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
+def _layer_norm(ctx: Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
     return streaming.stream_layer_norm(d, ctx.param(name, node, "weight"), ctx.param(name, node, "bias"),
                                        float(node.eps))
 
 
-def _rms_norm(ctx: _Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
+def _rms_norm(ctx: Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
     return streaming.stream_rms_norm(d, ctx.param(name, node, "weight"), float(node.eps))
 
 
-def _activation(ctx: _Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
+def _activation(ctx: Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
     return streaming.stream_activation(d, str(node.activation))
 
 
-def _gated(ctx: _Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
+def _gated(ctx: Context, name: str, node: nir.NIRNode, d: torch.Tensor) -> torch.Tensor:
     return streaming.stream_gated_activation(d, str(node.activation))
 
 
-def _spike_attention(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> _Value:
+def _spike_attention(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     """q|k|v spike train -> running means of the attention output ``[T, b, P, H D]``; the
     probability neurons' spikes are counted (and recorded) as ``<name>_probs``."""
     if not x.series:
-        raise simulator.UnsupportedError(f"SpikecSpikeAttention {name!r} got a real value; it takes q|k|v spikes")
-    counts = x.counts if isinstance(x, _Spikes) and x.counts is not None else torch.cumsum(
+        raise UnsupportedError(f"SpikecSpikeAttention {name!r} got a real value; it takes q|k|v spikes")
+    counts = x.counts if isinstance(x, Spikes) and x.counts is not None else torch.cumsum(
         x.dense().double(), 0).float()
     t_max = ctx.timesteps
     scale_in = ctx.param(name, node, "input_scale")
@@ -296,18 +298,18 @@ def _spike_attention(ctx: _Context, name: str, node: nir.NIRNode, x: _Value) -> 
             previous = c[-1]
     neuron_steps = t_max * batch * h * streaming.causal_pairs(positions)
     recorded = _compact(streaming.probability_layout(train)) if train is not None else None
-    return _Stream(streaming.merge_heads(out), True, inner={"_probs": (total, neuron_steps, recorded)},
+    return Stream(streaming.merge_heads(out), True, inner={"_probs": (total, neuron_steps, recorded)},
                    operations=_product_synops(x, counts, h, kv, d, total))
 
 
-def _product_synops(x: _Value, counts: torch.Tensor, h: int, kv: int, d: int, prob_spikes: int) -> dict[str, float]:
+def _product_synops(x: Value, counts: torch.Tensor, h: int, kv: int, d: int, prob_spikes: int) -> dict[str, float]:
     """Synaptic operations of the spike-driven products, computed incrementally as SpikeZIP-TF
     does: ``Q_t K_t^T - Q_{t-1} K_{t-1}^T = q_t K_t^T + Q_{t-1} k_t^T`` (and the same for ``P V``).
     A q spike at query position i meets the accumulated keys ``j <= i`` (``i + 1`` accumulates);
     a k or v spike at key position j reaches the ``P - j`` later queries of each of the
     ``H / KV`` heads of its group; a probability spike meets the ``D`` accumulated values of
     its key. Graded spikes count by value. ``qk_synops``, ``pv_synops``: summed over batch and steps."""
-    per_step = x.dense() if not isinstance(x, _Spikes) or x.counts is None else torch.diff(
+    per_step = x.dense() if not isinstance(x, Spikes) or x.counts is None else torch.diff(
         counts, dim=0, prepend=torch.zeros_like(counts[:1]))
     per_position = per_step.abs().sum(dim=(0, 1), dtype=torch.float64)  # [P, (H + 2KV) D]
     q, k, v = (part.sum(-1) for part in per_position.split([h * d, kv * d, kv * d], dim=-1))
@@ -323,7 +325,7 @@ def _compact(spikes: torch.Tensor) -> torch.Tensor:
     return spikes.to(torch.int8) if peak <= 127 else spikes
 
 
-simulator.KERNELS.update({
+KERNELS: dict[type, Kernel] = {
     SpikecSTBIF: _stbif,
     SpikecTokenEncoder: _token_encoder,
     SpikecSpikeDecode: _spike_decode,
@@ -333,8 +335,5 @@ simulator.KERNELS.update({
     SpikecStreamActivation: _stream_op(_activation),
     SpikecStreamGatedActivation: _stream_op(_gated),
     SpikecSpikeAttention: _spike_attention,
-})
-for _cls, _wrap in ((nir.Affine, _wrap_affine), (nir.Linear, _wrap_affine), (SpikecRateReadout, _wrap_readout),
-                    (nir.Output, _wrap_output)):
-    if not hasattr(simulator.KERNELS[_cls], "shared"):  # wrap once, whatever the import order
-        simulator.KERNELS[_cls] = _wrap(simulator.KERNELS[_cls])
+}
+"""Streaming (spike-softmax) and token-encoding node class -> kernel."""

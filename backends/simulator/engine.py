@@ -1,0 +1,309 @@
+"""The reference simulator's engine: runs a ``nir.NIRGraph`` node by node in topological order,
+with the kernel table of every node family (semantics: the package docstring).
+
+The kernel table is assembled here, explicitly, from the families' own tables; the streaming
+family's wrappers of the shared Affine/Linear, RateReadout and Output kernels are applied here too.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import nir
+import torch
+from tqdm import tqdm
+
+from spikec.core import ir
+from spikec.core.errors import InputError, NIRFormatError, UnsupportedError, UsageError
+from spikec.core.graph import topology
+from spikec.core.ir import is_spiking
+
+from . import rate, ssa, standard, streaming
+from .values import Context, Kernel, Value
+
+MODES = ("fast", "reference")
+SPARSE_POLICIES = ("auto", "never", "always")
+
+
+@dataclass
+class SimResult:
+    """What one simulation produced.
+
+    outputs: value of every Output node by name (real or ``[T, ...]``).
+    spike_counts: total ``|spikes|`` per spiking node over batch, neurons and steps.
+    firing_rates: mean ``|spikes|`` per neuron per step, per spiking node.
+    spikes: full spike trains ``[T, ...]`` per spiking node (only with ``record=True``).
+    operations: what kernels counted inside a node, by node name then kind, summed over
+    batch and steps (e.g. the synaptic operations of spiking attention's spike products;
+    the kinds are listed where the kernel is, and ``backends/energy.py`` reads them).
+    """
+
+    outputs: dict[str, torch.Tensor]
+    spike_counts: dict[str, int]
+    firing_rates: dict[str, float]
+    timesteps: int
+    spikes: dict[str, torch.Tensor] = field(default_factory=dict)
+    operations: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The value of the graph's only Output node."""
+        if len(self.outputs) != 1:
+            raise UsageError(
+                f"the graph has {len(self.outputs)} outputs ({', '.join(self.outputs)}), not one",
+                hint="pick one from SimResult.outputs",
+            )
+        return next(iter(self.outputs.values()))
+
+
+KERNELS: dict[type, Kernel] = {
+    **standard.KERNELS, **rate.KERNELS, **ssa.KERNELS, **streaming.KERNELS,
+    # the shared kernels that streaming values reach, wrapped to take them (``streaming``)
+    nir.Affine: streaming.spike_driven_affine(standard.KERNELS[nir.Affine]),
+    nir.Linear: streaming.spike_driven_affine(standard.KERNELS[nir.Linear]),
+    ir.SpikecRateReadout: streaming.stream_readout(rate.KERNELS[ir.SpikecRateReadout]),
+    nir.Output: streaming.stream_output(standard.KERNELS[nir.Output]),
+}
+"""Node class -> kernel, for every node family. Input nodes are handled by ``Simulator.run`` itself."""
+
+
+def _kernel_for(name: str, node: nir.NIRNode) -> Kernel:
+    for cls in type(node).__mro__:
+        if cls in KERNELS:
+            return KERNELS[cls]
+    kind = type(node).__name__
+    if isinstance(node, nir.NIRGraph):
+        raise UnsupportedError(f"node {name!r} is a nested NIRGraph, which the reference simulator cannot run",
+                               hint="flatten the subgraph into the parent graph")
+    if isinstance(node, nir.Delay):
+        raise UnsupportedError(f"node {name!r} is a Delay, which the reference simulator does not support",
+                               hint="remove the delay or run the graph on another NIR backend")
+    supported = ", ".join(sorted(c.__name__ for c in KERNELS) + ["Input"])
+    raise UnsupportedError(f"node {name!r} has type {kind!r}, which the reference simulator cannot run",
+                           hint=f"supported types: {supported}")
+
+
+# ---------------------------------------------------------------------------
+# the simulation loop
+# ---------------------------------------------------------------------------
+
+
+def _fan_in(values: list[Value]) -> Value:
+    """Sum of the incoming values, left to right in edge order."""
+    if len(values) == 1:
+        return values[0]
+    acc = Value(values[0].dense(), values[0].series)
+    for v in values[1:]:
+        a, b = acc.data, v.dense()
+        if not a.is_floating_point() and not b.is_floating_point():
+            a = a.to(torch.int32)  # spike trains are int8: keep sums from wrapping
+        acc = Value(a + b, acc.series or v.series)
+    return acc
+
+
+def _bind_inputs(
+    graph: nir.NIRGraph, inputs: torch.Tensor | dict[str, torch.Tensor], timesteps: int, series: bool,
+    device: torch.device,
+) -> dict[str, Value]:
+    names = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if not names:
+        raise NIRFormatError("the graph has no Input node", hint="add a nir.Input node feeding the first layer")
+    if isinstance(inputs, torch.Tensor):
+        if len(names) != 1:
+            raise InputError(f"the graph has {len(names)} Input nodes ({', '.join(names)}); one tensor was given",
+                             hint="pass a dict of tensors by Input node name")
+        inputs = {names[0]: inputs}
+    missing = [n for n in names if n not in inputs]
+    unknown = [n for n in inputs if n not in names]
+    if missing or unknown:
+        raise InputError(
+            f"inputs do not match the graph's Input nodes (missing: {missing or 'none'}, unknown: {unknown or 'none'})",
+            hint=f"give one tensor per Input node: {', '.join(names)}",
+        )
+    bound = {}
+    for name in names:
+        tensor = inputs[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise InputError(f"input {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+        if series and (tensor.ndim == 0 or tensor.shape[0] != timesteps):
+            raise InputError(f"input {name!r} of shape {list(tensor.shape)} is not a time series of {timesteps} steps",
+                             hint="time series inputs are [T, batch, ...]")
+        bound[name] = Value(tensor.to(device), series)
+    return bound
+
+
+def _fused_readout(name: str, node: nir.NIRNode, graph: nir.NIRGraph, preds: dict, succs: dict) -> bool:
+    """Whether ``name`` is an Affine/Linear feeding exactly one readout that has no other input."""
+    if not isinstance(node, (nir.Affine, nir.Linear)) or len(succs[name]) != 1:
+        return False
+    (consumer,) = succs[name]
+    return isinstance(graph.nodes[consumer], ir.SpikecRateReadout) and preds[consumer] == [name]
+
+
+def _count_only(name: str, node: nir.NIRNode, fused: set[str], preds: dict, succs: dict) -> bool:
+    """Whether ``name`` is a SignedIF whose every consumer is a fused readout affine fed by it alone."""
+    return (isinstance(node, ir.SpikecSignedIF) and bool(succs[name])
+            and all(c in fused and preds[c] == [name] for c in succs[name]))
+
+
+def _count(spikes: torch.Tensor) -> int:
+    if spikes.is_floating_point():
+        return int(round(spikes.abs().sum(dtype=torch.float64).item()))
+    return int(spikes.abs().sum(dtype=torch.int64).item())
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device; ``UsageError`` when unknown or absent."""
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {str(dev)!r} was asked for but torch sees no CUDA GPU",
+                         hint="run on a machine with a GPU and a CUDA build of torch, or use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {str(dev)!r} is not supported", hint="use cpu or cuda")
+    return dev
+
+
+class Simulator:
+    """A graph prepared for repeated runs: schedule, kernels and parameters (converted to
+    tensors on ``device`` once, then reused by every ``run``).
+
+    device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
+    mode: ``"fast"`` (default: fused and compiled kernels, identical spikes) or
+    ``"reference"`` (plain torch, every spike train materialised); see the module docstring.
+    sparse: ``"auto"`` (default), ``"never"`` or ``"always"``: event-driven matmuls of
+    spike trains in fast mode.
+    """
+
+    def __init__(self, graph: nir.NIRGraph, *, device: str | torch.device | None = None, mode: str = "fast",
+                 sparse: str = "auto"):
+        if mode not in MODES:
+            raise UsageError(f"unknown simulator mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
+        if sparse not in SPARSE_POLICIES:
+            raise UsageError(f"unknown sparse policy {sparse!r}", hint=f"use one of {', '.join(SPARSE_POLICIES)}")
+        self.graph = graph
+        topo = topology(graph, feed_forward_hint="the reference simulator runs feed-forward graphs only")
+        self.order, self.preds, self.succs = topo.order, topo.preds, topo.succs
+        self.kernels = {n: _kernel_for(n, graph.nodes[n]) for n in self.order
+                        if not isinstance(graph.nodes[n], nir.Input)}
+        self.fused = {n for n in self.order if _fused_readout(n, graph.nodes[n], graph, self.preds, self.succs)}
+        self.ctx = Context(resolve_device(device), mode, sparse)
+        if self.ctx.fast:
+            self.ctx.count_only = {n for n in self.order
+                                   if _count_only(n, graph.nodes[n], self.fused, self.preds, self.succs)}
+
+    def _reusable(self, name: str, x: Value, values: dict[str, Value], remaining: dict[str, int],
+                  held: list[torch.Tensor]) -> bool:
+        """Whether ``name`` may overwrite its input: no later node, caller or result needs it.
+        A fan-in of several edges is a new tensor; a single edge's value must be at its last
+        consumer, come from neither an Input nor an Output node, and share storage with no
+        other live value, output or recorded train (views)."""
+        preds = self.preds[name]
+        if len(preds) > 1:
+            return True
+        (p,) = preds
+        if remaining[p] != 1 or isinstance(self.graph.nodes[p], (nir.Input, nir.Output)):
+            return False
+        storage = x.data.untyped_storage().data_ptr()
+        others = [v.data for k, v in values.items() if k != p] + held
+        return not any(t.untyped_storage().data_ptr() == storage for t in others)
+
+    @torch.no_grad()
+    def run(
+        self,
+        inputs: torch.Tensor | dict[str, torch.Tensor],
+        timesteps: int,
+        *,
+        record: bool = False,
+        progress: bool = False,
+        inputs_are_series: bool = False,
+    ) -> SimResult:
+        """Run the graph for ``timesteps`` steps; arguments as for :func:`simulate`."""
+        if int(timesteps) < 1:
+            raise UsageError(f"timesteps must be at least 1, got {timesteps}")
+        timesteps = int(timesteps)
+        graph, preds, succs, ctx = self.graph, self.preds, self.succs, self.ctx
+        values = _bind_inputs(graph, inputs, timesteps, inputs_are_series, ctx.device)
+        if not any(isinstance(n, nir.Output) for n in graph.nodes.values()):
+            raise NIRFormatError("the graph has no Output node", hint="add a nir.Output node after the last layer")
+        remaining = {n: len(succs[n]) for n in graph.nodes}  # consumers (per edge) yet to run
+        ctx.timesteps, ctx.recording = timesteps, record
+        outputs: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        rates: dict[str, float] = {}
+        recorded: dict[str, torch.Tensor] = {}
+        operations: dict[str, dict[str, float]] = {}
+
+        for name in tqdm(self.order, desc="simulate", unit="node", file=sys.stderr, disable=not progress):
+            node = graph.nodes[name]
+            if not isinstance(node, nir.Input):
+                if not preds[name]:
+                    raise NIRFormatError(f"node {name!r} ({type(node).__name__}) has no incoming edge",
+                                         hint="connect it or remove it")
+                x = _fan_in([values[p] for p in preds[name]])
+                if x.series and name in self.fused:
+                    values[name] = standard.readout_affine(ctx, name, node, x)
+                else:
+                    if x.count:  # only readout affines take counts (see _count_only)
+                        raise AssertionError(f"spike counts reached {name!r}, which is not a readout affine")
+                    if x.logical is not None and not isinstance(node, (nir.Affine, nir.Linear)):
+                        x = Value(x.dense(), x.series)
+                    ctx.input_reusable = self._reusable(name, x, values, remaining,
+                                                        [*outputs.values(), *recorded.values()])
+                    values[name] = self.kernels[name](ctx, name, node, x)
+                    ctx.input_reusable = False
+                del x
+                for p in preds[name]:
+                    remaining[p] -= 1
+                    if remaining[p] == 0 and not isinstance(graph.nodes[p], nir.Output):
+                        del values[p]
+            value = values[name]
+            if is_spiking(node) and value.series:
+                counts[name] = value.total if value.total is not None else _count(value.data)
+                neurons_steps = value.data.numel() * (timesteps if value.count else 1)
+                rates[name] = counts[name] / max(neurons_steps, 1)
+                if record:
+                    recorded[name] = value.train if value.count else value.dense()
+            for suffix, (count, steps, train) in getattr(value, "inner", {}).items():  # neurons inside a node
+                counts[name + suffix], rates[name + suffix] = count, count / max(steps, 1)
+                if record and train is not None:
+                    recorded[name + suffix] = train
+            if value.operations:
+                operations[name] = dict(value.operations)
+            if isinstance(node, nir.Output):
+                outputs[name] = value.dense()
+            if remaining[name] == 0 and not isinstance(node, nir.Output):
+                del values[name]
+        return SimResult(outputs=outputs, spike_counts=counts, firing_rates=rates, timesteps=timesteps,
+                         spikes=recorded, operations=operations)
+
+
+@torch.no_grad()
+def simulate(
+    graph: nir.NIRGraph,
+    inputs: torch.Tensor | dict[str, torch.Tensor],
+    timesteps: int,
+    *,
+    record: bool = False,
+    progress: bool = False,
+    inputs_are_series: bool = False,
+    device: str | torch.device | None = None,
+    mode: str = "fast",
+    sparse: str = "auto",
+) -> SimResult:
+    """Run ``graph`` for ``timesteps`` steps (see the module docstring for semantics).
+
+    inputs: a tensor for the graph's single Input node, or a dict by Input node name;
+    real values (no time axis) unless ``inputs_are_series`` (then ``[T, ...]``).
+    record: keep the full spike train of every spiking node in ``SimResult.spikes``.
+    progress: show a progress bar over nodes on stderr.
+    device, mode, sparse: see :class:`Simulator` (outputs stay on ``device``).
+    To run one graph many times, build a ``Simulator`` once and call its ``run``.
+    """
+    if int(timesteps) < 1:
+        raise UsageError(f"timesteps must be at least 1, got {timesteps}")
+    return Simulator(graph, device=device, mode=mode, sparse=sparse).run(
+        inputs, timesteps, record=record, progress=progress, inputs_are_series=inputs_are_series)
