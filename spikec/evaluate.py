@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,9 @@ from tqdm import tqdm
 
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
-from spikec.core.errors import InputError, UsageError
+from spikec.core.errors import InputError, ResourceError, UsageError
 from spikec.frontend.models import LoadedModel, load_from_spec
+from spikec.outputs import write_text_atomic
 from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, token_stream
 
 
@@ -119,11 +119,15 @@ def evaluate(
 
 
 def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
-    """Write the results to ``DIR/eval.json`` (atomically), for reports."""
+    """Write the results to ``DIR/eval.json`` (atomically), for reports. A directory that
+    cannot take it (read-only, full) raises ``ResourceError`` (exit 5): the caller has shown
+    the figures already."""
     target = compiled.path / "eval.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, target)
+    try:
+        write_text_atomic(target, json.dumps(results, indent=2))
+    except OSError as e:
+        raise ResourceError(f"the figures above were not saved: cannot write {str(target)!r}: {e.strerror}",
+                            hint="make the directory writable or free some space, and run again") from None
 
 
 @torch.no_grad()
