@@ -20,7 +20,7 @@ from spikec.backends.simulator import Simulator, resolve_device
 from spikec.core.errors import InputError, ResourceError, UsageError
 from spikec.frontend.models import LoadedModel, load_from_spec
 from spikec.outputs import write_text_atomic
-from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, token_stream
+from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
 
 
 @dataclass
@@ -56,7 +56,7 @@ def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len:
     at most the model's maximum positions long."""
     config = compiled.loaded.config
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
-    stream = token_stream(compiled.loaded.tokenizer, read_text(text_path, HELDOUT_TEXT))
+    stream = leading_tokens(compiled.loaded.tokenizer, text_path, HELDOUT_TEXT, tokens)
     return cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
 
 
