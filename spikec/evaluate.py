@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
-from spikec.core.errors import InputError, ResourceError, UsageError
+from spikec.core.errors import InputError, ResourceError, UsageError, one_line
 from spikec.frontend.models import LoadedModel, load_from_spec
-from spikec.outputs import write_text_atomic
+from spikec.outputs import check_compile_report, write_atomic
 from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
 
 
@@ -43,19 +43,28 @@ def load_compiled(path: str | Path) -> Compiled:
             hint="run 'spikec compile MODEL -o DIR' first",
         )
     try:
-        report = json.loads(report_file.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{str(report_file)!r} is not valid JSON: {e}") from None
+        report = check_compile_report(json.loads(report_file.read_text(encoding="utf-8")), str(report_file))
+    except ValueError as e:  # JSON or UTF-8
+        raise InputError(f"{str(report_file)!r} is not valid JSON: {one_line(e)}") from None
     graph = nirio.read(p / "model.nir")
-    return Compiled(p, report, graph, load_from_spec(report["source"]))
+    try:
+        loaded = load_from_spec(report["source"])
+    except UsageError as e:  # the report's config overrides: a damaged file, not the command line
+        raise InputError(f"{str(report_file)!r}: its source model cannot be built: {e}") from None
+    return Compiled(p, report, graph, loaded)
+
+
+def model_positions(compiled: Compiled) -> int:
+    """The longest sequence the source model takes (its configuration's positions)."""
+    config = compiled.loaded.config
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024))
 
 
 def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len: int | None = None) -> torch.Tensor:
     """``[sequences, positions]`` ids of the first ``tokens`` tokens of the evaluation text (the
     embedded held-out text by default), in sequences of ``seq_len`` (default: one sequence),
     at most the model's maximum positions long."""
-    config = compiled.loaded.config
-    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
+    max_pos = model_positions(compiled)
     stream = leading_tokens(compiled.loaded.tokenizer, text_path, HELDOUT_TEXT, tokens)
     return cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
 
@@ -124,7 +133,7 @@ def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
     the figures already."""
     target = compiled.path / "eval.json"
     try:
-        write_text_atomic(target, json.dumps(results, indent=2))
+        write_atomic(target, json.dumps(results, indent=2))
     except OSError as e:
         raise ResourceError(f"the figures above were not saved: cannot write {str(target)!r}: {e.strerror}",
                             hint="make the directory writable or free some space, and run again") from None
@@ -142,6 +151,11 @@ def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timestep
     t = timesteps or int(compiled.report["timesteps"])
     dev = resolve_device(device)
     prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64, device=dev)
+    longest = prompt_ids.shape[1] + max_new_tokens - 1
+    if longest > model_positions(compiled):
+        raise UsageError(f"--prompt has {prompt_ids.shape[1]} tokens: with --max-new-tokens {max_new_tokens} the model "
+                         f"would see {longest} positions, more than its {model_positions(compiled)}",
+                         hint="shorten the prompt or ask for fewer new tokens")
     sim = Simulator(compiled.graph, device=dev)
     model = compiled.loaded.model.to(dev)
     continuations = {}

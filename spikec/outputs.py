@@ -25,9 +25,10 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from spikec.core.errors import UsageError, one_line
+from spikec.arguments import MAX_SEED, MAX_SEQ_LEN, MAX_TIMESTEPS
+from spikec.core.errors import InputError, UsageError, one_line
 
 SPIKEC_MARKERS = ("report.json", "model.nir")  # a compile output holds both
 PORTABLE_MANIFEST = ("manifest.json", "spikec-portable-manifest")  # an export-nir output: file, its "format"
@@ -203,18 +204,47 @@ def atomic_directory(target: str | Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file made in place with
-    ``mkstemp`` (a planted symlink is never followed), given the umask's mode, then
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically: a temporary file made in
+    place with ``mkstemp`` (a planted symlink is never followed), given the umask's mode, then
     ``os.replace`` (which replaces a symlink at ``path`` itself, not what it points to)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_compile_report(report: Any, file: str) -> dict[str, Any]:
+    """``report`` (the parsed ``report.json`` of a compile output, read from ``file``) if it has
+    what ``eval``, ``run``, ``energy`` and ``report`` use, with sane types and ranges: a
+    ``source`` model spec, ``timesteps`` and ``seq_len``. Else ``InputError`` naming the field
+    (exit 3): a damaged or edited file is bad input, never an internal error."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{one_line(repr(file), 200)}: {what}", hint="compile again with 'spikec compile'")
+
+    def is_int(v: Any, low: int, high: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+    if not isinstance(report, dict):
+        raise bad(f"holds a JSON {type(report).__name__}, not an object")
+    source = report.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("name"), str) or not source["name"]:
+        raise bad("'source' is not a model spec with a 'name'")
+    overrides = source.get("config_overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, (str, int, float)) for v in overrides.values()):
+        raise bad("'source.config_overrides' is not an object of values")
+    if not isinstance(source.get("random_weights", False), bool) or not is_int(source.get("seed", 0), 0, MAX_SEED):
+        raise bad("'source.random_weights' or 'source.seed' has the wrong type or range")
+    if not is_int(report.get("timesteps"), 1, MAX_TIMESTEPS):
+        raise bad(f"'timesteps' is not an integer in 1..{MAX_TIMESTEPS}")
+    if "seq_len" in report and not is_int(report["seq_len"], 2, MAX_SEQ_LEN):
+        raise bad(f"'seq_len' is not an integer in 2..{MAX_SEQ_LEN}")
+    return report

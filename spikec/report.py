@@ -16,7 +16,6 @@ import base64
 import html
 import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from spikec.backends.energy import (
 from spikec.backends.simulator import SimResult, simulate
 from spikec.core import ir
 from spikec.core.errors import InputError, ResourceError, UsageError
+from spikec.outputs import write_atomic
 from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, text_label, token_stream
 
 REPORT_FILE = "report.html"
@@ -295,9 +295,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def _esc(x: Any) -> str:
@@ -370,7 +368,7 @@ def write_report(
                                      f"over the first {RASTER_POSITIONS} held-out tokens.",
                        plot_raster(sample_result.spikes)))
     for filename, _, png in images:
-        (d / filename).write_bytes(png)
+        write_atomic(d / filename, png)
 
     check = report.get("simulator_check", {})
     parts = [f"<h1>spikec report: {_esc(report.get('model', '?'))}</h1>",
@@ -419,9 +417,7 @@ def write_report(
             f"<title>spikec report: {_esc(report.get('model', ''))}</title><style>{_CSS}</style></head><body>"
             + "\n".join(parts) + "</body></html>\n")
     target = d / REPORT_FILE
-    tmp = target.with_name(REPORT_FILE + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(target, page)
     return target
 
 
