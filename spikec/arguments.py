@@ -1,8 +1,8 @@
 """Command-line argument types and the one-line parser, shared by ``spikec.cli`` and
 ``spikec.finetune`` (this module imports neither).
 
-Every number a user types is range-checked here, so a bad value is one argparse line
-(exit 2) instead of an overflow, a NaN or a traceback later on."""
+Every number a user types is range-checked here, so a bad value is one line and exit 2
+instead of an overflow, a NaN or a traceback later on."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import argparse
 import sys
 from typing import Any, Callable, NoReturn
 
-from spikec.core.errors import one_line
+from spikec.core.errors import UsageError, one_line
 
 MAX_TIMESTEPS = 4096  # -T: as CompileOptions.validate allows
 MAX_SEQ_LEN = 8192  # --seq-len
 MAX_SEED = 2**32 - 1  # numpy's and torch's seed range
-MAX_TOKENS = 2**31 - 1  # --tokens, --max-new-tokens, --calib-samples: index range of the kernels
+MAX_COUNT = 2**31 - 1  # --tokens, --max-new-tokens, --calib-samples ...: index range of the kernels
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -53,21 +53,24 @@ def pass_options(raw: dict[str, str]) -> dict[str, Any]:
     return {k: parse_option_value(v) for k, v in raw.items()}
 
 
-def _checked_int(text: str, low: int, high: int) -> int:
+def _checked_int(text: str, low: int, high: int, option: str) -> int:
     try:
         value = int(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {one_line(text, 40)!r}") from None
     if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {one_line(str(value), 40)}")
+        # a UsageError passes through argparse (it catches only ValueError and TypeError): the command
+        # line prints it as one line and main() returns 2, as for the checks made after parsing
+        raise UsageError(f"{option} must be between {low} and {high}, got {one_line(str(value), 40)}")
     return value
 
 
-def int_range(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: an integer in ``low..high`` (inclusive)."""
+def int_range(low: int, high: int, option: str) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (inclusive). Not an integer: argparse's
+    error (exit 2); out of range: ``UsageError`` naming ``option`` (exit 2)."""
 
     def parse(text: str) -> int:
-        return _checked_int(text, low, high)
+        return _checked_int(text, low, high, option)
 
     parse.__name__ = "integer"  # argparse names the type in its messages
     return parse
@@ -84,21 +87,17 @@ def int_list(text: str) -> list[int]:
 
 def timesteps_list_arg(text: str) -> list[int]:
     """``-T`` of ``eval``: one or more timesteps, each in 1..MAX_TIMESTEPS."""
-    values = [_checked_int(s, 1, MAX_TIMESTEPS) for s in text.split(",") if s.strip()]
+    values = [_checked_int(s, 1, MAX_TIMESTEPS, "-T") for s in text.split(",") if s.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected an integer or a comma list of integers, got {text!r}")
     return values
 
 
-timesteps_arg = int_range(1, MAX_TIMESTEPS)
+timesteps_arg = int_range(1, MAX_TIMESTEPS, "-T")
 """``-T``: timesteps per window, 1..4096."""
-seq_len_arg = int_range(2, MAX_SEQ_LEN)
+seq_len_arg = int_range(2, MAX_SEQ_LEN, "--seq-len")
 """``--seq-len``: positions per sequence, 2..8192 (one position has no next token to score)."""
-seed_arg = int_range(0, MAX_SEED)
+seed_arg = int_range(0, MAX_SEED, "--seed")
 """``--seed``: 0..2**32-1."""
-tokens_arg = int_range(2, MAX_TOKENS)
+tokens_arg = int_range(2, MAX_COUNT, "--tokens")
 """``--tokens``: at least 2 (a next-token metric needs two)."""
-count_arg = int_range(1, MAX_TOKENS)
-"""``--max-new-tokens``, ``--calib-samples``, ``--batch``: at least 1."""
-steps_arg = int_range(0, MAX_TOKENS)
-"""``--steps``: optimizer steps, 0 allowed."""
