@@ -11,6 +11,7 @@ import sys
 from typing import Any, Callable, NoReturn
 
 from spikec.core.errors import UsageError, one_line
+from spikec.core.options import parse_value
 
 MAX_TIMESTEPS = 4096  # -T: as CompileOptions.validate allows
 MAX_SEQ_LEN = 8192  # --seq-len
@@ -33,24 +34,18 @@ def key_values(text: str) -> dict[str, str]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {one_line(item, 80)!r}")
         out[key.strip()] = value.strip()
     return out
 
 
-def parse_option_value(v: str) -> Any:
-    """A pass option value as typed: int, else float, else the string."""
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
+parse_option_value = parse_value
+"""A pass option value as typed: int, else float, else the string (``spikec.core.options.parse_value``)."""
 
 
 def pass_options(raw: dict[str, str]) -> dict[str, Any]:
     """``--option`` values (``key_values``' result) with numbers parsed."""
-    return {k: parse_option_value(v) for k, v in raw.items()}
+    return {k: parse_value(v) for k, v in raw.items()}
 
 
 def _checked_int(text: str, low: int, high: int, option: str) -> int:

@@ -237,8 +237,9 @@ def _cmd_export_nir(a: argparse.Namespace) -> int:
 
     from spikec.backends import nirio, portable
     from spikec.core.errors import InputError
-    from spikec.outputs import atomic_directory
+    from spikec.outputs import atomic_directory, check_output_target
 
+    check_output_target(Path(a.output), a.force)  # before the NIR file is read
     src = Path(a.dir)
     source = src if src.is_file() else src / "model.nir"
     if not source.is_file():
