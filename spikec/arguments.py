@@ -96,3 +96,13 @@ seed_arg = int_range(0, MAX_SEED, "--seed")
 """``--seed``: 0..2**32-1."""
 tokens_arg = int_range(2, MAX_COUNT, "--tokens")
 """``--tokens``: at least 2 (a next-token metric needs two)."""
+energy_seq_len_arg = int_range(1, MAX_SEQ_LEN, "--seq-len")
+"""``--seq-len`` of ``energy``: 1..8192 (operation counts need no next token)."""
+samples_arg = int_range(1, MAX_COUNT, "--calib-samples")
+"""``--calib-samples``: at least 1."""
+new_tokens_arg = int_range(1, MAX_COUNT, "--max-new-tokens")
+"""``--max-new-tokens``: at least 1."""
+steps_arg = int_range(0, MAX_COUNT, "--steps")
+"""``--steps`` of ``finetune``: 0 or more optimizer steps."""
+batch_arg = int_range(1, MAX_COUNT, "--batch")
+"""``--batch`` of ``finetune``: at least 1 sequence per step."""

@@ -10,8 +10,8 @@ import traceback
 from typing import Sequence
 
 from spikec.arguments import (
-    MAX_COUNT, MAX_SEQ_LEN, OneLineParser, int_range, key_values, pass_options, seed_arg, seq_len_arg, timesteps_arg,
-    timesteps_list_arg, tokens_arg,
+    OneLineParser, energy_seq_len_arg, key_values, new_tokens_arg, pass_options, samples_arg, seed_arg, seq_len_arg,
+    timesteps_arg, timesteps_list_arg, tokens_arg,
 )
 from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="nir", help="nir (default), sim, or lava (also writes DIR/lava/, docs/lava.md)")
     c.add_argument("--calib-text", help="calibration text file, or embedded:NAME for a shipped text "
                    "(default: the embedded GPL-3 text)")
-    c.add_argument("--calib-samples", type=int_range(1, MAX_COUNT, "--calib-samples"), default=16, help="calibration samples (default 16)")
+    c.add_argument("--calib-samples", type=samples_arg, default=16, help="calibration samples (default 16)")
     c.add_argument("--seq-len", type=seq_len_arg, default=128, help="positions per calibration sample (default 128)")
     c.add_argument("--passes", default="default", help="comma list of passes; 'default' is the built-in pipeline")
     c.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import passes from a file (repeatable)")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="generate text with the spiking network (and the original beside it)")
     r.add_argument("dir")
     r.add_argument("--prompt", required=True)
-    r.add_argument("--max-new-tokens", type=int_range(1, MAX_COUNT, "--max-new-tokens"), default=20)
+    r.add_argument("--max-new-tokens", type=new_tokens_arg, default=20)
     r.add_argument("-T", "--timesteps", type=timesteps_arg)
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     r.add_argument("--backend", choices=("sim", "lava"), default="sim", help="sim (default) or lava")
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("dir")
     en.add_argument("--text", help="text to run (default: embedded Python docstrings, disjoint from calibration)")
     en.add_argument("--tokens", type=tokens_arg, default=1024)
-    en.add_argument("--seq-len", type=int_range(1, MAX_SEQ_LEN, "--seq-len"), help="positions per sequence (default: all tokens, up to the maximum)")
+    en.add_argument("--seq-len", type=energy_seq_len_arg, help="positions per sequence (default: all tokens, up to the maximum)")
     en.add_argument("-T", "--timesteps", type=timesteps_arg, help="timesteps (default: the compile's)")
     en.add_argument("--model", default="45nm", metavar="MODEL",
                     help="45nm (default), 45nm-memory, loihi, or a .toml/.json file of constants (docs/energy.md)")

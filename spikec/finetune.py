@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spikec.arguments import MAX_COUNT, int_range, key_values, pass_options, seed_arg, seq_len_arg, timesteps_arg
+from spikec.arguments import (
+    batch_arg, key_values, pass_options, samples_arg, seed_arg, seq_len_arg, steps_arg, timesteps_arg,
+)
 from spikec.core.errors import UsageError
 
 
@@ -63,12 +65,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="; ".join(f"{k}: {m.summary}" for k, m in METHODS.items()))
     f.add_argument("-o", "--output", help="output directory (default: build/<model>)")
     f.add_argument("-T", "--timesteps", type=timesteps_arg, default=8, help="timesteps per window (default 8)")
-    f.add_argument("--steps", type=int_range(0, MAX_COUNT, "--steps"), help="optimizer steps (default: the pass's, 100)")
+    f.add_argument("--steps", type=steps_arg, help="optimizer steps (default: the pass's, 100)")
     f.add_argument("--lr", type=float, help="learning rate (default: the pass's)")
-    f.add_argument("--batch", type=int_range(1, MAX_COUNT, "--batch"), help="sequences per step (default: the pass's, 4)")
+    f.add_argument("--batch", type=batch_arg, help="sequences per step (default: the pass's, 4)")
     f.add_argument("--surrogate", choices=SURROGATES, help="surrogate gradient of the spikes (ssa; default sigmoid)")
     f.add_argument("--seq-len", type=seq_len_arg, default=64, help="positions per fine-tuning/calibration sequence (default 64)")
-    f.add_argument("--calib-samples", type=int_range(1, MAX_COUNT, "--calib-samples"), default=32, help="calibration/fine-tuning sequences (default 32)")
+    f.add_argument("--calib-samples", type=samples_arg, default=32, help="calibration/fine-tuning sequences (default 32)")
     f.add_argument("--calib-text", help="calibration and fine-tuning text file, or embedded:NAME for a shipped text "
                    "(default: the embedded GPL-3 text)")
     f.add_argument("--checkpoint", help="checkpoint file (default: <output>.finetune.ckpt)")
