@@ -312,7 +312,10 @@ class _Interrupts:
         for name in ("SIGINT", "SIGTERM", "SIGHUP"):
             signum = getattr(signal, name, None)
             if signum is not None and signal.getsignal(signum) in (defaults.get(signum), signal.SIG_DFL):
-                signal.signal(signum, cls.handler)
+                try:
+                    signal.signal(signum, cls.handler)
+                except ValueError:  # not the main thread: signals stay with whoever runs it
+                    return
 
 
 def _interrupted(e: BaseException | None = None) -> int:
