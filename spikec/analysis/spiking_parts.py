@@ -14,8 +14,8 @@
   norms, softmax attention and activations, readouts, affines fed by real values: MACs);
 * ``junction``: residual additions.
 
-It also names the attention mode (``softmax``, ``spike-softmax``, or the attention node's
-type for others) and the token encoding (scheme, encoder node, and the real-valued layers
+It also names the attention mode (``softmax``, ``spike-softmax`` or ``ssa``; several joined
+by commas) and the token encoding (scheme, encoder node, and the real-valued layers
 before it, which an energy estimate must count as non-spiking MACs/lookups).
 """
 
@@ -27,9 +27,11 @@ from typing import Any
 import nir
 
 from spikec.core import ir
+from spikec.core.graph import topology
 from spikec.core.ir import (
     SpikecSpikeAttention,
     SpikecSpikeDecode,
+    SpikecSSA,
     SpikecStreamActivation,
     SpikecStreamAdd,
     SpikecStreamGatedActivation,
@@ -38,8 +40,9 @@ from spikec.core.ir import (
     SpikecTokenEncoder,
 )
 
-ATTENTION_MODES: dict[type, str] = {ir.SpikecAttention: "softmax", SpikecSpikeAttention: "spike-softmax"}
-"""Attention node type -> mode name (other attention types are named by their type)."""
+ATTENTION_MODES: dict[type, str] = {
+    ir.SpikecAttention: "softmax", SpikecSpikeAttention: "spike-softmax", SpikecSSA: "ssa"}
+"""Attention node type -> mode name (``ssa``: spiking self-attention, spikec/core/ssa.py)."""
 
 _STREAM_OPS = (SpikecStreamLayerNorm, SpikecStreamRMSNorm, SpikecStreamActivation, SpikecStreamGatedActivation)
 
@@ -52,23 +55,15 @@ def _layer(name: str) -> str:
 
 
 def _attention_mode(graph: nir.NIRGraph) -> str | None:
-    modes = set()
-    for node in graph.nodes.values():
-        kind = type(node)
-        if kind in ATTENTION_MODES:
-            modes.add(ATTENTION_MODES[kind])
-        elif kind.__name__ == "SpikecSSA":  # spiking self-attention (spikec/core/ssa.py)
-            modes.add("ssa")
+    modes = {mode for node in graph.nodes.values() for kind, mode in ATTENTION_MODES.items()
+             if isinstance(node, kind)}
     return ", ".join(sorted(modes)) if modes else None
 
 
 def spiking_parts(graph: nir.NIRGraph) -> dict[str, Any]:
     """Per layer (``h.N`` blocks; other nodes by name) the node names in each category (see the
     module docstring), the attention mode, the token encoding and totals."""
-    preds: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for src, dst in graph.edges:
-        if dst in preds:
-            preds[dst].append(src)
+    preds = topology(graph).preds
     spiking = {n for n, node in graph.nodes.items() if ir.is_spiking(node)}
     layers: dict[str, dict[str, list[str]]] = {}
     weight_layers = spike_driven_weights = 0
