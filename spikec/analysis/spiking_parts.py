@@ -28,23 +28,13 @@ import nir
 
 from spikec.core import ir
 from spikec.core.graph import topology
-from spikec.core.ir import (
-    SpikecSpikeAttention,
-    SpikecSpikeDecode,
-    SpikecSSA,
-    SpikecStreamActivation,
-    SpikecStreamAdd,
-    SpikecStreamGatedActivation,
-    SpikecStreamLayerNorm,
-    SpikecStreamRMSNorm,
-    SpikecTokenEncoder,
-)
 
 ATTENTION_MODES: dict[type, str] = {
-    ir.SpikecAttention: "softmax", SpikecSpikeAttention: "spike-softmax", SpikecSSA: "ssa"}
+    ir.SpikecAttention: "softmax", ir.SpikecSpikeAttention: "spike-softmax", ir.SpikecSSA: "ssa"}
 """Attention node type -> mode name (``ssa``: spiking self-attention, spikec/core/ssa.py)."""
 
-_STREAM_OPS = (SpikecStreamLayerNorm, SpikecStreamRMSNorm, SpikecStreamActivation, SpikecStreamGatedActivation)
+_STREAM_OPS = (ir.SpikecStreamLayerNorm, ir.SpikecStreamRMSNorm, ir.SpikecStreamActivation,
+               ir.SpikecStreamGatedActivation)
 
 
 def _layer(name: str) -> str:
@@ -81,19 +71,19 @@ def spiking_parts(graph: nir.NIRGraph) -> dict[str, Any]:
             driven = bool(preds[name]) and all(p in spiking for p in preds[name])
             spike_driven_weights += driven
             put(name, "spike_driven" if driven else "real")
-        elif isinstance(node, SpikecSpikeAttention):
+        elif isinstance(node, ir.SpikecSpikeAttention):
             put(name, "neurons", f"{name}_probs")
             put(name, "spike_driven", f"{name} (q k^T, p v)")
             put(name, "spike_equivalent", f"{name} (softmax)")
-        elif isinstance(node, SpikecSpikeDecode):
+        elif isinstance(node, ir.SpikecSpikeDecode):
             put(name, "spike_driven")
         elif isinstance(node, _STREAM_OPS):
             put(name, "spike_equivalent")
-        elif isinstance(node, (ir.SpikecAdd, SpikecStreamAdd)):
+        elif isinstance(node, (ir.SpikecAdd, ir.SpikecStreamAdd)):
             put(name, "junction")
         else:
             put(name, "real")
-    encoders = [n for n, node in graph.nodes.items() if isinstance(node, SpikecTokenEncoder)]
+    encoders = [n for n, node in graph.nodes.items() if isinstance(node, ir.SpikecTokenEncoder)]
     token = None
     if encoders:
         first = graph.nodes[encoders[0]]
