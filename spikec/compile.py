@@ -23,10 +23,10 @@ from rich.console import Console
 
 import spikec.passes as builtin_passes
 from spikec.passes.pipelines import build_pipeline
+from spikec.analysis.spiking_parts import spiking_parts
 from spikec.backends import nirio
 from spikec.backends.lava.export import export_lava
 from spikec.backends.simulator import resolve_device
-from spikec.backends.spiking_parts import spiking_parts
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical

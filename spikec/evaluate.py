@@ -60,7 +60,10 @@ def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len:
     return cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
 
 
-def _metrics(ids: torch.Tensor, ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
+def metrics(ids: torch.Tensor, ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
+    """Next-token perplexity of the ANN and the SNN on ``ids`` ``[sequences, positions]``
+    from their logits ``[sequences, positions, vocab]``, their ratio (SNN/ANN), the mean
+    cosine similarity of the logits and the share of positions whose top-1 token agrees."""
     targets = ids[:, 1:].reshape(-1)
     ann_nll = F.cross_entropy(ann[:, :-1].reshape(-1, ann.shape[-1]), targets)
     snn_nll = F.cross_entropy(snn[:, :-1].reshape(-1, snn.shape[-1]), targets)
@@ -112,7 +115,7 @@ def evaluate(
                 neuron_steps += count / result.firing_rates[name] if result.firing_rates[name] else 0.0
         seconds = time.perf_counter() - start
         results.append({
-            **_metrics(ids, ann, torch.cat(outputs)), "timesteps": t, "tokens": int(ids.numel()),
+            **metrics(ids, ann, torch.cat(outputs)), "timesteps": t, "tokens": int(ids.numel()),
             "spikes_per_neuron_step": spikes / neuron_steps if neuron_steps else 0.0, "seconds": seconds,
         })
     return results

@@ -36,3 +36,57 @@ def atomic_directory(target: str | Path, force: bool = False) -> Iterator[Path]:
     tmp.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# reading a compile output directory (shared by spikec energy and spikec report); imports
+# are local so that nirio and transformers load only when a directory is read
+# ---------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> "Any":
+    """The JSON value in ``path``; unreadable or malformed files raise ``InputError``."""
+    import json
+
+    from spikec.core.errors import InputError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {str(path)!r}: {e}", hint="run the command that writes it again") from None
+
+
+def write_json(path: Path, payload: "Any") -> None:
+    """Write ``payload`` to ``path`` as indented JSON (other values by ``str``), atomically: a
+    temporary file beside it replaces it."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def load_tokenizer(directory: str | Path) -> "Any":
+    """The tokenizer saved by ``spikec compile`` in ``DIR/tokenizer`` (a transformers tokenizer)."""
+    from spikec.core.errors import InputError
+
+    path = Path(directory) / "tokenizer"
+    if not path.is_dir():
+        raise InputError(f"{str(directory)!r} has no tokenizer/ directory", hint="compile again with 'spikec compile'")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def read_compiled(directory: str | Path) -> "tuple[Path, dict[str, Any], nir.NIRGraph]":
+    """The directory, the report.json and the NIR graph of a compile output directory;
+    ``InputError`` when it is not one."""
+    from spikec.backends import nirio
+    from spikec.core.errors import InputError
+
+    p = Path(directory)
+    if not p.is_dir() or not (p / "report.json").is_file() or not (p / "model.nir").is_file():
+        raise InputError(f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
+                         hint="run 'spikec compile MODEL -o DIR' first")
+    return p, read_json(p / "report.json"), nirio.read(p / "model.nir")
