@@ -28,9 +28,9 @@ import torch
 from spikec.core.errors import InputError, ResourceError, SpikecError, UsageError
 
 from ..simulator import SimResult, simulate
-from . import env, export, runner
-
-PRECISIONS = runner.PRECISIONS
+from . import env, export
+from .runtime.fixed_point import PRECISIONS
+from .runtime.network import NETWORK_FILE
 
 
 class LavaRunError(SpikecError):
@@ -97,7 +97,7 @@ def run_export(lava_dir: str | Path, inputs: Any, *, timesteps: int | None = Non
         raise InputError(f"{lava_dir} holds no Lava export ({export.RUNNER_NAME} is missing)",
                          hint="compile with --target lava")
     ids = _ids_array(inputs)
-    limit = json.loads((lava_dir / runner.NETWORK_FILE).read_text())["meta"].get("positions")
+    limit = json.loads((lava_dir / NETWORK_FILE).read_text())["meta"].get("positions")
     if limit and ids.shape[1] > limit:
         raise InputError(f"{ids.shape[1]} positions given; the Lava export in {lava_dir} takes at most {limit}",
                          hint="cut the input into sequences of at most --seq-len tokens, or compile with a larger "
@@ -205,7 +205,7 @@ def lava_folder(compile_dir: str | Path, graph: nir.NIRGraph | None = None, scra
 
 
 def _synapses(folder: Path) -> int:
-    desc = json.loads((folder / runner.NETWORK_FILE).read_text())
+    desc = json.loads((folder / NETWORK_FILE).read_text())
     return int(desc["meta"].get("synapses", export.DEFAULT_SYNAPSES))
 
 
@@ -250,9 +250,9 @@ def generate_lava(compile_dir: str | Path, ids: Any, max_new_tokens: int, *, tim
     with tempfile.TemporaryDirectory(prefix="spikec-lava-export-") as scratch:
         folder = lava_folder(compile_dir, graph, scratch)
         synapses = _synapses(folder)
-        limit = json.loads((folder / runner.NETWORK_FILE).read_text())["meta"].get("positions") or 10**9
+        limit = json.loads((folder / NETWORK_FILE).read_text())["meta"].get("positions") or 10**9
         ref_graph = reference_graph(graph, precision, synapses)
-        T = int(timesteps or json.loads((folder / runner.NETWORK_FILE).read_text())["meta"]["timesteps"])
+        T = int(timesteps or json.loads((folder / NETWORK_FILE).read_text())["meta"]["timesteps"])
         lava_ids, ref_ids, prompt, seconds = x.copy(), x.copy(), None, 0.0
         for _ in range(max_new_tokens):
             if lava_ids.shape[1] >= limit:

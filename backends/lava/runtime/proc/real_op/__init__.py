@@ -1,0 +1,1 @@
+"""The real-valued operator processes: ``RealOp`` and its kinds ``Attention``, ``Norm``, ``Add``."""
