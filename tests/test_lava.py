@@ -413,18 +413,57 @@ def test_greedy_generation_in_lava_follows_the_reference_simulator(lava_python, 
     assert result["prompt"]["spike_agreement"] == 1.0 and result["prompt"]["positions"] == 6
 
 
-def test_cli_compiles_for_lava_and_eval_reports_the_agreement_keys(lava_python: Path, tmp_path: Path, capsys) -> None:
+def plant(folder: Path, marker: Path) -> None:
+    """Make the Lava export in ``folder`` write ``marker`` if any of its code runs."""
+    code = f"\nopen({str(marker)!r}, 'w').write('ran')\n"
+    (folder / "run_lava.py").write_text(code)
+    for path in ("runtime/__init__.py", "runtime/cli.py", "runtime/run.py", "runtime/proc/signed_if/models.py"):
+        (folder / path).write_text((folder / path).read_text() + code)
+
+
+def test_cli_compiles_for_lava_and_eval_runs_the_installed_runtime_on_a_relative_dir(
+        lava_python: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from spikec.cli import main
 
-    out = tmp_path / "tiny-lava"
+    monkeypatch.chdir(tmp_path)  # DIR given relative to the working directory
+    out = Path("tiny-lava")
     assert main(["compile", "gpt2", "--random-weights", "--config", "n_layer=2,n_embd=64,n_head=4", "-T", "4",
                  "--calib-samples", "2", "--seq-len", "16", "--target", "lava", "-o", str(out)]) == 0
     assert (out / "lava" / "run_lava.py").is_file() and (out / "lava" / "network.json").is_file()
     assert json.loads((out / "report.json").read_text())["lava"]["folder"] == "lava"
     capsys.readouterr()
     assert main(["eval", str(out), "--backend", "lava", "--tokens", "12", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "differs" not in captured.err
+    result = json.loads(captured.out)
     assert result["spike_agreement"] == 1.0
     assert set(result["spike_agreement_per_layer"]) == {n for n in nirio.read(out / "model.nir").nodes if n.endswith("_neuron")}
     assert result["logits_max_abs_diff"] < 1e-4
     assert {"ann_ppl", "snn_ppl", "ppl_ratio", "cosine", "top1_agreement"} <= set(result)
+    marker = tmp_path / "planted.txt"
+    plant(out / "lava", marker)
+    assert main(["eval", str(out), "--backend", "lava", "--tokens", "12", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert not marker.exists(), "spikec eval --backend lava executed code from the model directory"
+    assert json.loads(captured.out)["spike_agreement"] == 1.0
+    warnings = [line for line in captured.err.splitlines() if "differs from this spikec" in line]
+    assert len(warnings) == 1 and "not executed" in warnings[0]
+
+
+def test_generation_in_lava_takes_a_relative_dir_and_never_runs_its_code(lava_python, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setenv(env.ENV_VAR, str(lava_python))
+    graph, ids = converted("gpt2")
+    nirio.write(tmp_path / "model.nir", graph)
+    export.export_lava(graph, tmp_path / "lava")
+    marker = tmp_path / "planted.txt"
+    plant(tmp_path / "lava", marker)
+    monkeypatch.chdir(tmp_path.parent)
+    result = compare.generate_lava(tmp_path.name, ids[:, :6], 2)
+    assert result["tokens_equal"] and len(result["tokens"]) == 2
+    assert not marker.exists()
+    assert capsys.readouterr().err.count("differs from this spikec") == 1
+    # the planted code does run when the copy in the folder is run by hand
+    subprocess.run([str(lava_python), "-c", "import sys; sys.path.insert(0, 'lava'); import runtime.cli"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    assert marker.exists()

@@ -181,9 +181,10 @@ def _rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., h:], x[..., :h]], -1)
 
 
-def attention(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_theta: float,
-              scale: float) -> np.ndarray:
-    """Causal softmax attention of the fused ``[q | k | v]``; ``[b, P, (H+2KV)D] -> [b, P, HD]``."""
+def split_heads(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_theta: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q, k, v ``[b, heads or kv_heads, P, D]`` of the fused ``[q | k | v]`` ``[b, P, (H+2KV)D]``,
+    q and k rotated (RoPE) when ``rope_theta > 0``; in the dtype of ``qkv``."""
     b, p, _ = qkv.shape
     hq, hk = heads * head_dim, kv_heads * head_dim
     q = qkv[..., :hq].reshape(b, p, heads, head_dim).transpose(0, 2, 1, 3)
@@ -193,6 +194,14 @@ def attention(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_th
         cos, sin = rotary_cos_sin(p, head_dim, rope_theta)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+    return q, k, v
+
+
+def attention(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_theta: float,
+              scale: float) -> np.ndarray:
+    """Causal softmax attention of the fused ``[q | k | v]``; ``[b, P, (H+2KV)D] -> [b, P, HD]``."""
+    b, p, _ = qkv.shape
+    q, k, v = split_heads(qkv, heads, kv_heads, head_dim, rope_theta)
     if kv_heads != heads:
         k = np.repeat(k, heads // kv_heads, axis=1)
         v = np.repeat(v, heads // kv_heads, axis=1)
@@ -212,15 +221,8 @@ def ssa_spikes(qkv: np.ndarray, p: dict[str, np.ndarray], heads: int, kv_heads: 
     ``p``: ``q_threshold``, ``k_threshold``, ``v_threshold``, ``scale``, ``o_threshold``. The
     spike products are integer sums, exact in float32 in any order."""
     b, n, _ = qkv.shape
-    hq, hk, rep = heads * head_dim, kv_heads * head_dim, heads // kv_heads
-    x = qkv.astype(F32)
-    q = x[..., :hq].reshape(b, n, heads, head_dim).transpose(0, 2, 1, 3)
-    k = x[..., hq:hq + hk].reshape(b, n, kv_heads, head_dim).transpose(0, 2, 1, 3)
-    v = x[..., hq + hk:hq + 2 * hk].reshape(b, n, kv_heads, head_dim).transpose(0, 2, 1, 3)
-    if rope_theta > 0:
-        cos, sin = rotary_cos_sin(n, head_dim, rope_theta)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+    hq, rep = heads * head_dim, heads // kv_heads
+    q, k, v = split_heads(qkv.astype(F32), heads, kv_heads, head_dim, rope_theta)
     per_head = lambda a, h: a.astype(F32).reshape(h, 1, head_dim)  # noqa: E731
     u = [q / per_head(p["q_threshold"], heads), k / per_head(p["k_threshold"], kv_heads),
          v / per_head(p["v_threshold"], kv_heads)]

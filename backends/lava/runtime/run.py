@@ -34,14 +34,12 @@ from runtime.proc.embedding.process import Embedding
 from runtime.proc.host_value.process import HostValue
 from runtime.proc.positional_dense.process import PositionalDense
 from runtime.proc.rate_readout.process import RateReadout
-from runtime.proc.real_op.process import Add, Attention, Norm, RealOp
+from runtime.proc.real_op.process import RealOp
 from runtime.proc.signed_if.process import SignedIF
 from runtime.proc.spiking_self_attention.process import SpikingSelfAttention
 from runtime.schedule import Schedule, Segment, plan_segments, schedule
 
 CHANNEL_SLOTS = 2
-REAL_OP_PROCESSES = {"Attention": Attention, "LayerNorm": Norm, "RMSNorm": Norm, "Add": Add}
-"""Process class of a real-valued node type (any other type: ``RealOp``)."""
 
 
 def shared_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -159,10 +157,9 @@ def build_process(net: Network, sched: Schedule, seg: Segment, name: str, state:
         return Embedding(ids=ids, weight=net.array(name, "weight"),
                          position_weight=net.array(name, "position_weight"), record=record, name=name)
     f_in = int(node.attrs.get("in_features", node.attrs["features"]))
-    cls = REAL_OP_PROCESSES.get(node.type, RealOp)
-    return cls(shape_in=(f_in, n), shape_out=(features(net, name), n),
-               fn=make_real_op(net, name, state.batch, state.vec_width), ready=sched.ready[name] - seg.offset,
-               record=record, name=name)
+    return RealOp(shape_in=(f_in, n), shape_out=(features(net, name), n),
+                  fn=make_real_op(net, name, state.batch, state.vec_width), ready=sched.ready[name] - seg.offset,
+                  record=record, name=name)
 
 
 def components(procs: dict[str, Any], edges: list[tuple[str, str]]) -> list[list[str]]:

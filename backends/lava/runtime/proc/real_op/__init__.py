@@ -1,1 +1,1 @@
-"""The real-valued operator processes: ``RealOp`` and its kinds ``Attention``, ``Norm``, ``Add``."""
+"""The ``RealOp`` process: a real-valued operator (norm, attention, activation, add, affine)."""

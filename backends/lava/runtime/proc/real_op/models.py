@@ -1,8 +1,4 @@
-"""Models of ``RealOp`` and its kinds: one computation, the same in both precisions.
-
-Lava matches a model to the exact process class, so each kind has its own (empty)
-subclass of ``RealOpModelBase``.
-"""
+"""The model of ``RealOp``, the same in both precisions."""
 
 from __future__ import annotations
 
@@ -16,10 +12,13 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from runtime.proc.real_op.process import Add, Attention, Norm, RealOp
+from runtime.proc.real_op.process import RealOp
 
 
-class RealOpModelBase(PyLoihiProcessModel):
+@implements(proc=RealOp, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt", "fixed_pt")
+class PyRealOpModel(PyLoihiProcessModel):
     """Real-valued ops compute in float32/float64 in both precisions (they have no
     Loihi neuro-core counterpart; on a chip they run on the embedded CPUs)."""
 
@@ -39,30 +38,3 @@ class RealOpModelBase(PyLoihiProcessModel):
                 self.p["record"][:] = self.value
         self.out.send(self.value)
 
-
-@implements(proc=RealOp, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyRealOpModel(RealOpModelBase):
-    pass
-
-
-@implements(proc=Attention, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyAttentionModel(RealOpModelBase):
-    pass
-
-
-@implements(proc=Norm, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyNormModel(RealOpModelBase):
-    pass
-
-
-@implements(proc=Add, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt", "fixed_pt")
-class PyAddModel(RealOpModelBase):
-    pass

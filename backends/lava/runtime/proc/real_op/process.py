@@ -1,4 +1,4 @@
-"""The ``RealOp`` process and its kinds (real-valued nodes of the graph)."""
+"""The ``RealOp`` process (every real-valued node of the graph but the embedding)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from runtime.proc.common import QUIET
 
 
 class RealOp(AbstractProcess):
-    """A real-valued operator of the graph (norm, attention, activation, residual add,
-    real affine). It computes once, at step ``ready`` when its (fan-in summed) input is
-    complete, and holds the result on ``out``."""
+    """A real-valued operator of the graph (norm, attention, activation, residual add, real
+    affine: ``fn``). It computes once, at step ``ready`` when its input is complete, and holds
+    the result on ``out``. Its input port sums the incoming edges (NIR fan-in): a residual
+    junction is a RealOp whose ``fn`` is the identity."""
 
     def __init__(self, *, shape_in: tuple[int, int], shape_out: tuple[int, int], fn: Any, ready: int,
                  record: np.ndarray | None = None, name: str | None = None) -> None:
@@ -23,14 +24,3 @@ class RealOp(AbstractProcess):
         self.inp = InPort(shape=shape_in)
         self.out = OutPort(shape=shape_out)
 
-
-class Attention(RealOp):
-    """Causal softmax self-attention between projections (the SpikecAttention node)."""
-
-
-class Norm(RealOp):
-    """LayerNorm / RMSNorm over the features of each position."""
-
-
-class Add(RealOp):
-    """Residual junction: its input port sums the incoming edges (NIR fan-in)."""
