@@ -6,7 +6,7 @@ Importing this package registers the built-in passes with ``spikec.core.passes``
 from . import calibrate, encode, fold, outliers  # noqa: F401  (registration side effects)
 from . import ssa, ssa_finetune  # noqa: F401  (ssa, ssa-finetune: spiking self-attention, docs/ssa.md)
 from . import portable  # noqa: F401  (portable-encode: standard NIR IF neurons, docs/interop.md)
-from . import fas  # noqa: F401  (qcfs-finetune, fas-calibrate: FAS two-stage conversion, docs/fas.md)
+from . import fas_calibrate, qcfs_finetune  # noqa: F401  (FAS two-stage conversion, docs/fas.md)
 from . import spike_softmax, token_encoding  # noqa: F401  (spike-softmax, token-encode: docs/spike-softmax.md)
 
 DEFAULT_PIPELINE: list[str] = ["fold-norm-affine", "calibrate", "burst-all", "spike-encode"]

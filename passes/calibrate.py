@@ -13,7 +13,7 @@ from spikec.core import ops
 from spikec.core.errors import InputError, ResourceError, UsageError
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import attr_tensor, calls, get_arg
+from .fx_graph import attr_tensor, calls, get_arg, module_device
 
 META_KEY = "spikec_calibration"
 DEFAULT_PERCENTILE = 99.9  # per channel; measured better than 99.99 and abs-max with burst neurons
@@ -70,15 +70,6 @@ class _Observer(fx.Interpreter):
         if n in self.watch:
             self.watch[n].update(out)
         return out
-
-
-def module_device(gm: fx.GraphModule) -> torch.device:
-    """The device of the module's tensors (CPU when it has none)."""
-    for t in gm.buffers():
-        return t.device
-    for t in gm.parameters():
-        return t.device
-    return torch.device("cpu")
 
 
 def observe_nodes(gm: fx.GraphModule, data: torch.Tensor, watch: dict[fx.Node, Any], batch: int,

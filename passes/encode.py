@@ -11,7 +11,7 @@ from spikec.core import ops
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, spikec_name
+from .fx_graph import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, spikec_name
 from .calibrate import META_KEY as CALIBRATION_KEY
 
 NEURON_KEY = "spikec_neuron"

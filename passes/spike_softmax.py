@@ -22,16 +22,17 @@ from spikec.core import ops, streaming
 from spikec.core.errors import InputError, UnsupportedError, UsageError
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import (
+from .fx_graph import (
     attr_tensor,
     calls,
     drop_unused_attrs,
     erase_if_unused,
     get_arg,
+    module_device,
     new_attr,
     spikec_name,
 )
-from .calibrate import DEFAULT_PERCENTILE, ChannelStats, module_device, observe_nodes
+from .calibrate import DEFAULT_PERCENTILE, ChannelStats, observe_nodes
 from .calibrate import META_KEY as CALIBRATION_KEY
 from .encode import NEURON_KEY, V_INIT, neuron_config, provably_nonnegative, thresholds
 
