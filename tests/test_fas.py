@@ -339,3 +339,54 @@ def test_state_lives_where_the_option_says(prepared, tmp_path):
     _run(prepared, [*STAGE1, "fas-calibrate"], ctx)
     assert Path(ctx.stats["qcfs-finetune"]["checkpoint"]).parent == tmp_path / "state"
     assert Path(ctx.stats["fas-calibrate"]["state_file"]).is_file()
+
+
+# --- state files -------------------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickling this object would create the marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_state_file_is_never_loaded_and_the_pass_still_works(prepared, tmp_path, capsys):
+    encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path / "x"))
+    first = _ctx(tmp_path / "state", calibrate="coarse")
+    expected = _neurons(_run(encoded, ["fas-calibrate"], first))
+    path = Path(first.stats["fas-calibrate"]["state_file"])
+    marker = tmp_path / "pwned"
+    torch.save({"run_id": first.stats["fas-calibrate"]["run_id"], "complete": True,
+                "payload": _Planted(str(marker))}, path)  # what another user could plant
+    ctx = _ctx(tmp_path / "state", calibrate="coarse")
+    got = _neurons(_run(encoded, ["fas-calibrate"], ctx))
+    assert not marker.exists()
+    assert not ctx.stats["fas-calibrate"]["reused_finished_run"]
+    assert "not a spikec safetensors state" in capsys.readouterr().err
+    for name in expected:
+        assert torch.equal(expected[name][0], got[name][0])
+
+
+def test_a_state_folder_others_can_write_is_not_used(prepared, tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path / "x"))
+    ctx = _ctx(shared, calibrate="coarse")
+    _run(encoded, ["fas-calibrate"], ctx)
+    assert ctx.stats["fas-calibrate"]["state_file"] is None
+    assert not list(shared.iterdir())
+    assert "group and others cannot write" in capsys.readouterr().err
+    ctx = _ctx(shared, qcfs_steps=2, qcfs_reuse=True)
+    _run(prepared, ["qcfs-finetune"], ctx)
+    assert ctx.stats["qcfs-finetune"]["checkpoint"] is None and not list(shared.iterdir())
+
+
+def test_state_folders_are_created_private(prepared, tmp_path):
+    encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path / "x"))
+    _run(encoded, ["fas-calibrate"], _ctx(tmp_path / "new" / "state", calibrate="coarse"))
+    assert (tmp_path / "new" / "state").stat().st_mode & 0o777 == 0o700
