@@ -5,7 +5,7 @@ An encoding pass looks the affine up (``AffineSite``: its input, weight and bias
 against the thresholds), inserts its own neurons before it, folds the per-input-column
 thresholds into the weight (``fold_weight``), and hands its readout to ``replace_affine``,
 which moves the affine's meta and users to the readout and drops the affine and its
-now-unused weight.
+now-unused weight; ``finish`` drops the stale attributes and records what was converted.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 from torch import fx
 
 from spikec.core.errors import UsageError
+from spikec.core.passes import PassContext
 
-from .fx_graph import attr_tensor, erase_if_unused, get_arg, new_attr, spikec_name
+from .fx_graph import attr_tensor, drop_unused_attrs, erase_if_unused, get_arg, new_attr, spikec_name
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,14 @@ def replace_affine(gm: fx.GraphModule, site: AffineSite, readout: fx.Node, out: 
     site.affine.replace_all_uses_with(readout if out is None else out)
     gm.graph.erase_node(site.affine)
     return erase_if_unused(gm, [site.w_node])
+
+
+def finish(gm: fx.GraphModule, ctx: PassContext, stale: set[str], encoded: int, neurons: dict[str, int]) -> None:
+    """Drop the attributes ``stale`` no node reads any more, check and recompile the graph, and
+    record ``timesteps``, ``affines_encoded`` (``encoded``) and ``neurons`` (per role)."""
+    drop_unused_attrs(gm, stale)
+    gm.graph.lint()
+    gm.recompile()
+    ctx.record("timesteps", ctx.timesteps)
+    ctx.record("affines_encoded", encoded)
+    ctx.record("neurons", neurons)

@@ -13,8 +13,8 @@ from spikec.core.errors import UsageError
 from spikec.core.options import from_options, option_field
 from spikec.core.passes import PassContext, register_pass
 
-from .affine_rewrite import AffineSite, fold_weight, replace_affine
-from .fx_graph import calls, drop_unused_attrs, get_arg, new_attr, spikec_name
+from .affine_rewrite import AffineSite, finish, fold_weight, replace_affine
+from .fx_graph import calls, get_arg, new_attr, spikec_name
 from .calibrate import META_KEY as CALIBRATION_KEY
 
 NEURON_KEY = "spikec_neuron"
@@ -117,12 +117,7 @@ def spike_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
         neurons[site.role] = neurons.get(site.role, 0) + int(theta.numel())
         max_spikes[site.role] = max(max_spikes.get(site.role, 0), cfg["max_spikes"])
         unsigned += not signed
-    drop_unused_attrs(gm, stale)
-    gm.graph.lint()
-    gm.recompile()
-    ctx.record("timesteps", timesteps)
-    ctx.record("affines_encoded", len(todo))
-    ctx.record("neurons", neurons)
+    finish(gm, ctx, stale, len(todo), neurons)
     ctx.record("max_spikes", max_spikes)
     ctx.record("unsigned_layers", unsigned)
     ctx.record("skipped", [spikec_name(a) for a in affines if a not in todo][:20])

@@ -33,8 +33,8 @@ from spikec.core.errors import UsageError
 from spikec.core.options import from_options, option_field
 from spikec.core.passes import PassContext, register_pass
 
-from .affine_rewrite import AffineSite, replace_affine
-from .fx_graph import calls, drop_unused_attrs, get_arg, new_attr, spikec_name
+from .affine_rewrite import AffineSite, finish, replace_affine
+from .fx_graph import calls, get_arg, new_attr, spikec_name
 from .calibrate import META_KEY as CALIBRATION_KEY
 from .calibrate import CalibrateOptions, observe_nodes
 from .encode import NEURON_KEY, RANGES, provably_nonnegative, thresholds
@@ -205,12 +205,7 @@ def portable_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
         readout.meta[PORTABLE_KEY] = settings
         neurons[site.role] = neurons.get(site.role, 0) + int(theta.numel()) * (2 if signed else 1)
         unsigned += not signed
-    drop_unused_attrs(gm, stale)
-    gm.graph.lint()
-    gm.recompile()
-    ctx.record("timesteps", timesteps)
-    ctx.record("affines_encoded", len(todo))
-    ctx.record("neurons", neurons)
+    finish(gm, ctx, stale, len(todo), neurons)
     ctx.record("neuron", "NIR IF r=1 v_threshold=1 v_reset=0 (sign-split, one spike a step, reset to zero)")
     ctx.record("range", cfg["range"])
     ctx.record("fit", cfg["fit"])

@@ -32,6 +32,17 @@ class _Interrupt(Exception):
     pass
 
 
+def _stopping_at(loss_fn, stop: int):
+    """``loss_fn`` interrupted at step ``stop``."""
+
+    def interrupted(step: int) -> torch.Tensor:
+        if step == stop:
+            raise _Interrupt
+        return loss_fn(step)
+
+    return interrupted
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     w_full, loss_fn = _problem()
     full = train({"w": w_full}, loss_fn, TrainConfig(steps=20, lr=0.05, progress=False))
@@ -39,14 +50,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     cfg = TrainConfig(steps=20, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False)
     w_part, loss_fn = _problem()
-
-    def interrupted(step: int) -> torch.Tensor:
-        if step == 12:
-            raise _Interrupt
-        return loss_fn(step)
-
     with pytest.raises(_Interrupt):
-        train({"w": w_part}, interrupted, cfg)
+        train({"w": w_part}, _stopping_at(loss_fn, 12), cfg)
     assert ckpt.exists()
     w_resumed, loss_fn = _problem()
     resumed = train({"w": w_resumed}, loss_fn, cfg)
@@ -59,14 +64,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     w, loss_fn = _problem()
-
-    def stop(step: int) -> torch.Tensor:
-        if step == 6:
-            raise _Interrupt
-        return loss_fn(step)
-
     with pytest.raises(_Interrupt):
-        train({"w": w}, stop, TrainConfig(steps=10, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False))
+        train({"w": w}, _stopping_at(loss_fn, 6), TrainConfig(steps=10, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False))
     w2, loss_fn = _problem()
     with pytest.raises(InputError, match="another fine-tuning run"):
         train({"w": w2}, loss_fn, TrainConfig(steps=10, lr=0.01, checkpoint=str(ckpt), progress=False))
@@ -106,14 +105,8 @@ def test_a_checkpoint_others_can_write_is_not_resumed(tmp_path, capsys):
     ckpt = tmp_path / "run.ckpt"
     cfg = TrainConfig(steps=10, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False)
     w, loss_fn = _problem()
-
-    def stop(step: int) -> torch.Tensor:
-        if step == 6:
-            raise _Interrupt
-        return loss_fn(step)
-
     with pytest.raises(_Interrupt):
-        train({"w": w}, stop, cfg)
+        train({"w": w}, _stopping_at(loss_fn, 6), cfg)
     ckpt.chmod(0o666)
     w2, loss_fn = _problem()
     result = train({"w": w2}, loss_fn, cfg)
