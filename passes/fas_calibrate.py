@@ -111,9 +111,9 @@ def _logits_step(gm: fx.GraphModule, layers: list[Layer], ids: torch.Tensor, tea
             theta = theta * torch.exp(params[f"{i}.log_scale"])
         return theta, params.get(f"{i}.v_init", layer.v_init)
 
-    result = train(params, lambda step: kl(spiking_forward(gm, layers, ids, layer_params), teacher),
-                   TrainConfig(steps=steps, lr=lr, grad_clip=1.0, checkpoint=None if checkpoint is None else str(checkpoint),
-                               checkpoint_every=5, seed=seed, desc="fas-calibrate logits", progress=progress),
+    cfg = TrainConfig(steps=steps, lr=lr, grad_clip=1.0, checkpoint=None if checkpoint is None else str(checkpoint),
+                      checkpoint_every=5, seed=seed, desc="fas-calibrate logits", progress=progress)
+    result = train(params, lambda step: kl(spiking_forward(gm, layers, ids, layer_params), teacher), cfg,
                    extra_fingerprint=run_id)
     with torch.no_grad():
         for layer in layers:

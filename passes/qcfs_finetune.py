@@ -214,8 +214,8 @@ def _write_back(gm: fx.GraphModule, sites: list[Site], trainable: _Trainable) ->
     if trainable.leaves and REFERENCE_KEY not in gm.meta:  # no copy: the module's own old tensors
         gm.meta[REFERENCE_KEY] = {
             "attrs": {t: trainable.originals[t] for t in trainable.leaves},
-            "affines": {spikec_name(a): (attr_tensor(gm, get_arg(a, 1, "weight")), attr_tensor(gm, get_arg(a, 2, "bias")))
-                        for a, *_rest in sites},
+            "affines": {spikec_name(a): (attr_tensor(gm, get_arg(a, 1, "weight")),
+                                         attr_tensor(gm, get_arg(a, 2, "bias"))) for a, *_rest in sites},
         }
     with torch.no_grad():
         for t, leaf in trainable.leaves.items():
@@ -225,6 +225,27 @@ def _write_back(gm: fx.GraphModule, sites: list[Site], trainable: _Trainable) ->
         affine.meta[NEURON_KEY] = {**affine.meta.get(NEURON_KEY, {}),
                                    "range_scale": float(cfg["range_scale"]) * float(scales[i])}
     return scales
+
+
+def _run_id(trainable: _Trainable, sites: list[Site], data: torch.Tensor, opts: QCFSOptions, timesteps: int) -> str:
+    """The fingerprint of this fine-tuning: the module's tensors, the sites' thresholds, the
+    training sequences and the settings that change the result."""
+    settings = {"timesteps": timesteps, "steps": opts.steps, "lr": opts.lr, "threshold_lr": opts.threshold_lr,
+                "seq_len": opts.seq_len, "batch": opts.batch, "loss": opts.loss, "params": opts.params,
+                "seed": opts.seed, "sites": [(spikec_name(a), c["max_spikes"], s) for a, c, _, s in sites]}
+    tensors = [v for v in trainable.originals.values() if isinstance(v, torch.Tensor)]
+    return fingerprint(tensors + [theta for _, _, theta, _ in sites], data, settings)
+
+
+def _state_paths(opts: QCFSOptions, run_id: str) -> tuple[Path | None, Path | None]:
+    """(checkpoint, finished-result file): ``qcfs_checkpoint``, else ``qcfs-<run_id>.ckpt`` in the
+    private state folder; ``qcfs-<run_id>.done`` there (None where no private folder is used)."""
+    folder = private_state_dir(opts.state_dir) if opts.reuse or not opts.checkpoint else None
+    if opts.checkpoint:
+        ckpt = Path(opts.checkpoint).expanduser()
+    else:
+        ckpt = None if folder is None else folder / f"qcfs-{run_id}.ckpt"
+    return ckpt, None if folder is None else folder / f"qcfs-{run_id}.done"
 
 
 @register_pass("qcfs-finetune")
@@ -250,7 +271,8 @@ def qcfs_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
     """
     start = time.perf_counter()
     if any(True for _ in calls(gm, ops.signed_if)):
-        raise UsageError("qcfs-finetune must run before spike-encode", hint="order: calibrate, qcfs-finetune, spike-encode")
+        raise UsageError("qcfs-finetune must run before spike-encode",
+                         hint="order: calibrate, qcfs-finetune, spike-encode")
     sites = _quantized_affines(gm, ctx)
     if not sites:
         raise UsageError("qcfs-finetune found no calibrated affine", hint="run the calibrate pass before qcfs-finetune")
@@ -260,16 +282,8 @@ def qcfs_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
     data = sequences(ctx, opts.seq_len, "qcfs-finetune").to(device)
     trainable = _trainable(gm, sites, opts, device)
 
-    settings = {"timesteps": T, "steps": opts.steps, "lr": opts.lr, "threshold_lr": opts.threshold_lr,
-                "seq_len": opts.seq_len, "batch": opts.batch, "loss": opts.loss, "params": opts.params,
-                "seed": opts.seed, "sites": [(spikec_name(a), c["max_spikes"], s) for a, c, _, s in sites]}
-    originals = trainable.originals
-    run_id = fingerprint([v for v in originals.values() if isinstance(v, torch.Tensor)]
-                         + [theta for _, _, theta, _ in sites], data, settings)
-    folder = private_state_dir(opts.state_dir) if opts.reuse or not opts.checkpoint else None
-    ckpt = Path(opts.checkpoint).expanduser() if opts.checkpoint else None if folder is None \
-        else folder / f"qcfs-{run_id}.ckpt"
-    done_file = None if folder is None else folder / f"qcfs-{run_id}.done"
+    run_id = _run_id(trainable, sites, data, opts, T)
+    ckpt, done_file = _state_paths(opts, run_id)
     done = load(done_file, run_id) if opts.reuse else None
     if done is not None:
         with torch.no_grad():

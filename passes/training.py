@@ -2,11 +2,12 @@
 
 The loop owns what every fine-tuning method needs and nothing model-specific:
 AdamW over a named set of parameters, gradient clipping, a tqdm progress bar, a
-checkpoint written atomically every few steps (safetensors plus JSON, ``state_files``),
-and resumption from it. Batches are
+checkpoint written atomically every few steps, and resumption from it. Batches are
 chosen by the caller from the step index (``loss_fn(step)``), so a run interrupted
 at step k and resumed computes exactly the steps it would have computed anyway:
-resumed and uninterrupted runs end with the same parameters.
+resumed and uninterrupted runs end with the same parameters (the optimizer's moments and
+the RNG states are saved too). Checkpoints are ``state_files`` states (safetensors plus
+JSON, never pickle): a file that is not one, or that others could write, is ignored.
 """
 
 from __future__ import annotations

@@ -148,7 +148,8 @@ def _interrupt_after(monkeypatch, module: Any, name: str, calls_allowed: int) ->
 def test_qcfs_finetune_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, monkeypatch):
     full = _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "a"))
     with monkeypatch.context() as m:
-        _interrupt_after(m, qcfs_finetune, "kl", 7)  # one KL per step: dies during step 7, after the checkpoint of step 6
+        # one KL per step: dies during step 7, after the checkpoint of step 6
+        _interrupt_after(m, qcfs_finetune, "kl", 7)
         with pytest.raises(_Interrupt):
             _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "b"))
     assert list((tmp_path / "b").glob("qcfs-*.ckpt"))

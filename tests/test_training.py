@@ -65,7 +65,8 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     w, loss_fn = _problem()
     with pytest.raises(_Interrupt):
-        train({"w": w}, _stopping_at(loss_fn, 6), TrainConfig(steps=10, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False))
+        train({"w": w}, _stopping_at(loss_fn, 6),
+              TrainConfig(steps=10, lr=0.05, checkpoint=str(ckpt), checkpoint_every=5, progress=False))
     w2, loss_fn = _problem()
     with pytest.raises(InputError, match="another fine-tuning run"):
         train({"w": w2}, loss_fn, TrainConfig(steps=10, lr=0.01, checkpoint=str(ckpt), progress=False))
