@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 
 META_KEY = "spikec_state"  # safetensors metadata entry holding the JSON state
 _TENSOR = "__tensor__"  # JSON placeholder {"__tensor__": key} for a tensor stored in the file
@@ -69,11 +69,11 @@ def _trusted_file(path: Path) -> bool:
 
 def split_tensors(value: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
     """``value`` (nested dicts with str keys, lists, tuples, JSON scalars, tensors) as JSON:
-    each tensor moves into ``tensors`` (CPU copies, named by its path) and is replaced by a
-    placeholder; tuples become lists."""
+    each tensor moves into ``tensors`` (on the CPU, contiguous, named by its path) and is
+    replaced by a placeholder; tuples become lists."""
     if isinstance(value, torch.Tensor):
         key = prefix or "tensor"
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        tensors[key] = value.detach().to("cpu").contiguous()
         return {_TENSOR: key}
     if isinstance(value, dict):
         return {str(k): split_tensors(v, tensors, f"{prefix}.{k}" if prefix else str(k)) for k, v in value.items()}
@@ -99,12 +99,17 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     file in the same folder (created 0700 when missing), then renamed over ``path``."""
     tensors: dict[str, torch.Tensor] = {}
     meta = split_tensors(state, tensors)
-    data = safetensors_bytes(tensors, metadata={META_KEY: json.dumps(meta)})
+    seen: set[int] = set()
+    for key, t in tensors.items():  # safetensors stores each tensor's own memory: copy shared or partial ones
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
+            tensors[key] = t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        os.close(fd)
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
