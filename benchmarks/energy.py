@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from spikec.analysis.counts import combine_results, count_operations  # noqa: E402
 from spikec.analysis.energy_models import MODEL_NAMES, builtin_model  # noqa: E402

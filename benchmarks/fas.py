@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
+from results_file import write_results
 from spikec.passes import DEFAULT_PIPELINE
 
 from spikec.compile import CompileOptions, compile_model

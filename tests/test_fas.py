@@ -36,14 +36,7 @@ PREPARE = ["fold-norm-affine", "calibrate", "burst-all"]
 STAGE1 = ["qcfs-finetune", "spike-encode"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds contention on the shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -128,30 +121,11 @@ def test_qcfs_finetune_hands_its_learned_thresholds_to_spike_encode(prepared, tm
         assert torch.equal(attr_tensor(gm, get_arg(n, 1, "threshold")), expected)
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(monkeypatch, module: Any, name: str, calls_allowed: int) -> None:
-    original = getattr(module, name)
-    count = {"n": 0}
-
-    def wrapped(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] > calls_allowed:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, wrapped)
-
-
-def test_qcfs_finetune_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, monkeypatch):
+def test_qcfs_finetune_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, interrupt):
     full = _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "a"))
-    with monkeypatch.context() as m:
-        # one KL per step: dies during step 7, after the checkpoint of step 6
-        _interrupt_after(m, qcfs_finetune, "kl", 7)
-        with pytest.raises(_Interrupt):
-            _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "b"))
+    # one KL per step: dies during step 7, after the checkpoint of step 6
+    with interrupt(qcfs_finetune, "kl", after=7):
+        _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "b"))
     assert list((tmp_path / "b").glob("qcfs-*.ckpt"))
     ctx = _ctx(tmp_path / "b")
     resumed = _run(prepared, ["qcfs-finetune"], ctx)
@@ -217,13 +191,11 @@ def test_fas_calibrate_refolds_the_thresholds_into_the_readout_weights(prepared,
             assert torch.allclose(w_a / theta_a, w_b / theta_b, rtol=1e-5, atol=1e-7)  # the same W
 
 
-def test_fas_calibrate_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, monkeypatch):
+def test_fas_calibrate_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, interrupt):
     encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path))
     full = _neurons(_run(encoded, ["fas-calibrate"], _ctx(tmp_path / "a", fas_logits_steps=4)))
-    with monkeypatch.context() as m:
-        _interrupt_after(m, fas_layer, "calibrate_layer", 3)
-        with pytest.raises(_Interrupt):
-            _run(encoded, ["fas-calibrate"], _ctx(tmp_path / "b", fas_logits_steps=4))
+    with interrupt(fas_layer, "calibrate_layer", after=3):
+        _run(encoded, ["fas-calibrate"], _ctx(tmp_path / "b", fas_logits_steps=4))
     ctx = _ctx(tmp_path / "b", fas_logits_steps=4)
     resumed = _neurons(_run(encoded, ["fas-calibrate"], ctx))
     assert ctx.stats["fas-calibrate"]["resumed_layers"] == 3

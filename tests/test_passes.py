@@ -21,11 +21,6 @@ from spikec.core.passes import PassContext, get_pass, registered_passes, run_pas
 BUILTIN = ["fold-norm-affine", "calibrate", "spike-encode", "burst-mlp-out", "wide-range-mlp-out", "burst-all"]
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
 def convert(gm: fx.GraphModule, names: list[str], timesteps: int = 16, **options: Any):
     ctx = PassContext(options={"timesteps": timesteps, **options}, calibration=token_ids(seed=2))
     out, _ = run_passes(gm, names, ctx)
