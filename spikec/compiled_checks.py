@@ -80,7 +80,8 @@ def _width_problem(graph: nir.NIRGraph, src: str, dst: str, n_out: int, n_in: in
                 f"output features, but node {dst!r} ({type(b).__name__}) takes {n_in}")
     if hasattr(b, "head_dim"):
         return (f"node {dst!r} ({type(b).__name__}) (num_heads {b.num_heads} + 2 x num_kv_heads {b.num_kv_heads})"
-                f" x head_dim {b.head_dim} = {n_in} input features, but node {src!r} ({type(a).__name__}) gives {n_out}")
+                f" x head_dim {b.head_dim} = {n_in} input features, "
+                f"but node {src!r} ({type(a).__name__}) gives {n_out}")
     return (f"edge ({src!r}, {dst!r}) joins {n_out} output features of {type(a).__name__} "
             f"to {n_in} inputs of {type(b).__name__}")
 

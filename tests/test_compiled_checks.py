@@ -25,10 +25,7 @@ from spikec.backends import nirio
 from spikec.cli import main
 from spikec.compiled_checks import SHA256_KEY, file_sha256
 from spikec.core import ir
-
-TINY_GPT2 = ["gpt2", "--random-weights", "--config", "n_layer=2,n_embd=64,n_head=4"]
-FAST = ["-T", "8", "--calib-samples", "2", "--seq-len", "32"]
-REPO = Path(__file__).resolve().parents[1]
+from test_cli import FAST, REPO, TINY_GPT2, one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +44,10 @@ def other_model(tmp_path_factory) -> Path:
     return out
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("spikec: error: ")
-    return err[0]
+def refused(argv: list[str], capsys) -> str:
+    """The one error line of ``spikec ARGV``, which must exit 3 (a bad input file)."""
+    assert main(argv) == 3
+    return one_error_line(capsys)
 
 
 def read_report(directory: Path) -> dict:
@@ -113,8 +109,8 @@ def test_a_model_nir_from_another_compile_is_refused(compiled: Path, other_model
     swapped = tmp_path / "swapped"
     shutil.copytree(compiled, swapped)
     shutil.copyfile(other_model / "model.nir", swapped / "model.nir")
-    assert main([command[0], str(swapped), *command[1:]]) == 3
-    assert "not the model.nir that report.json describes (sha256 differs)" in one_error_line(capsys)
+    line = refused([command[0], str(swapped), *command[1:]], capsys)
+    assert "not the model.nir that report.json describes (sha256 differs)" in line
 
 
 def test_without_the_sha256_a_swapped_model_nir_is_refused_by_its_node_counts(
@@ -125,22 +121,19 @@ def test_without_the_sha256_a_swapped_model_nir_is_refused_by_its_node_counts(
     report = read_report(swapped)
     del report[SHA256_KEY]
     write_report(swapped, report)
-    assert main(["eval", str(swapped)]) == 3
-    assert "node counts" in one_error_line(capsys)
+    assert "node counts" in refused(["eval", str(swapped)], capsys)
 
 
 def test_a_model_nir_naming_another_model_is_refused(compiled: Path, tmp_path: Path, capsys) -> None:
     renamed = edited(compiled, tmp_path / "renamed", lambda g: g.metadata.update(model="distilgpt2"))
-    assert main(["eval", str(renamed)]) == 3
-    assert "holds model 'distilgpt2' but report.json describes 'gpt2'" in one_error_line(capsys)
+    assert "holds model 'distilgpt2' but report.json describes 'gpt2'" in refused(["eval", str(renamed)], capsys)
 
 
 def test_a_report_json_that_is_not_an_object_is_refused(compiled: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(compiled, bad)
     (bad / "report.json").write_text("[1, 2]")
-    assert main(["energy", str(bad)]) == 3
-    assert "not an object" in one_error_line(capsys)
+    assert "not an object" in refused(["energy", str(bad)], capsys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,13 +146,29 @@ def cut_vocabulary(graph: nir.NIRGraph) -> None:
     replace_node(graph, "embed", ir.SpikecEmbedding(weight=embed.weight[:1000], position_weight=embed.position_weight))
 
 
+def wrong_head_dim(graph: nir.NIRGraph) -> None:
+    attn = graph.nodes["h_0_attn_core"]
+    replace_node(graph, "h_0_attn_core", ir.SpikecAttention(num_heads=4, num_kv_heads=4, head_dim=8,
+                                                            rope_theta=attn.rope_theta, scale=attn.scale))
+
+
+DAMAGED = {  # what is wrong -> (the edit, what the error line says)
+    "embedding rows fewer than the vocabulary": (
+        cut_vocabulary, "node 'embed' (SpikecEmbedding) field 'weight' has 1000 rows, "
+                        "fewer than the tokenizer's 50257 tokens"),
+    "heads x head_dim not the width around attention": (
+        wrong_head_dim, "node 'h_0_attn_core' (SpikecAttention) (num_heads 4 + 2 x num_kv_heads 4) x head_dim 8 = 96 "
+                        "input features, but node 'h_0_attn_qkv_readout' (SpikecRateReadout) gives 192"),
+}
+
+
 @pytest.mark.parametrize("command", ["eval", "energy"])
-def test_embedding_rows_fewer_than_the_vocabulary_are_refused(compiled: Path, tmp_path: Path, capsys,
-                                                              command: str) -> None:
-    small = edited(compiled, tmp_path / "small-vocab", cut_vocabulary)
-    assert main([command, str(small), "--tokens", "32"]) == 3
-    line = one_error_line(capsys)
-    assert "node 'embed' (SpikecEmbedding) field 'weight' has 1000 rows, fewer than the tokenizer's 50257" in line
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_model_nir_that_does_not_fit_is_refused_before_it_runs(compiled: Path, tmp_path: Path, capsys,
+                                                                 damage: str, command: str) -> None:
+    edit, expected = DAMAGED[damage]
+    bad = edited(compiled, tmp_path / "damaged", edit)
+    assert expected in refused([command, str(bad), "--tokens", "32"], capsys)
 
 
 def cut_positions(graph: nir.NIRGraph) -> None:
@@ -169,8 +178,7 @@ def cut_positions(graph: nir.NIRGraph) -> None:
 
 def test_a_position_table_shorter_than_the_sequence_is_refused(compiled: Path, tmp_path: Path, capsys) -> None:
     short = edited(compiled, tmp_path / "short", cut_positions)
-    assert main(["eval", str(short), "--tokens", "64"]) == 3
-    line = one_error_line(capsys)
+    line = refused(["eval", str(short), "--tokens", "64"], capsys)
     assert "field 'position_weight' has 16 positions, fewer than the 64 of a sequence (--seq-len)" in line
     assert "use at most 16 positions" in line
     assert main(["eval", str(short), "--tokens", "64", "--seq-len", "16", "--json"]) == 0  # within the table
@@ -178,32 +186,15 @@ def test_a_position_table_shorter_than_the_sequence_is_refused(compiled: Path, t
 
 def test_a_prompt_longer_than_the_position_table_is_refused(compiled: Path, tmp_path: Path, capsys) -> None:
     short = edited(compiled, tmp_path / "short", cut_positions)
-    assert main(["run", str(short), "--prompt", "def f(x): return x", "--max-new-tokens", "20"]) == 3
-    assert "of the prompt and --max-new-tokens" in one_error_line(capsys)
-
-
-def wrong_head_dim(graph: nir.NIRGraph) -> None:
-    attn = graph.nodes["h_0_attn_core"]
-    replace_node(graph, "h_0_attn_core", ir.SpikecAttention(num_heads=4, num_kv_heads=4, head_dim=8,
-                                                            rope_theta=attn.rope_theta, scale=attn.scale))
-
-
-@pytest.mark.parametrize("command", ["eval", "energy"])
-def test_heads_times_head_dim_must_match_the_widths_around_attention(compiled: Path, tmp_path: Path, capsys,
-                                                                     command: str) -> None:
-    bad = edited(compiled, tmp_path / "heads", wrong_head_dim)
-    assert main([command, str(bad), "--tokens", "32"]) == 3
-    line = one_error_line(capsys)
-    assert "node 'h_0_attn_core' (SpikecAttention) (num_heads 4 + 2 x num_kv_heads 4) x head_dim 8 = 96" in line
-    assert "gives 192" in line
+    line = refused(["run", str(short), "--prompt", "def f(x): return x", "--max-new-tokens", "20"], capsys)
+    assert "fewer than the 26 of the prompt and --max-new-tokens" in line
 
 
 @pytest.mark.parametrize("command", [["inspect"], ["eval"]])
 def test_a_repeated_edge_is_refused_by_the_reader(compiled: Path, tmp_path: Path, capsys, command: list[str]) -> None:
     repeated = edited(compiled, tmp_path / "repeated", lambda g: g.edges.append(g.edges[1]))
     target = repeated / "model.nir" if command == ["inspect"] else repeated
-    assert main([*command, str(target)]) == 3
-    assert "edge ('embed', 'h_0_ln_1') appears more than once" in one_error_line(capsys)
+    assert "edge ('embed', 'h_0_ln_1') appears more than once" in refused([*command, str(target)], capsys)
 
 
 def test_a_refusal_in_a_real_process_is_one_line_without_traceback(compiled: Path, tmp_path: Path) -> None:
