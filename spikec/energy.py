@@ -24,6 +24,7 @@ from spikec.analysis.estimate import estimate
 from spikec.analysis.formatting import format_estimate
 from spikec.analysis.operations import OperationCounts
 from spikec.backends.simulator import SimResult, simulate
+from spikec.compiled_checks import check_vocabulary
 from spikec.core import ir
 from spikec.core.errors import UsageError
 from spikec.outputs import load_tokenizer, read_compiled, write_json
@@ -86,7 +87,9 @@ def energy_on_text(
     t = int(report["timesteps"] if timesteps is None else timesteps)
     if t < 1:
         raise UsageError(f"-T must be at least 1, got {t}")
-    stream = token_stream(load_tokenizer(p), read_text(text_path, HELDOUT_TEXT))
+    tokenizer = load_tokenizer(p)
+    check_vocabulary(graph, tokenizer, str(p / "model.nir"))
+    stream = token_stream(tokenizer, read_text(text_path, HELDOUT_TEXT))
     ids = token_chunks(stream, tokens, seq_len, graph)
     start = time.perf_counter()
     counts, _ = measure_operations(graph, ids, t, progress=progress)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
+from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
 from spikec.core.errors import InputError, UsageError
 from spikec.frontend.models import LoadedModel, load_from_spec
 from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, token_stream
@@ -47,7 +48,10 @@ def load_compiled(path: str | Path) -> Compiled:
     except json.JSONDecodeError as e:
         raise InputError(f"{str(report_file)!r} is not valid JSON: {e}") from None
     graph = nirio.read(p / "model.nir")
-    return Compiled(p, report, graph, load_from_spec(report["source"]))
+    check_compiled(p, report, graph)
+    loaded = load_from_spec(report["source"])
+    check_vocabulary(graph, loaded.tokenizer, str(p / "model.nir"))
+    return Compiled(p, report, graph, loaded)
 
 
 def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len: int | None = None) -> torch.Tensor:
@@ -57,7 +61,9 @@ def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len:
     config = compiled.loaded.config
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
     stream = token_stream(compiled.loaded.tokenizer, read_text(text_path, HELDOUT_TEXT))
-    return cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
+    ids = cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
+    check_positions(compiled.graph, int(ids.shape[1]), str(compiled.path / "model.nir"), "a sequence (--seq-len)")
+    return ids
 
 
 def metrics(ids: torch.Tensor, ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
@@ -141,6 +147,8 @@ def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timestep
     t = timesteps or int(compiled.report["timesteps"])
     dev = resolve_device(device)
     prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64, device=dev)
+    check_positions(compiled.graph, prompt_ids.shape[1] + max_new_tokens - 1, str(compiled.path / "model.nir"),
+                    "the prompt and --max-new-tokens")
     sim = Simulator(compiled.graph, device=dev)
     model = compiled.loaded.model.to(dev)
     continuations = {}

@@ -83,10 +83,13 @@ def read_compiled(directory: str | Path) -> "tuple[Path, dict[str, Any], nir.NIR
     """The directory, the report.json and the NIR graph of a compile output directory;
     ``InputError`` when it is not one."""
     from spikec.backends import nirio
+    from spikec.compiled_checks import check_compiled
     from spikec.core.errors import InputError
 
     p = Path(directory)
     if not p.is_dir() or not (p / "report.json").is_file() or not (p / "model.nir").is_file():
         raise InputError(f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
                          hint="run 'spikec compile MODEL -o DIR' first")
-    return p, read_json(p / "report.json"), nirio.read(p / "model.nir")
+    report, graph = read_json(p / "report.json"), nirio.read(p / "model.nir")
+    check_compiled(p, report, graph)  # report.json describes this model.nir; widths agree
+    return p, report, graph
