@@ -29,6 +29,7 @@ import graphlib
 import math
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -337,6 +338,10 @@ class _Reader:
             raise self.error(f"edges{where} have shape {list(raw.shape)}, expected [n, 2]", hint=_CORRUPT_HINT)
         else:
             edges = [(_python(a), _python(b)) for a, b in raw]
+        repeated = [edge for edge, n in Counter(edges).items() if n > 1]
+        if repeated:  # NIR sums fan-in: a repeated edge would add its source twice
+            raise self.error(f"edge {repeated[0]!r}{where} appears more than once",
+                             hint="each edge must be listed once; write the file again")
         for src, dst in edges:
             for end in (src, dst):
                 if end not in nodes:
@@ -473,7 +478,7 @@ class _Reader:
             if not isinstance(nodes[src], (nir.Affine, nir.Linear)) and not isinstance(
                     nodes[dst], (nir.Affine, nir.Linear)):
                 continue
-            n_out, n_in = _features(nodes[src], "out"), _features(nodes[dst], "in")
+            n_out, n_in = feature_count(nodes[src], "out"), feature_count(nodes[dst], "in")
             if n_out is not None and n_in is not None and n_out != n_in:
                 raise self.error(f"edge ({src!r}, {dst!r}){where} joins {n_out} output features to {n_in} inputs",
                                  hint=_CORRUPT_HINT)
@@ -489,8 +494,9 @@ class _Reader:
                                  hint="spikec graphs are feed-forward within a window; write the file again") from None
 
 
-def _features(node: nir.NIRNode, side: str) -> int | None:
-    """A node's input or output feature count where it is certain, else None."""
+def feature_count(node: nir.NIRNode, side: str) -> int | None:
+    """A node's input (``side="in"``) or output (``"out"``) feature count where it is certain
+    (Affine/Linear weights, extension nodes' types, 1-D standard neuron parameters), else None."""
     if isinstance(node, (nir.Affine, nir.Linear)):
         return int(np.shape(node.weight)[0 if side == "out" else 1])
     if isinstance(node, SpikecNode) and not (isinstance(node, SpikecEmbedding) and side == "in"):

@@ -28,6 +28,7 @@ import nir
 import numpy as np
 
 from spikec.core.errors import UnsupportedError, UsageError
+from spikec.core.graph import find_cycle
 from spikec.core.ir import SpikecNode
 
 from . import interop, nirio
@@ -60,12 +61,14 @@ class Portability:
     portable: the file itself is standard NIR (no extension node at all).
     splittable: ``write_portable`` can split it (no non-portable node).
     subgraphs: the standard subgraphs it would write (0 when not splittable).
+    cycle: for a recurrent graph, one cycle of node names (the portable profile refuses it).
     """
 
     standard: dict[str, str] = field(default_factory=dict)
     extension: dict[str, str] = field(default_factory=dict)
     non_portable: dict[str, str] = field(default_factory=dict)
     subgraphs: int = 0
+    cycle: list[str] | None = None  # a cycle of a recurrent graph (find_cycle), None when feed-forward
 
     @property
     def portable(self) -> bool:
@@ -89,6 +92,7 @@ def portability(graph: nir.NIRGraph) -> Portability:
             result.standard[name] = kind
     if result.splittable:
         result.subgraphs = len(split(graph))
+    result.cycle = find_cycle(graph)
     return result
 
 
@@ -110,12 +114,20 @@ def format_portability(p: Portability, max_names: int = 6) -> str:
         shown = ", ".join(names[:max_names]) + (f", ... ({len(names)} in all)" if len(names) > max_names else "")
         lines.append(f"portable: no; nodes with no standard NIR equivalent: {_counts(p.non_portable)}: {shown} "
                      f"(compile with --passes {PORTABLE_PASSES} for a portable model)")
+    if p.cycle:
+        lines.append(f"recurrent: yes (cycle {' -> '.join(p.cycle)}); the reference simulator and "
+                     "`export-nir --profile portable` take feed-forward graphs only")
     return "\n".join(lines)
 
 
 def check_portable(graph: nir.NIRGraph, where: str = "the graph") -> Portability:
     """``portability(graph)``, raising ``UnsupportedError`` naming the non-portable nodes."""
     p = portability(graph)
+    if p.cycle:
+        raise UnsupportedError(
+            f"{where} cannot be exported with the portable profile: the graph is recurrent "
+            f"(cycle {' -> '.join(p.cycle)}) and the portable profile supports feed-forward graphs only",
+            hint="export it with --profile full: a standard NIR file is portable as it is")
     if not p.splittable:
         names = list(p.non_portable)
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
@@ -164,7 +176,8 @@ def split(graph: nir.NIRGraph) -> list[Subgraph]:
     groups: dict[str, list[str]] = {}
     for n in inner:
         groups.setdefault(root(n), []).append(n)
-    order = {n: i for i, n in enumerate(_topological(graph))}
+    # a recurrent graph (inspect counts its pieces) keeps its own node order
+    order = {n: i for i, n in enumerate(list(graph.nodes) if find_cycle(graph) else _topological(graph))}
     pieces = []
     for members in groups.values():
         members.sort(key=order.__getitem__)

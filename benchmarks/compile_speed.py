@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from spikec.compile import CompileOptions, compile_model  # noqa: E402
 

@@ -20,14 +20,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from results_file import write_results  # noqa: E402
 
-from spikec.backends.energy import MODEL_NAMES, builtin_model, combine_results, count_operations, estimate  # noqa: E402
+from spikec.analysis.counts import combine_results, count_operations  # noqa: E402
+from spikec.analysis.energy_models import MODEL_NAMES, builtin_model  # noqa: E402
+from spikec.analysis.estimate import estimate  # noqa: E402
 from spikec.backends.simulator import simulate  # noqa: E402
 from spikec.compile import CompileOptions, compile_model  # noqa: E402
 from spikec.passes.pipelines import ATTENTION_MODES, TOKEN_ENCODINGS, build_pipeline  # noqa: E402
-from spikec.evaluate import _metrics, load_compiled  # noqa: E402
-from spikec.report import token_chunks  # noqa: E402
+from spikec.energy import token_chunks  # noqa: E402
+from spikec.evaluate import load_compiled, metrics  # noqa: E402
 from spikec.text import HELDOUT_TEXT, read_text, token_stream  # noqa: E402
 
 
@@ -44,7 +46,7 @@ def run(directory: str, tokens: int, seq_len: int, timesteps: int) -> dict:
     start = time.perf_counter()
     ann = compiled.loaded.model(input_ids=ids, use_cache=False).logits.float()
     results = [simulate(compiled.graph, ids[i : i + 1], timesteps) for i in range(ids.shape[0])]
-    accuracy = _metrics(ids, ann, torch.cat([r.output for r in results]))
+    accuracy = metrics(ids, ann, torch.cat([r.output for r in results]))
     counts = count_operations(compiled.graph, combine_results(results), int(ids.shape[1]), int(ids.shape[0]))
     seconds = time.perf_counter() - start
     estimates = {m: estimate(counts, builtin_model(m)) for m in MODEL_NAMES}

@@ -1,6 +1,6 @@
-"""FAS two-stage conversion (passes/fas.py, docs/fas.md) on SmolLM2-135M at T=8: ppl_ratio,
-cosine and top-1 agreement against the ORIGINAL model on 1024 held-out tokens (Python
-docstrings; calibration and fine-tuning on the disjoint GPL-3 text), through the real
+"""FAS two-stage conversion (passes/qcfs_finetune.py, passes/fas_calibrate.py, docs/fas.md) on
+SmolLM2-135M at T=8: ppl_ratio, cosine and top-1 agreement against the ORIGINAL model on 1024
+held-out tokens (Python docstrings; calibration and fine-tuning on the disjoint GPL-3 text), through the real
 ``spikec compile`` + ``spikec eval`` path (NIR file, reference simulator), for
 
     baseline        the preset's default pipeline (no FAS)
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
+from results_file import write_results
 from spikec.passes import DEFAULT_PIPELINE
 
 from spikec.compile import CompileOptions, compile_model

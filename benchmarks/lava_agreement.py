@@ -26,7 +26,7 @@ import nir
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from results_file import write_results  # noqa: E402
 
 from spikec.backends import nirio  # noqa: E402
 from spikec.backends.lava import compare, export  # noqa: E402

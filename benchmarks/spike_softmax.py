@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import spikec.passes  # noqa: F401
-from _common import write_results
+from results_file import write_results
 from spikec.passes.spike_softmax import PIPELINE, PIPELINE_WITH_TOKENS
 
 from spikec.compile import CompileOptions, compile_model

@@ -36,7 +36,7 @@ from torch import fx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import spikec.passes as builtin
-from _common import write_results
+from results_file import write_results
 from spikec.backends.simulator import Simulator
 
 from spikec.core import ops

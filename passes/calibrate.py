@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,13 +12,30 @@ from tqdm import tqdm
 
 from spikec.core import ops
 from spikec.core.errors import InputError, ResourceError, UsageError
+from spikec.core.options import from_options, option_field
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import attr_tensor, calls, get_arg
+from .fx_graph import attr_tensor, calls, get_arg, module_device
 
 META_KEY = "spikec_calibration"
 DEFAULT_PERCENTILE = 99.9  # per channel; measured better than 99.99 and abs-max with burst neurons
 TOPK_BUDGET_BYTES = 1 << 30  # memory allowed for the exact percentile buffers of all layers
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """Options of the ``calibrate`` pass, also read by the passes that observe activations the
+    same way (``spike-softmax``, ``token-encode``, ``portable-encode``)."""
+
+    percentile: float = option_field("calibration_percentile", DEFAULT_PERCENTILE,
+                                     "the per-channel percentile of |x| measured, in (0, 100]")
+    batch: int = option_field("calibration_batch", 4, "calibration samples run at a time")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.percentile <= 100.0:
+            raise UsageError(f"calibration_percentile must be in (0, 100], got {self.percentile}")
+        if self.batch < 1:
+            raise UsageError(f"calibration_batch must be at least 1, got {self.batch}")
 
 
 class ChannelStats:
@@ -72,15 +90,6 @@ class _Observer(fx.Interpreter):
         return out
 
 
-def module_device(gm: fx.GraphModule) -> torch.device:
-    """The device of the module's tensors (CPU when it has none)."""
-    for t in gm.buffers():
-        return t.device
-    for t in gm.parameters():
-        return t.device
-    return torch.device("cpu")
-
-
 def observe_nodes(gm: fx.GraphModule, data: torch.Tensor, watch: dict[fx.Node, Any], batch: int,
                   desc: str | None = None) -> None:
     """Run ``gm`` on the token ids ``data [samples, positions]``, ``batch`` samples at a time,
@@ -104,7 +113,7 @@ def calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
     ``ctx.option("calibration_batch", 4)`` samples and stores in
     ``node.meta["spikec_calibration"]`` a dict with ``absmax`` and ``percentile``
     (float32 ``[in_features]`` CPU tensors, units of the input), ``q`` (the percentile,
-    ``ctx.option("calibration_percentile", 99.99)``) and ``tokens``. The percentile is
+    ``calibration_percentile``, default ``DEFAULT_PERCENTILE``; ``CalibrateOptions``) and ``tokens``. The percentile is
     exact (``torch.quantile``'s linear interpolation over all calibration tokens) yet
     memory stays small: only the few largest values per channel are kept, one layer's
     activations are live at a time. An input feeding several affines is measured once.
@@ -116,12 +125,8 @@ def calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
                          "give calibration text (--calib-text) with enough tokens, or drop the pass")
     if data.dim() != 2:
         raise InputError(f"calibration token ids must be [samples, positions], got shape {list(data.shape)}")
-    percentile = float(ctx.option("calibration_percentile", DEFAULT_PERCENTILE))
-    batch = int(ctx.option("calibration_batch", 4))
-    if not 0.0 < percentile <= 100.0:
-        raise UsageError(f"calibration_percentile must be in (0, 100], got {percentile}")
-    if batch < 1:
-        raise UsageError(f"calibration_batch must be at least 1, got {batch}")
+    opts = from_options(CalibrateOptions, ctx.options)
+    percentile, batch = opts.percentile, opts.batch
 
     tokens = data.shape[0] * data.shape[1]
     watch: dict[fx.Node, ChannelStats] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -9,9 +10,11 @@ from torch import fx
 
 from spikec.core import ops
 from spikec.core.errors import UsageError
+from spikec.core.options import from_options, option_field
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, spikec_name
+from .affine_rewrite import AffineSite, finish, fold_weight, replace_affine
+from .fx_graph import calls, get_arg, new_attr, spikec_name
 from .calibrate import META_KEY as CALIBRATION_KEY
 
 NEURON_KEY = "spikec_neuron"
@@ -21,14 +24,24 @@ MIN_THRESHOLD_FRACTION = 1e-6  # a dead channel's threshold, relative to the lay
 MIN_THRESHOLD = 1e-12
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """The default neuron settings of ``spike-encode`` (also read through ``neuron_config`` by
+    ``qcfs-finetune`` and ``spike-softmax``); an affine's ``meta["spikec_neuron"]`` overrides them."""
+
+    range: str = option_field("range", "absmax", "threshold statistic: absmax or percentile", choices=RANGES)
+    range_scale: float = option_field("range_scale", 1.0, "threshold = statistic * range_scale")
+    max_spikes: int = option_field("max_spikes", 1, "spikes a neuron may emit per step (B)")
+
+
 def neuron_config(node: fx.Node, ctx: PassContext) -> dict[str, Any]:
     """The neuron settings of an affine's input: ``node.meta["spikec_neuron"]`` over the
-    defaults ``ctx.option("range", "absmax")``, ``ctx.option("range_scale", 1.0)``,
-    ``ctx.option("max_spikes", 1)``; validated."""
+    defaults of ``EncodeOptions`` (options ``range``, ``range_scale``, ``max_spikes``); validated."""
+    opts = from_options(EncodeOptions, ctx.options)
     cfg = {
-        "range": ctx.option("range", "absmax"),
-        "range_scale": ctx.option("range_scale", 1.0),
-        "max_spikes": ctx.option("max_spikes", 1),
+        "range": opts.range,
+        "range_scale": opts.range_scale,
+        "max_spikes": opts.max_spikes,
         **node.meta.get(NEURON_KEY, {}),
     }
     name = spikec_name(node)
@@ -86,41 +99,25 @@ def spike_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     for affine in todo:
         cfg = neuron_config(affine, ctx)
         theta = thresholds(affine.meta[CALIBRATION_KEY], cfg)
-        x, w_node, b_node = get_arg(affine, 0, "x"), get_arg(affine, 1, "weight"), get_arg(affine, 2, "bias")
-        w = attr_tensor(gm, w_node)
-        if w is None or w.shape[1] != theta.shape[0]:
-            raise UsageError(f"{spikec_name(affine)}: weight does not match its calibration statistics",
-                             "re-run calibrate after passes that change affine weights")
-        signed = not provably_nonnegative(x)
-        name, role = spikec_name(affine), affine.meta.get("role", "")
+        site = AffineSite.of(gm, affine, theta)
+        signed = not provably_nonnegative(site.x)
         graph = gm.graph
         with graph.inserting_before(affine):
-            theta_node = graph.get_attr(new_attr(gm, f"{name}.neuron.threshold", theta.to(w.device)))
+            theta_node = graph.get_attr(new_attr(gm, f"{site.name}.neuron.threshold", theta.to(site.w.device)))
             spikes = graph.call_function(
-                ops.signed_if, (x, theta_node),
+                ops.signed_if, (site.x, theta_node),
                 {"timesteps": timesteps, "max_spikes": cfg["max_spikes"], "signed": signed, "v_init": V_INIT})
             spikes.meta.update({
-                "spikec_name": f"{name}.neuron", "role": "neuron", "spikec_neuron_of": name,
-                "module_path": affine.meta.get("module_path", ""),
+                **site.neuron_meta(),
                 NEURON_KEY: {**cfg, "signed": signed, "timesteps": timesteps, "v_init": V_INIT},
             })
-            folded = (w.float() * theta.to(w.device)[None, :]).to(w.dtype)
-            w_folded = graph.get_attr(new_attr(gm, f"{name}.weight_spiking", folded))
-            readout = graph.call_function(ops.rate_readout_affine, (spikes, w_folded, b_node))
-        readout.meta.update(affine.meta)
+            readout = graph.call_function(ops.rate_readout_affine, (spikes, fold_weight(gm, site, theta), site.b_node))
+        stale |= replace_affine(gm, site, readout)
         readout.meta[NEURON_KEY] = dict(spikes.meta[NEURON_KEY])
-        affine.replace_all_uses_with(readout)
-        graph.erase_node(affine)
-        stale |= erase_if_unused(gm, [w_node])
-        neurons[role] = neurons.get(role, 0) + int(theta.numel())
-        max_spikes[role] = max(max_spikes.get(role, 0), cfg["max_spikes"])
+        neurons[site.role] = neurons.get(site.role, 0) + int(theta.numel())
+        max_spikes[site.role] = max(max_spikes.get(site.role, 0), cfg["max_spikes"])
         unsigned += not signed
-    drop_unused_attrs(gm, stale)
-    gm.graph.lint()
-    gm.recompile()
-    ctx.record("timesteps", timesteps)
-    ctx.record("affines_encoded", len(todo))
-    ctx.record("neurons", neurons)
+    finish(gm, ctx, stale, len(todo), neurons)
     ctx.record("max_spikes", max_spikes)
     ctx.record("unsigned_layers", unsigned)
     ctx.record("skipped", [spikec_name(a) for a in affines if a not in todo][:20])

@@ -8,7 +8,7 @@ from torch import fx
 from spikec.core import ops
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, set_arg, spikec_name
+from .fx_graph import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, set_arg, spikec_name
 
 
 def _fold_into(gm: fx.GraphModule, affine: fx.Node, gamma: torch.Tensor | None,

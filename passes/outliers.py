@@ -16,7 +16,7 @@ from spikec.core import ops
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import calls
+from .fx_graph import calls
 from .encode import NEURON_KEY
 
 

@@ -20,18 +20,19 @@ from torch import fx
 
 from spikec.core import ops, streaming
 from spikec.core.errors import InputError, UnsupportedError, UsageError
+from spikec.core.options import from_options
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import (
-    attr_tensor,
+from .fx_graph import (
     calls,
     drop_unused_attrs,
-    erase_if_unused,
     get_arg,
+    module_device,
     new_attr,
     spikec_name,
 )
-from .calibrate import DEFAULT_PERCENTILE, ChannelStats, module_device, observe_nodes
+from .affine_rewrite import AffineSite, fold_weight, replace_affine
+from .calibrate import CalibrateOptions, ChannelStats, observe_nodes
 from .calibrate import META_KEY as CALIBRATION_KEY
 from .encode import NEURON_KEY, V_INIT, neuron_config, provably_nonnegative, thresholds
 
@@ -52,11 +53,8 @@ def observe(gm: fx.GraphModule, ctx: PassContext, nodes: list[fx.Node], what: st
     if data is None or data.numel() == 0 or data.dim() != 2:
         raise InputError(f"no calibration data: {what} needs token ids [samples, positions]",
                          "give calibration text (--calib-text) with enough tokens")
-    percentile = float(ctx.option("calibration_percentile", DEFAULT_PERCENTILE))
-    batch = int(ctx.option("calibration_batch", 4))
-    if not 0.0 < percentile <= 100.0 or batch < 1:
-        raise UsageError(f"calibration_percentile must be in (0, 100] and calibration_batch >= 1, "
-                         f"got {percentile} and {batch}")
+    opts = from_options(CalibrateOptions, ctx.options)
+    percentile, batch = opts.percentile, opts.batch
     tokens = data.shape[0] * data.shape[1]
     sizes = {n: int(n.meta["tensor_meta"].shape[-1]) if "tensor_meta" in n.meta else None for n in nodes}
     watch = {n: ChannelStats(sizes[n], tokens, percentile / 100.0) for n in nodes if sizes[n]}
@@ -152,30 +150,21 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
     for affine in affines:
         cfg = neuron_config(affine, ctx)
         theta = thresholds(affine.meta[CALIBRATION_KEY], cfg)
-        x, w_node, b_node = get_arg(affine, 0, "x"), get_arg(affine, 1, "weight"), get_arg(affine, 2, "bias")
-        w = attr_tensor(gm, w_node)
-        if w is None or w.shape[1] != theta.shape[0]:
-            raise UsageError(f"{spikec_name(affine)}: weight does not match its calibration statistics",
-                             "re-run calibrate after passes that change affine weights")
-        name, role = spikec_name(affine), affine.meta.get("role", "")
-        count = _neuron(gm, affine, x, theta.to(w.device), cfg, not provably_nonnegative(x), f"{name}.neuron", name,
-                        affine.meta.get("module_path", ""), timesteps)
+        site = AffineSite.of(gm, affine, theta)
+        count = _neuron(gm, affine, site.x, theta.to(site.w.device), cfg, not provably_nonnegative(site.x),
+                        f"{site.name}.neuron", site.name, affine.meta.get("module_path", ""), timesteps)
         with graph.inserting_before(affine):
-            folded = (w.float() * theta.to(w.device)[None, :]).to(w.dtype)
-            w_folded = graph.get_attr(new_attr(gm, f"{name}.weight_spiking", folded))
+            w_folded = fold_weight(gm, site, theta)
             if affine is result:
-                new = graph.call_function(streaming.count_readout_affine, (count, w_folded, b_node, timesteps))
+                new = graph.call_function(streaming.count_readout_affine, (count, w_folded, site.b_node, timesteps))
                 out = graph.call_function(streaming.readout, (new,))
-                out.meta.update({"spikec_name": f"{name}.readout", "role": "readout",
+                out.meta.update({"spikec_name": f"{site.name}.readout", "role": "readout",
                                  "module_path": affine.meta.get("module_path", "")})
             else:
-                new = out = graph.call_function(streaming.count_affine, (count, w_folded, b_node, timesteps))
-        new.meta.update(affine.meta)
+                new = out = graph.call_function(streaming.count_affine, (count, w_folded, site.b_node, timesteps))
+        stale |= replace_affine(gm, site, new, out)
         new.meta[NEURON_KEY] = dict(count.meta[NEURON_KEY])
-        affine.replace_all_uses_with(out)
-        graph.erase_node(affine)
-        stale |= erase_if_unused(gm, [w_node])
-        neurons[role] = neurons.get(role, 0) + int(theta.numel())
+        neurons[site.role] = neurons.get(site.role, 0) + int(theta.numel())
 
     qkv_cfg: dict[str, Any] = {}
     for att in attentions:

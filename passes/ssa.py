@@ -24,12 +24,13 @@ from spikec.core.errors import InputError, UnsupportedError, UsageError
 from spikec.core.options import from_options, option_field
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import (
+from .fx_graph import (
     attr_tensor,
     calls,
     drop_unused_attrs,
     erase_if_unused,
     get_arg,
+    module_device,
     new_attr,
     set_arg,
     spikec_name,
@@ -105,13 +106,6 @@ def calibration_ids(ctx: PassContext, samples: int | None, what: str) -> torch.T
     if data.dim() != 2:
         raise InputError(f"calibration token ids must be [samples, positions], got shape {list(data.shape)}")
     return data[:samples] if samples else data
-
-
-def module_device(gm: fx.GraphModule) -> torch.device:
-    """Where ``gm``'s buffers live (cpu when it has none)."""
-    for t in gm.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def _channel_percentile(x: torch.Tensor, percentile: float) -> torch.Tensor:

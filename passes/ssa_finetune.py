@@ -33,8 +33,9 @@ from spikec.core.errors import UnsupportedError, UsageError
 from spikec.core.options import from_options, option_field
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, set_arg, spikec_name
-from .ssa import FIELDS, MIN_THRESHOLD, NODE_KEY, OPTIONAL_FIELDS, Probe, calibration_ids, module_device
+from .fx_graph import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, set_arg, spikec_name
+from .fx_graph import module_device
+from .ssa import FIELDS, MIN_THRESHOLD, NODE_KEY, OPTIONAL_FIELDS, Probe, calibration_ids
 from .training import TrainConfig, TrainResult, train
 
 DECAY_UNIT = 0.05  # a decay's trained offset is in these units (one learning rate for all parameters)

@@ -15,7 +15,7 @@ from spikec.core import ops, streaming
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import calls, new_attr, spikec_name
+from .fx_graph import calls, new_attr, spikec_name
 from .encode import thresholds
 from .spike_softmax import observe, validated
 

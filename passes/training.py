@@ -5,22 +5,25 @@ AdamW over a named set of parameters, gradient clipping, a tqdm progress bar, a
 checkpoint written atomically every few steps, and resumption from it. Batches are
 chosen by the caller from the step index (``loss_fn(step)``), so a run interrupted
 at step k and resumed computes exactly the steps it would have computed anyway:
-resumed and uninterrupted runs end with the same parameters.
+resumed and uninterrupted runs end with the same parameters (the optimizer's moments and
+the RNG states are saved too). Checkpoints are ``state_files`` states (safetensors plus
+JSON, never pickle): a file that is not one, or that others could write, is ignored.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
 from spikec.core.errors import InputError, UsageError
+
+from .state_files import load_state, other_run, save_state
 
 
 @dataclass(frozen=True)
@@ -90,26 +93,24 @@ def fingerprint(params: dict[str, torch.Tensor], cfg: TrainConfig, extra: str = 
     return h.hexdigest()[:16]
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Write ``state`` (torch.save) to ``path`` atomically: a temporary file, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """``opt.state_dict()`` in the form ``state_files.save_state`` stores: per-parameter state
+    under string keys, and the ``param_groups`` (JSON values) as they are."""
+    sd = opt.state_dict()
+    return {"state": {str(i): dict(s) for i, s in sd["state"].items()}, "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Restore ``optimizer_state``'s output (integer parameter indices, tuple ``betas``)."""
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in saved["param_groups"]]
+    opt.load_state_dict({"state": {int(i): s for i, s in saved["state"].items()}, "param_groups": groups})
 
 
 def _load(path: Path, run_id: str) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise InputError(f"cannot read fine-tuning checkpoint {path}: {e}",
-                         hint="delete it to start the fine-tuning afresh") from e
-    if state.get("run_id") != run_id:
+    if other_run(path, run_id):
         raise InputError(f"checkpoint {path} belongs to another fine-tuning run (other model, method or settings)",
                          hint="delete it, or pass another checkpoint path")
-    return state
+    return load_state(path, run_id, "fine-tuning checkpoint")
 
 
 def train(
@@ -141,9 +142,10 @@ def train(
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(state["params"][name])
-        opt.load_state_dict(state["optimizer"])
+        load_optimizer_state(opt, state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["random_rng"])
+        version, internal, gauss = state["random_rng"]
+        random.setstate((version, tuple(internal), gauss))
         start = int(state["step"])
         result.losses = list(state["losses"])
         result.resumed_from = start
@@ -172,7 +174,7 @@ def train(
             save_state(path, {
                 "run_id": run_id, "step": done, "losses": result.losses,
                 "params": {k: p.detach().clone() for k, p in named.items()},
-                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "random_rng": random.getstate(),
+                "optimizer": optimizer_state(opt), "torch_rng": torch.get_rng_state(), "random_rng": random.getstate(),
             })
     if path is not None and path.exists():
         path.unlink()

@@ -222,7 +222,7 @@ def _cmd_passes(a: argparse.Namespace) -> int:
 def _cmd_inspect(a: argparse.Namespace) -> int:
     from spikec.backends import nirio
     from spikec.backends.portable import format_portability, portability
-    from spikec.backends.summary import format_summary, summarize
+    from spikec.analysis.summary import format_summary, summarize
 
     graph = nirio.read(a.file)
     print(format_summary(summarize(graph)))
@@ -260,17 +260,9 @@ def _cmd_export_nir(a: argparse.Namespace) -> int:
 
 
 def _cmd_energy(a: argparse.Namespace) -> int:
-    from spikec.backends.energy import format_estimate, resolve_model
-    from spikec.report import energy_on_text
+    from spikec.energy import run
 
-    model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
-    est = energy_on_text(a.dir, a.text, a.tokens, a.seq_len, a.timesteps, model, progress=not a.json)
-    if a.json:
-        print(json.dumps(est, indent=2))
-        return 0
-    print(format_estimate(est, per_op=a.per_op))
-    print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
-    return 0
+    return run(a)
 
 
 def _cmd_report(a: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ Output directory contract (everything ``spikec eval`` and ``spikec run`` need):
   model.nir     the spiking network (NIR, with spikec extension nodes)
   report.json   model and options, passes applied (seconds, statistics), node counts,
                 compile seconds, per-layer firing rates on calibration data, and the
-                fx-vs-simulator agreement check
+                fx-vs-simulator agreement check, and the sha256 of model.nir (``model_nir_sha256``)
   tokenizer/    the tokenizer, saved with ``save_pretrained``
   report.html   the human-readable report (spikec.report), with its plots as PNGs beside it
 """
@@ -23,10 +23,11 @@ from rich.console import Console
 
 import spikec.passes as builtin_passes
 from spikec.passes.pipelines import build_pipeline
+from spikec.analysis.spiking_parts import spiking_parts
 from spikec.backends import nirio
 from spikec.backends.lava.export import export_lava
 from spikec.backends.simulator import resolve_device
-from spikec.backends.spiking_parts import spiking_parts
+from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
@@ -174,7 +175,8 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
             "passes": [asdict(r) for r in records],
             "capture_seconds": steps["capture"],
             "step_seconds": steps,
-            "node_counts": _node_counts(graph),
+            "node_counts": node_counts(graph),
+            SHA256_KEY: file_sha256(tmp / "model.nir"),  # eval/run/energy check they read this model.nir
             "firing_rates": agreement.firing_rates,
             "simulator_check": {"neuron_layers": agreement.layers, "identical_layers": agreement.identical_layers,
                                 "logits_max_abs_diff": agreement.logits_max_abs_diff},
@@ -192,13 +194,6 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
         with console.status("writing report.html"):
             write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer)
     return report
-
-
-def _node_counts(graph) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in graph.nodes.values():
-        counts[type(node).__name__] = counts.get(type(node).__name__, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _json_default(o: Any) -> Any:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
+from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
 from spikec.core.errors import InputError, ResourceError, UsageError, one_line
 from spikec.frontend.models import LoadedModel, load_from_spec
 from spikec.outputs import check_compile_report, write_atomic
@@ -47,29 +48,31 @@ def load_compiled(path: str | Path) -> Compiled:
     except ValueError as e:  # JSON or UTF-8
         raise InputError(f"{str(report_file)!r} is not valid JSON: {one_line(e)}") from None
     graph = nirio.read(p / "model.nir")
+    check_compiled(p, report, graph)
     try:
         loaded = load_from_spec(report["source"])
     except UsageError as e:  # the report's config overrides: a damaged file, not the command line
         raise InputError(f"{str(report_file)!r}: its source model cannot be built: {e}") from None
+    check_vocabulary(graph, loaded.tokenizer, str(p / "model.nir"))
     return Compiled(p, report, graph, loaded)
-
-
-def model_positions(compiled: Compiled) -> int:
-    """The longest sequence the source model takes (its configuration's positions)."""
-    config = compiled.loaded.config
-    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024))
 
 
 def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len: int | None = None) -> torch.Tensor:
     """``[sequences, positions]`` ids of the first ``tokens`` tokens of the evaluation text (the
     embedded held-out text by default), in sequences of ``seq_len`` (default: one sequence),
     at most the model's maximum positions long."""
-    max_pos = model_positions(compiled)
+    config = compiled.loaded.config
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
     stream = leading_tokens(compiled.loaded.tokenizer, text_path, HELDOUT_TEXT, tokens)
-    return cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
+    ids = cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
+    check_positions(compiled.graph, int(ids.shape[1]), str(compiled.path / "model.nir"), "a sequence (--seq-len)")
+    return ids
 
 
-def _metrics(ids: torch.Tensor, ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
+def metrics(ids: torch.Tensor, ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
+    """Next-token perplexity of the ANN and the SNN on ``ids`` ``[sequences, positions]``
+    from their logits ``[sequences, positions, vocab]``, their ratio (SNN/ANN), the mean
+    cosine similarity of the logits and the share of positions whose top-1 token agrees."""
     targets = ids[:, 1:].reshape(-1)
     ann_nll = F.cross_entropy(ann[:, :-1].reshape(-1, ann.shape[-1]), targets)
     snn_nll = F.cross_entropy(snn[:, :-1].reshape(-1, snn.shape[-1]), targets)
@@ -121,7 +124,7 @@ def evaluate(
                 neuron_steps += count / result.firing_rates[name] if result.firing_rates[name] else 0.0
         seconds = time.perf_counter() - start
         results.append({
-            **_metrics(ids, ann, torch.cat(outputs)), "timesteps": t, "tokens": int(ids.numel()),
+            **metrics(ids, ann, torch.cat(outputs)), "timesteps": t, "tokens": int(ids.numel()),
             "spikes_per_neuron_step": spikes / neuron_steps if neuron_steps else 0.0, "seconds": seconds,
         })
     return results
@@ -151,11 +154,8 @@ def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timestep
     t = timesteps or int(compiled.report["timesteps"])
     dev = resolve_device(device)
     prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64, device=dev)
-    longest = prompt_ids.shape[1] + max_new_tokens - 1
-    if longest > model_positions(compiled):
-        raise UsageError(f"--prompt has {prompt_ids.shape[1]} tokens: with --max-new-tokens {max_new_tokens} the model "
-                         f"would see {longest} positions, more than its {model_positions(compiled)}",
-                         hint="shorten the prompt or ask for fewer new tokens")
+    check_positions(compiled.graph, prompt_ids.shape[1] + max_new_tokens - 1, str(compiled.path / "model.nir"),
+                    "the prompt and --max-new-tokens")
     sim = Simulator(compiled.graph, device=dev)
     model = compiled.loaded.model.to(dev)
     continuations = {}

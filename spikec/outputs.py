@@ -248,3 +248,50 @@ def check_compile_report(report: Any, file: str) -> dict[str, Any]:
     if "seq_len" in report and not is_int(report["seq_len"], 2, MAX_SEQ_LEN):
         raise bad(f"'seq_len' is not an integer in 2..{MAX_SEQ_LEN}")
     return report
+
+
+# ---------------------------------------------------------------------------
+# reading a compile output directory (shared by spikec energy and spikec report); imports
+# are local so that nirio and transformers load only when a directory is read
+# ---------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; unreadable or malformed files (bad JSON or UTF-8) raise
+    ``InputError``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {str(path)!r}: {one_line(e)}",
+                         hint="run the command that writes it again") from None
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` to ``path`` as indented JSON (other values by ``str``) with ``write_atomic``."""
+    write_atomic(path, json.dumps(payload, indent=2, default=str))
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The tokenizer saved by ``spikec compile`` in ``DIR/tokenizer`` (a transformers tokenizer)."""
+    path = Path(directory) / "tokenizer"
+    if not path.is_dir():
+        raise InputError(f"{str(directory)!r} has no tokenizer/ directory", hint="compile again with 'spikec compile'")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def read_compiled(directory: str | Path) -> "tuple[Path, dict[str, Any], nir.NIRGraph]":
+    """The directory, the report.json and the NIR graph of a compile output directory;
+    ``InputError`` when it is not one."""
+    from spikec.backends import nirio
+    from spikec.compiled_checks import check_compiled
+
+    p = Path(directory)
+    if not p.is_dir() or not (p / "report.json").is_file() or not (p / "model.nir").is_file():
+        raise InputError(f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
+                         hint="run 'spikec compile MODEL -o DIR' first")
+    report = check_compile_report(read_json(p / "report.json"), str(p / "report.json"))
+    graph = nirio.read(p / "model.nir")
+    check_compiled(p, report, graph)  # report.json describes this model.nir; widths agree
+    return p, report, graph

@@ -1,7 +1,5 @@
-"""Energy measurement on text and the compile report.
+"""The compile report (``spikec report``).
 
-``measure_operations`` runs the reference simulator on held-out text and counts what the
-ANN and the SNN spend per layer (``spikec.backends.energy``); ``spikec energy`` prints it.
 ``write_report`` renders ``DIR/report.html``: one self-contained page (CSS inline, plots
 as base64 PNG data URIs, no script, nothing fetched) that opens offline, with the PNGs
 also written beside it. It shows the passes and their time, the simulator check, the
@@ -15,120 +13,26 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nir
 import torch
-from tqdm import tqdm
 
-from spikec.backends import nirio
-from spikec.backends.energy import (
-    MODEL_NAMES, EnergyModel, OperationCounts, builtin_model, combine_results, count_operations, estimate,
-    format_energy,
-)
-from spikec.backends.simulator import SimResult, simulate
-from spikec.core import ir
-from spikec.core.errors import InputError, ResourceError, UsageError
-from spikec.outputs import write_atomic
-from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, text_label, token_stream
+from spikec.analysis.energy_models import MODEL_NAMES, builtin_model
+from spikec.analysis.estimate import estimate
+from spikec.analysis.formatting import format_energy
+from spikec.analysis.operations import OperationCounts
+from spikec.core.errors import ResourceError
+from spikec.energy import ENERGY_FILE, measure_operations, token_chunks
+from spikec.outputs import load_tokenizer, read_compiled, read_json, write_atomic
+from spikec.text import HELDOUT_TEXT, read_text, token_stream
 
 REPORT_FILE = "report.html"
-ENERGY_FILE = "energy.json"
 SAMPLE_TOKENS = 128  # held-out tokens simulated (with spike trains recorded) for the report
 RASTER_LAYERS = 5
 RASTER_NEURONS = 8  # per layer
 RASTER_POSITIONS = 6
-
-
-# ---------------------------------------------------------------------------
-# measuring
-# ---------------------------------------------------------------------------
-
-
-def max_positions(graph: nir.NIRGraph) -> int | None:
-    """The longest sequence the graph can take: its learned position table's length (None
-    without one, e.g. rotary models)."""
-    for node in graph.nodes.values():
-        if isinstance(node, ir.SpikecEmbedding) and node.position_weight.shape[0] > 0:
-            return int(node.position_weight.shape[0])
-    return None
-
-
-def token_chunks(stream: torch.Tensor, tokens: int, seq_len: int | None, graph: nir.NIRGraph) -> torch.Tensor:
-    """``[sequences, positions]`` ids: the first ``tokens`` tokens cut into sequences of
-    ``seq_len`` (default: all of them in one, up to the graph's maximum), as ``spikec eval`` does."""
-    if tokens < 2:
-        raise UsageError(f"--tokens must be at least 2, got {tokens}")
-    if seq_len is not None and seq_len < 1:
-        raise UsageError(f"--seq-len must be at least 1, got {seq_len}")
-    limit = max_positions(graph)
-    return cut_sequences(stream, tokens, min(seq_len or tokens, tokens, limit or tokens))
-
-
-@torch.no_grad()
-def measure_operations(
-    graph: nir.NIRGraph, ids: torch.Tensor, timesteps: int, *, progress: bool = False, record_first: bool = False
-) -> tuple[OperationCounts, SimResult]:
-    """Simulate ``graph`` on every sequence of ``ids`` ``[sequences, positions]`` at ``timesteps``
-    and count operations. Returns the counts and the combined result; with ``record_first``
-    the first sequence's spike trains are kept in its ``spikes`` (for rasters)."""
-    results, first_spikes = [], {}
-    for i in tqdm(range(ids.shape[0]), desc=f"simulating T={timesteps}", disable=not progress, leave=False):
-        r = simulate(graph, ids[i : i + 1], timesteps, record=record_first and i == 0)
-        if i == 0:
-            first_spikes = r.spikes
-        results.append(SimResult(outputs={}, spike_counts=r.spike_counts, firing_rates=r.firing_rates,
-                                 timesteps=r.timesteps, operations=r.operations))
-    combined = combine_results(results)
-    combined.spikes = first_spikes
-    return count_operations(graph, combined, positions=int(ids.shape[1]), sequences=int(ids.shape[0])), combined
-
-
-def load_tokenizer(directory: str | Path):
-    """The tokenizer saved by ``spikec compile`` in ``DIR/tokenizer``."""
-    path = Path(directory) / "tokenizer"
-    if not path.is_dir():
-        raise InputError(f"{str(directory)!r} has no tokenizer/ directory", hint="compile again with 'spikec compile'")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-def read_compiled(directory: str | Path) -> tuple[Path, dict[str, Any], nir.NIRGraph]:
-    """The report.json and the NIR graph of a compile output directory."""
-    p = Path(directory)
-    if not p.is_dir() or not (p / "report.json").is_file() or not (p / "model.nir").is_file():
-        raise InputError(f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
-                         hint="run 'spikec compile MODEL -o DIR' first")
-    return p, _read_json(p / "report.json"), nirio.read(p / "model.nir")
-
-
-def energy_on_text(
-    directory: str | Path, text_path: str | None = None, tokens: int = 1024, seq_len: int | None = None,
-    timesteps: int | None = None, model: EnergyModel | None = None, progress: bool = True,
-) -> dict[str, Any]:
-    """``spikec energy``: operation counts of a compiled network on ``tokens`` tokens of
-    held-out text (default: the embedded docstrings) and their energy under ``model``
-    (default ``45nm``). Writes ``DIR/energy.json`` (counts, estimate, text) and returns the
-    estimate, with ``text`` and ``seconds`` added."""
-    p, report, graph = read_compiled(directory)
-    model = model or builtin_model("45nm")
-    t = int(report["timesteps"] if timesteps is None else timesteps)
-    if t < 1:
-        raise UsageError(f"-T must be at least 1, got {t}")
-    stream = token_stream(load_tokenizer(p), read_text(text_path, HELDOUT_TEXT))
-    ids = token_chunks(stream, tokens, seq_len, graph)
-    start = time.perf_counter()
-    counts, _ = measure_operations(graph, ids, t, progress=progress)
-    est = estimate(counts, model)
-    est["text"] = text_label(text_path, HELDOUT_TEXT)
-    est["seconds"] = time.perf_counter() - start
-    _write_json(p / ENERGY_FILE, {"text": est["text"], "counts": counts.to_dict(), "estimate": est})
-    return est
 
 
 # ---------------------------------------------------------------------------
@@ -287,17 +191,6 @@ def plot_raster(spikes: dict[str, torch.Tensor]) -> bytes:
 # ---------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read {str(path)!r}: {e}", hint="run the command that writes it again") from None
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    write_atomic(path, json.dumps(payload, indent=2, default=str))
-
-
 def _esc(x: Any) -> str:
     return html.escape(str(x))
 
@@ -344,13 +237,13 @@ def write_report(
     sample_counts, sample_result = measure_operations(graph, sample, t, record_first=True)
     counts, energy_source = sample_counts, f"{sample.shape[1]} held-out tokens (embedded docstrings), one sequence"
     if (d / ENERGY_FILE).is_file():
-        saved = _read_json(d / ENERGY_FILE)
+        saved = read_json(d / ENERGY_FILE)
         counts = OperationCounts.from_dict(saved["counts"])
         w = counts.workload
         energy_source = (f"{w.tokens} tokens of {saved.get('text', 'text')} ({w.sequences} x {w.positions} positions), "
                          f"T={w.timesteps}, from 'spikec energy'")
     estimates = {name: estimate(counts, builtin_model(name)) for name in MODEL_NAMES}
-    evals = _read_json(d / "eval.json") if (d / "eval.json").is_file() else None
+    evals = read_json(d / "eval.json") if (d / "eval.json").is_file() else None
     if evals is not None and not isinstance(evals, list):
         evals = [evals]
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from spikec.backends.energy import (
-    OPS_PER_ELEMENT, EnergyModel, OpCounts, OperationCounts, builtin_model, combine_results, count_operations,
-    estimate, format_estimate, load_model_file, resolve_model,
-)
+from spikec.analysis.counts import combine_results, count_operations
+from spikec.analysis.energy_models import EnergyModel, builtin_model, load_model_file, resolve_model
+from spikec.analysis.estimate import estimate
+from spikec.analysis.formatting import format_estimate
+from spikec.analysis.operations import OPS_PER_ELEMENT, OpCounts, OperationCounts
 from spikec.backends.simulator import simulate
 from spikec.core import ir
 from spikec.core.errors import InputError, UsageError

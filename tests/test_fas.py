@@ -1,4 +1,4 @@
-"""FAS two-stage conversion (passes/fas.py) and per-neuron initial membranes: stage 1
+"""FAS two-stage conversion (passes/qcfs_finetune.py, passes/fas_calibrate.py) and per-neuron initial membranes: stage 1
 lowers its loss and hands its thresholds to spike-encode, stage 2 lowers every layer's
 error, both resume after an interruption exactly where an uninterrupted run ends, and a
 per-neuron v_init runs spike for spike the same in the fx module, the simulator and
@@ -19,8 +19,9 @@ from canonical_models import llama_like, token_ids
 from spikec.backends import nirio
 from spikec.backends.lava.export import network_description
 from spikec.backends.simulator import simulate
-from spikec.passes import fas
-from spikec.passes._fx import attr_tensor, calls, get_arg
+from spikec.passes import fas_layer, qcfs_finetune
+from spikec.passes.fas_state import REFERENCE_KEY
+from spikec.passes.fx_graph import attr_tensor, calls, get_arg
 from spikec.passes.encode import thresholds
 from torch import fx
 
@@ -35,14 +36,7 @@ PREPARE = ["fold-norm-affine", "calibrate", "burst-all"]
 STAGE1 = ["qcfs-finetune", "spike-encode"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second thread only adds contention on the shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +83,12 @@ def test_qcfs_is_the_rate_of_constant_current_signed_if_neurons():
     for signed in (True, False):
         params = neurons.SignedIFParams(theta, max_spikes=2, signed=signed, v_init=v_init)
         simulated = neurons.signed_if_encode(x, params, 8).float().mean(0) * theta
-        assert torch.allclose(fas.qcfs(x, theta, 8, 2, signed, v_init), simulated, atol=1e-5)
+        assert torch.allclose(fas_layer.qcfs(x, theta, 8, 2, signed, v_init), simulated, atol=1e-5)
 
 
 def test_qcfs_gradients_are_straight_through_inside_the_range_and_zero_outside():
     x = torch.tensor([0.3, -0.7, 50.0], requires_grad=True)
-    fas.qcfs(x, torch.ones(3), 4, 1, True).sum().backward()
+    fas_layer.qcfs(x, torch.ones(3), 4, 1, True).sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 0.0]
 
 
@@ -127,29 +121,11 @@ def test_qcfs_finetune_hands_its_learned_thresholds_to_spike_encode(prepared, tm
         assert torch.equal(attr_tensor(gm, get_arg(n, 1, "threshold")), expected)
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(monkeypatch, name: str, calls_allowed: int) -> None:
-    original = getattr(fas, name)
-    count = {"n": 0}
-
-    def wrapped(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] > calls_allowed:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(fas, name, wrapped)
-
-
-def test_qcfs_finetune_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, monkeypatch):
+def test_qcfs_finetune_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, interrupt):
     full = _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "a"))
-    with monkeypatch.context() as m:
-        _interrupt_after(m, "_kl", 7)  # one KL per step: dies during step 7, after the checkpoint of step 6
-        with pytest.raises(_Interrupt):
-            _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "b"))
+    # one KL per step: dies during step 7, after the checkpoint of step 6
+    with interrupt(qcfs_finetune, "kl", after=7):
+        _run(prepared, ["qcfs-finetune"], _ctx(tmp_path / "b"))
     assert list((tmp_path / "b").glob("qcfs-*.ckpt"))
     ctx = _ctx(tmp_path / "b")
     resumed = _run(prepared, ["qcfs-finetune"], ctx)
@@ -215,13 +191,11 @@ def test_fas_calibrate_refolds_the_thresholds_into_the_readout_weights(prepared,
             assert torch.allclose(w_a / theta_a, w_b / theta_b, rtol=1e-5, atol=1e-7)  # the same W
 
 
-def test_fas_calibrate_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, monkeypatch):
+def test_fas_calibrate_resumed_after_an_interruption_ends_like_an_uninterrupted_run(prepared, tmp_path, interrupt):
     encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path))
     full = _neurons(_run(encoded, ["fas-calibrate"], _ctx(tmp_path / "a", fas_logits_steps=4)))
-    with monkeypatch.context() as m:
-        _interrupt_after(m, "_calibrate_layer", 3)
-        with pytest.raises(_Interrupt):
-            _run(encoded, ["fas-calibrate"], _ctx(tmp_path / "b", fas_logits_steps=4))
+    with interrupt(fas_layer, "calibrate_layer", after=3):
+        _run(encoded, ["fas-calibrate"], _ctx(tmp_path / "b", fas_logits_steps=4))
     ctx = _ctx(tmp_path / "b", fas_logits_steps=4)
     resumed = _neurons(_run(encoded, ["fas-calibrate"], ctx))
     assert ctx.stats["fas-calibrate"]["resumed_layers"] == 3
@@ -241,16 +215,16 @@ def test_fas_calibrate_needs_spike_encode_and_a_known_mode(prepared, tmp_path):
 
 def test_after_qcfs_finetune_stage_2_targets_the_network_before_fine_tuning(prepared, tmp_path):
     gm = _run(prepared, STAGE1, _ctx(tmp_path, qcfs_steps=4))
-    reference = gm.meta[fas.REFERENCE_KEY]
+    reference = gm.meta[REFERENCE_KEY]
     ids = token_ids(samples=3, positions=16, seed=9)
-    layers = fas._layers(gm)
-    teacher = fas._sequential(gm, layers, ids, 2, "coarse", 0, 1e-2, 0, ("threshold",), reference,
+    layers = fas_layer.find_layers(gm)
+    teacher = fas_layer.calibrate_layers(gm, layers, ids, 2, "coarse", 0, 1e-2, 0, ("threshold",), reference,
                               {"layers": {}}, lambda: None, False)
     with torch.no_grad():
         assert torch.allclose(teacher, prepared(ids), atol=1e-4)  # the original network's logits
         assert not torch.allclose(teacher, _run(gm, [], _ctx(tmp_path))(ids), atol=1e-2)
     run_passes(gm, ["fas-calibrate"], _ctx(tmp_path))
-    assert fas.REFERENCE_KEY not in gm.meta  # dropped once used
+    assert REFERENCE_KEY not in gm.meta  # dropped once used
 
 
 def test_both_stages_together_beat_plain_conversion(prepared, tmp_path):
@@ -338,3 +312,54 @@ def test_state_lives_where_the_option_says(prepared, tmp_path):
     _run(prepared, [*STAGE1, "fas-calibrate"], ctx)
     assert Path(ctx.stats["qcfs-finetune"]["checkpoint"]).parent == tmp_path / "state"
     assert Path(ctx.stats["fas-calibrate"]["state_file"]).is_file()
+
+
+# --- state files -------------------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickling this object would create the marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_state_file_is_never_loaded_and_the_pass_still_works(prepared, tmp_path, capsys):
+    encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path / "x"))
+    first = _ctx(tmp_path / "state", calibrate="coarse")
+    expected = _neurons(_run(encoded, ["fas-calibrate"], first))
+    path = Path(first.stats["fas-calibrate"]["state_file"])
+    marker = tmp_path / "pwned"
+    torch.save({"run_id": first.stats["fas-calibrate"]["run_id"], "complete": True,
+                "payload": _Planted(str(marker))}, path)  # what another user could plant
+    ctx = _ctx(tmp_path / "state", calibrate="coarse")
+    got = _neurons(_run(encoded, ["fas-calibrate"], ctx))
+    assert not marker.exists()
+    assert not ctx.stats["fas-calibrate"]["reused_finished_run"]
+    assert "not a spikec safetensors state" in capsys.readouterr().err
+    for name in expected:
+        assert torch.equal(expected[name][0], got[name][0])
+
+
+def test_a_state_folder_others_can_write_is_not_used(prepared, tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path / "x"))
+    ctx = _ctx(shared, calibrate="coarse")
+    _run(encoded, ["fas-calibrate"], ctx)
+    assert ctx.stats["fas-calibrate"]["state_file"] is None
+    assert not list(shared.iterdir())
+    assert "group and others cannot write" in capsys.readouterr().err
+    ctx = _ctx(shared, qcfs_steps=2, qcfs_reuse=True)
+    _run(prepared, ["qcfs-finetune"], ctx)
+    assert ctx.stats["qcfs-finetune"]["checkpoint"] is None and not list(shared.iterdir())
+
+
+def test_state_folders_are_created_private(prepared, tmp_path):
+    encoded = _run(prepared, ["spike-encode"], _ctx(tmp_path / "x"))
+    _run(encoded, ["fas-calibrate"], _ctx(tmp_path / "new" / "state", calibrate="coarse"))
+    assert (tmp_path / "new" / "state").stat().st_mode & 0o777 == 0o700

@@ -24,7 +24,9 @@ import torch
 import spikec.passes
 from canonical_models import gpt2_like, llama_like, token_ids
 from spikec.backends import nirio
-from spikec.backends.lava import compare, env, export, runner
+from spikec.backends.lava import compare, env, export
+from spikec.backends.lava.runtime import fixed_point, network, numpy_ops
+from spikec.backends.lava.runtime.schedule import plan_segments, schedule
 from spikec.backends.simulator import simulate
 from spikec.core import ir, ops
 from spikec.core.errors import InputError, ResourceError, UnsupportedError
@@ -72,25 +74,34 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # --- export, schedule, encodings (no Lava) -------------------------------------------------
 
 
-def test_export_folder_is_self_contained_and_the_runner_imports_only_lava_numpy_stdlib(exports):
+def test_export_folder_is_self_contained_and_the_runtime_imports_only_lava_nir_numpy_stdlib(exports):
     folder = exports["gpt2"]
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "network.json", "quantization.json", "run_lava.py", "weights.npz"]
-    assert (folder / "run_lava.py").read_text() == Path(runner.__file__).read_text()
+        "README.md", "network.json", "quantization.json", "run_lava.py", "runtime", "weights.npz"]
+    assert (folder / "run_lava.py").read_text() == export.RUNNER_SOURCE.read_text()
+    assert export.runtime_files(folder) == export.runtime_files(export.RUNNER_SOURCE.parent)
+    assert not list((folder / "runtime").rglob("__pycache__"))
+    assert {p.parent.name for p in (folder / "runtime" / "proc").glob("*/models.py")} == {
+        "embedding", "host_value", "positional_dense", "rate_readout", "real_op", "signed_if", "spiking_self_attention"}
     desc = json.loads((folder / "network.json").read_text())
-    assert desc["format"] == runner.FORMAT and desc["meta"]["timesteps"] == T
+    assert desc["format"] == network.FORMAT and desc["meta"]["timesteps"] == T
     assert desc["meta"]["positions"] == POSITIONS
-    tree = ast.parse((folder / "run_lava.py").read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
-    assert imported - {"lava", "numpy"} <= set(__import__("sys").stdlib_module_names)
+    stdlib = set(__import__("sys").stdlib_module_names)
+    for path in [folder / "run_lava.py", *(folder / "runtime").rglob("*.py")]:
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        assert imported - {"lava", "nir", "numpy", "runtime"} <= stdlib, path
+        # the parts the export side imports have no Lava import
+        if path.parent.name == "runtime" and path.stem in ("network", "schedule", "fixed_point", "numpy_ops"):
+            assert imported - {"numpy"} <= stdlib, path
 
 
 def test_every_neuron_layer_gets_one_window_of_T_steps_absorbing_the_dense_delay():
     graph, _ = converted("gpt2")
     desc, arrays = export.network_description(graph)
-    net = runner.network_from_dict(desc, arrays)
-    sched = runner.schedule(net, T)
+    net = network.network_from_dict(desc, arrays)
+    sched = schedule(net, T)
     neurons = [n for n, node in net.nodes.items() if node.type == "SignedIF"]
     assert sched.windows == [1 + k * T for k in range(len(neurons))]
     for name in neurons:
@@ -108,8 +119,8 @@ def test_every_neuron_layer_gets_one_window_of_T_steps_absorbing_the_dense_delay
 def test_segments_cut_only_real_values_and_cover_every_node_once(per_run):
     graph, _ = converted("llama")
     desc, arrays = export.network_description(graph)
-    net = runner.network_from_dict(desc, arrays)
-    segments = runner.plan_segments(net, runner.schedule(net, T), per_run)
+    net = network.network_from_dict(desc, arrays)
+    segments = plan_segments(net, schedule(net, T), per_run)
     members = [n for s in segments for n in s.nodes]
     assert sorted(members) == sorted(n for n, node in net.nodes.items() if node.type not in ("Input", "Output"))
     for seg in segments:
@@ -119,9 +130,9 @@ def test_segments_cut_only_real_values_and_cover_every_node_once(per_run):
 
 
 @pytest.mark.parametrize("max_spikes", [1, 2, 8, 127])
-@pytest.mark.parametrize("current", runner.CURRENT_ENCODINGS)
+@pytest.mark.parametrize("current", fixed_point.CURRENT_ENCODINGS)
 def test_signed_if_encoding_fits_loihi_registers(max_spikes, current):
-    enc = runner.signed_if_encoding(max_spikes, T, current)
+    enc = fixed_point.signed_if_encoding(max_spikes, T, current)
     assert 1 <= enc["vth"] <= 2**17 - 1 and enc["theta"] == enc["vth"] << 6
     assert 0 <= enc["bias_exp"] <= 7
     assert (max_spikes + 1) * enc["theta"] <= 2**23 - 1  # 24-bit membrane
@@ -151,19 +162,19 @@ def _integer_neuron(bias: np.ndarray, v0: int | np.ndarray, theta: int, steps: i
     return np.stack(out)
 
 
-@pytest.mark.parametrize("current", runner.CURRENT_ENCODINGS)
+@pytest.mark.parametrize("current", fixed_point.CURRENT_ENCODINGS)
 @pytest.mark.parametrize("max_spikes,signed", [(1, True), (4, True), (1, False)])
 def test_fixed_point_currents_reproduce_the_float32_neurons_spikes(current, max_spikes, signed):
     # Currents a hair away from the rounding boundaries k / t - v_init, where float32 arithmetic
     # and a plain rint of the integer current disagree, plus ordinary and out-of-range ones.
     rng = np.random.default_rng(3)
     steps, low = 8, -max_spikes if signed else 0
-    enc = runner.signed_if_encoding(max_spikes, steps, current)
+    enc = fixed_point.signed_if_encoding(max_spikes, steps, current)
     ties = np.array([(k + 0.5) / t for t in range(1, steps + 1) for k in range(-max_spikes * t, max_spikes * t)])
     u = np.concatenate([np.nextafter(ties.astype(np.float32), np.float32(np.inf)),
                         np.nextafter(ties.astype(np.float32), np.float32(-np.inf)), ties.astype(np.float32),
                         rng.uniform(-max_spikes - 1, max_spikes + 1, 2000).astype(np.float32)])
-    mant, v0 = runner.fixed_point_current(u, 0.5, enc["theta"], enc["bias_exp"], enc["mant_max"], steps, low,
+    mant, v0 = fixed_point.fixed_point_current(u, 0.5, enc["theta"], enc["bias_exp"], enc["mant_max"], steps, low,
                                           max_spikes)
     assert np.abs(mant).max() <= enc["mant_max"] + 1 and ((v0 >= 0) & (v0 < enc["theta"])).all()
     assert (v0 != round(0.5 * enc["theta"])).mean() < 0.05  # the initial membrane moves only at ties
@@ -179,10 +190,10 @@ def test_fixed_point_currents_reproduce_the_float32_neurons_spikes(current, max_
 @pytest.mark.parametrize("synapses", [1, 2])
 def test_weights_quantize_to_8_bit_synapse_groups_with_a_power_of_two_exponent(synapses):
     w = np.random.default_rng(0).standard_normal((24, 40)).astype(np.float32) * 0.05
-    w_int, exp = runner.quantize_weights(w, synapses)
-    assert np.abs(w_int).max() <= runner.weight_int_max(synapses)
+    w_int, exp = fixed_point.quantize_weights(w, synapses)
+    assert np.abs(w_int).max() <= fixed_point.weight_int_max(synapses)
     assert np.abs(w_int * 2.0**exp - w).max() <= 2.0 ** (exp - 1) + 1e-12
-    groups = runner.split_synapses(w_int, synapses)
+    groups = fixed_point.split_synapses(w_int, synapses)
     assert sum(m.astype(np.int64) << sh for m, sh in groups).tolist() == w_int.tolist()
     assert all(m.dtype == np.int8 and np.abs(m).max() <= 127 for m, _ in groups)
 
@@ -200,16 +211,16 @@ def test_quantized_graph_holds_the_fixed_point_weights_exactly_and_is_reported(e
     assert set(report["neurons"]) == {n for n, node in graph.nodes.items() if isinstance(node, ir.SpikecSignedIF)}
 
 
-def test_numpy_real_ops_of_the_runner_match_spikec_core_ops():
+def test_numpy_real_ops_of_the_runtime_match_spikec_core_ops():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 24, generator=g)
     w, b = torch.randn(24, generator=g), torch.randn(24, generator=g)
     close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=2e-6)
     for kind in ("gelu", "gelu_tanh", "relu", "silu"):
-        close(runner.activation(x.numpy(), kind), ops.activation(x, kind).numpy())
-    close(runner.gated_activation(x.numpy(), "silu"), ops.gated_activation(x, "silu").numpy())
+        close(numpy_ops.activation(x.numpy(), kind), ops.activation(x, kind).numpy())
+    close(numpy_ops.gated_activation(x.numpy(), "silu"), ops.gated_activation(x, "silu").numpy())
     qkv = torch.randn(2, 5, (4 + 2 * 2) * 3 * 2, generator=g)
-    close(runner.attention(qkv.numpy(), 4, 2, 6, 10000.0, 0.4), ops.attention(qkv, 4, 2, 6, 10000.0, 0.4).numpy())
+    close(numpy_ops.attention(qkv.numpy(), 4, 2, 6, 10000.0, 0.4), ops.attention(qkv, 4, 2, 6, 10000.0, 0.4).numpy())
 
 
 @pytest.mark.parametrize("features", [24, 100, 576, 768])
@@ -218,8 +229,8 @@ def test_norms_round_exactly_like_torchs_cpu_kernels(features):
     x = torch.randn(3, 7, features, generator=g) * 2 + 0.3
     w, b = torch.randn(features, generator=g), torch.randn(features, generator=g)
     width = compare.torch_vec_width()
-    ln = runner.layer_norm(x.numpy(), w.numpy(), b.numpy(), 1e-5, width)
-    rms = runner.rms_norm(x.numpy(), w.numpy(), 1e-6, width)
+    ln = numpy_ops.layer_norm(x.numpy(), w.numpy(), b.numpy(), 1e-5, width)
+    rms = numpy_ops.rms_norm(x.numpy(), w.numpy(), 1e-6, width)
     if str(torch.backends.cpu.get_cpu_capability()) == "AVX2":  # the build this emulation was verified on
         assert np.array_equal(ln, ops.layer_norm(x, w, b, 1e-5).numpy())
         assert np.array_equal(rms, ops.rms_norm(x, w, 1e-6).numpy())
@@ -282,7 +293,7 @@ def converted_ssa(family: str) -> nir.NIRGraph:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_the_runners_numpy_ssa_equals_spikec_core_ssa(family):
+def test_the_runtimes_numpy_ssa_equals_spikec_core_ssa(family):
     from spikec.core.ir import SpikecSSA
     from spikec.core.ssa import spiking_self_attention
 
@@ -290,10 +301,10 @@ def test_the_runners_numpy_ssa_equals_spikec_core_ssa(family):
     (name, node), *_ = [(n, v) for n, v in graph.nodes.items() if isinstance(v, SpikecSSA)]
     heads, kv, d = node.num_heads, node.num_kv_heads, node.head_dim
     qkv = torch.randn(2, 11, (heads + 2 * kv) * d) * 3
-    params = {k: np.asarray(getattr(node, k), np.float32) for k in runner.SSA_PARAMS}
-    want = spiking_self_attention(qkv, *(torch.from_numpy(params[k]) for k in runner.SSA_PARAMS), heads, kv, d,
+    params = {k: np.asarray(getattr(node, k), np.float32) for k in numpy_ops.SSA_PARAMS}
+    want = spiking_self_attention(qkv, *(torch.from_numpy(params[k]) for k in numpy_ops.SSA_PARAMS), heads, kv, d,
                                   node.rope_theta, T, node.signed, node.tau, node.normalize)
-    got = runner.ssa_spikes(qkv.numpy(), params, heads, kv, d, node.rope_theta, T, node.signed, node.tau,
+    got = numpy_ops.ssa_spikes(qkv.numpy(), params, heads, kv, d, node.rope_theta, T, node.signed, node.tau,
                             node.normalize)
     assert got.dtype == np.int8 and np.abs(got).sum() > 0
     assert (got == want.numpy()).all()
@@ -402,18 +413,57 @@ def test_greedy_generation_in_lava_follows_the_reference_simulator(lava_python, 
     assert result["prompt"]["spike_agreement"] == 1.0 and result["prompt"]["positions"] == 6
 
 
-def test_cli_compiles_for_lava_and_eval_reports_the_agreement_keys(lava_python: Path, tmp_path: Path, capsys) -> None:
+def plant(folder: Path, marker: Path) -> None:
+    """Make the Lava export in ``folder`` write ``marker`` if any of its code runs."""
+    code = f"\nopen({str(marker)!r}, 'w').write('ran')\n"
+    (folder / "run_lava.py").write_text(code)
+    for path in ("runtime/__init__.py", "runtime/cli.py", "runtime/run.py", "runtime/proc/signed_if/models.py"):
+        (folder / path).write_text((folder / path).read_text() + code)
+
+
+def test_cli_compiles_for_lava_and_eval_runs_the_installed_runtime_on_a_relative_dir(
+        lava_python: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from spikec.cli import main
 
-    out = tmp_path / "tiny-lava"
+    monkeypatch.chdir(tmp_path)  # DIR given relative to the working directory
+    out = Path("tiny-lava")
     assert main(["compile", "gpt2", "--random-weights", "--config", "n_layer=2,n_embd=64,n_head=4", "-T", "4",
                  "--calib-samples", "2", "--seq-len", "16", "--target", "lava", "-o", str(out)]) == 0
     assert (out / "lava" / "run_lava.py").is_file() and (out / "lava" / "network.json").is_file()
     assert json.loads((out / "report.json").read_text())["lava"]["folder"] == "lava"
     capsys.readouterr()
     assert main(["eval", str(out), "--backend", "lava", "--tokens", "12", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "differs" not in captured.err
+    result = json.loads(captured.out)
     assert result["spike_agreement"] == 1.0
     assert set(result["spike_agreement_per_layer"]) == {n for n in nirio.read(out / "model.nir").nodes if n.endswith("_neuron")}
     assert result["logits_max_abs_diff"] < 1e-4
     assert {"ann_ppl", "snn_ppl", "ppl_ratio", "cosine", "top1_agreement"} <= set(result)
+    marker = tmp_path / "planted.txt"
+    plant(out / "lava", marker)
+    assert main(["eval", str(out), "--backend", "lava", "--tokens", "12", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert not marker.exists(), "spikec eval --backend lava executed code from the model directory"
+    assert json.loads(captured.out)["spike_agreement"] == 1.0
+    warnings = [line for line in captured.err.splitlines() if "differs from this spikec" in line]
+    assert len(warnings) == 1 and "not executed" in warnings[0]
+
+
+def test_generation_in_lava_takes_a_relative_dir_and_never_runs_its_code(lava_python, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setenv(env.ENV_VAR, str(lava_python))
+    graph, ids = converted("gpt2")
+    nirio.write(tmp_path / "model.nir", graph)
+    export.export_lava(graph, tmp_path / "lava")
+    marker = tmp_path / "planted.txt"
+    plant(tmp_path / "lava", marker)
+    monkeypatch.chdir(tmp_path.parent)
+    result = compare.generate_lava(tmp_path.name, ids[:, :6], 2)
+    assert result["tokens_equal"] and len(result["tokens"]) == 2
+    assert not marker.exists()
+    assert capsys.readouterr().err.count("differs from this spikec") == 1
+    # the planted code does run when the copy in the folder is run by hand
+    subprocess.run([str(lava_python), "-c", "import sys; sys.path.insert(0, 'lava'); import runtime.cli"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    assert marker.exists()

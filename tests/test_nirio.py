@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from spikec.backends import nirio
-from spikec.backends.summary import format_summary, summarize
+from spikec.analysis.summary import format_summary, summarize
 from spikec.core import ir
 from spikec.core.errors import NIRFormatError
 

@@ -21,11 +21,6 @@ from spikec.core.passes import PassContext, get_pass, registered_passes, run_pas
 BUILTIN = ["fold-norm-affine", "calibrate", "spike-encode", "burst-mlp-out", "wide-range-mlp-out", "burst-all"]
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
 def convert(gm: fx.GraphModule, names: list[str], timesteps: int = 16, **options: Any):
     ctx = PassContext(options={"timesteps": timesteps, **options}, calibration=token_ids(seed=2))
     out, _ = run_passes(gm, names, ctx)
@@ -357,3 +352,18 @@ def test_default_pipeline_names_registered_passes_in_order() -> None:
     assert spikec.passes.DEFAULT_PIPELINE == ["fold-norm-affine", "calibrate", "burst-all", "spike-encode"]
     for name in spikec.passes.DEFAULT_PIPELINE:
         get_pass(name)
+
+
+def test_the_registry_lists_every_pass_module_and_options_record() -> None:
+    registered = {info.name for info in registered_passes() if info.source == "builtin"}
+    defined = {info.name for info in registered_passes()
+               if any(info.fn.__module__ == m.__name__ for m in spikec.passes.PASS_MODULES)}
+    assert registered <= defined  # every built-in pass comes from a listed module
+    assert set(spikec.passes.OPTION_RECORDS) <= registered
+    assert set(spikec.passes.UNTYPED_OPTION_KEYS) <= registered
+    keys = spikec.passes.option_keys(spikec.passes.DEFAULT_PIPELINE)
+    assert {"timesteps", "calibration_percentile", "calibration_batch", "range", "range_scale", "max_spikes",
+            "burst_spikes", "burst_range_scale"} == keys
+    fas = spikec.passes.option_keys(["qcfs-finetune", "fas-calibrate"])
+    assert {"qcfs_steps", "fas_steps", "fas_state_dir", "calibrate", "progress"} <= fas
+    assert spikec.passes.option_keys(["my-plugin-pass"]) == {"timesteps"}

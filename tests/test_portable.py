@@ -99,7 +99,7 @@ def test_each_affine_computes_w_times_the_sign_split_rate_code_plus_b() -> None:
 
 
 def portable_pass():
-    from spikec.passes import portable as module
+    from spikec.passes import portable_encode as module
 
     return module
 

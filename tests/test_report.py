@@ -77,7 +77,7 @@ def test_report_without_eval_results_says_how_to_get_them_and_has_no_accuracy_pl
 
 def test_report_takes_energy_figures_from_energy_json_when_present(tmp_path):
     from spikec.backends.simulator import simulate
-    from spikec.backends.energy import count_operations
+    from spikec.analysis.counts import count_operations
     import torch
 
     graph = tiny_transformer()

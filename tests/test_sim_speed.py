@@ -25,11 +25,6 @@ from spikec.verify import compare_fx_and_simulator
 COMPILED = native_build.compiled_library() is not None
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
 def dyadic(*shape: int, scale: float = 0.1, bits: int = 8) -> torch.Tensor:
     """Random float32 values on a 2^-bits grid: sums of a few thousand of them are exact in
     float32 in any order, so event-driven and dense products must agree bit for bit."""

@@ -15,7 +15,7 @@ from canonical_models import FAMILIES, calls_to, token_ids
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, engine, simulate
 from spikec.backends.simulator import streaming as sim_streaming
-from spikec.backends.spiking_parts import spiking_parts
+from spikec.analysis.spiking_parts import spiking_parts
 from spikec.passes.spike_softmax import PIPELINE
 
 from spikec.core import ir, neurons, ops, streaming
@@ -324,7 +324,7 @@ def test_compile_reports_the_mode_the_spiking_parts_and_an_exact_simulator_check
     assert math.isfinite(row["ppl_ratio"]) and row["spikes_per_neuron_step"] > 0
     # energy: the spike-equivalent attention cores are counted from their spike products, the
     # token encoder's synapses as accumulates, and nothing is left uncounted
-    from spikec.report import energy_on_text
+    from spikec.energy import energy_on_text
 
     est = energy_on_text(tmp_path / "m", tokens=32, progress=False)
     kinds = {l["kind"] for l in est["layers"]}

@@ -32,14 +32,7 @@ FAMILIES = {"gpt2": lambda: gpt2_like(d=32, n_head=4, n_layer=2),
             "llama": lambda: llama_like(d=32, n_head=4, n_kv_head=2, n_layer=2)}
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny tensors: one thread avoids OpenMP oversubscription on a busy machine (tens of times slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def convert(family: str, names: list[str] = PIPELINE, samples: int = 8, **options) -> tuple[fx.GraphModule, PassContext]:
@@ -321,29 +314,15 @@ def test_finetuning_lowers_the_loss_and_trains_only_the_ssa_parameters(map_neuro
     assert compare_fx_and_simulator(tuned, lower_to_nir(tuned, ids[:, :2]), ids, T).identical
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def test_resumed_finetuning_ends_where_an_uninterrupted_run_ends(tmp_path: Path, monkeypatch):
+def test_resumed_finetuning_ends_where_an_uninterrupted_run_ends(tmp_path: Path, interrupt):
     options = {"finetune_steps": 8, "finetune_lr": 1e-2, "finetune_rank": 2, "finetune_checkpoint_every": 2}
     full, _ = convert("gpt2", [*PIPELINE, "ssa-finetune"], **options)
 
     ckpt = tmp_path / "ft.ckpt"
-    calls = {"n": 0}
-    original = pass_ssa_finetune.block_loss
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 2 * 2 + 2 * 5:  # 2 blocks x (mean loss of 2 batches) + 5 training steps
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pass_ssa_finetune, "block_loss", dying)
-    with pytest.raises(_Interrupt):
+    # 2 blocks x (mean loss of 2 batches) + 5 training steps
+    with interrupt(pass_ssa_finetune, "block_loss", after=2 * 2 + 2 * 5):
         convert("gpt2", [*PIPELINE, "ssa-finetune"], **options, finetune_checkpoint=str(ckpt))
     assert ckpt.exists()
-    monkeypatch.setattr(pass_ssa_finetune, "block_loss", original)
     resumed, ctx = convert("gpt2", [*PIPELINE, "ssa-finetune"], **options, finetune_checkpoint=str(ckpt))
     assert ctx.stats["ssa-finetune"]["resumed_from"] == 4
     assert not ckpt.exists()

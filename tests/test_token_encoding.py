@@ -10,7 +10,7 @@ import spikec.passes  # noqa: F401  (registers the passes)
 import torch
 from canonical_models import FAMILIES, calls_to, token_ids
 from spikec.backends.simulator import simulate
-from spikec.backends.spiking_parts import spiking_parts
+from spikec.analysis.spiking_parts import spiking_parts
 from spikec.passes.spike_softmax import PIPELINE_WITH_TOKENS
 from spikec.passes.token_encoding import RATE_PIPELINE
 

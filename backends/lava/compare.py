@@ -1,7 +1,10 @@
 """Run a Lava export in the Lava environment and compare it with the reference simulator.
 
 The runner runs in a subprocess of the Python 3.10 Lava environment (``env.lava_python``);
-its ``out.npz`` comes back as a ``LavaRun``. ``compare`` lines up every SignedIF layer's
+its ``out.npz`` comes back as a ``LavaRun``. It is always the installed runtime
+(``spikec.backends.lava.runtime`` through ``spikec/backends/lava/run_lava.py``) running on the
+data of the export (``--export DIR/lava``): code in a model directory is never executed, and a
+copy of the runtime there that differs from the installed one draws a warning. ``compare`` lines up every SignedIF layer's
 spike train with the reference simulator's (the runner already aligns each layer's window
 to reference steps 0..T-1, see docs/lava.md) and the outputs (logits).
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,9 +32,9 @@ import torch
 from spikec.core.errors import InputError, ResourceError, SpikecError, UsageError
 
 from ..simulator import SimResult, simulate
-from . import env, export, runner
-
-PRECISIONS = runner.PRECISIONS
+from . import env, export
+from .runtime.fixed_point import PRECISIONS
+from .runtime.network import NETWORK_FILE
 
 
 class LavaRunError(SpikecError):
@@ -85,28 +89,29 @@ def load_run(path: str | Path, seconds: float = 0.0, stderr: str = "") -> LavaRu
 def run_export(lava_dir: str | Path, inputs: Any, *, timesteps: int | None = None, precision: str = "floating_pt",
                stages_per_run: int = 4, current: str = "graded24", teacher: bool = False,
                python: str | Path | None = None, timeout: float | None = None) -> LavaRun:
-    """Run ``lava_dir/run_lava.py`` on ``inputs`` (token ids ``[b, P]``) in the Lava environment.
+    """Run the export in ``lava_dir`` on ``inputs`` (token ids ``[b, P]``) in the Lava environment,
+    with the installed runtime (``export.RUNNER_SOURCE``), not the copy in ``lava_dir``.
 
     Raises ``ResourceError`` when there is no Lava environment, ``LavaRunError`` when the
     runner fails (with its last error lines)."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown Lava precision {precision!r}", hint=f"choose one of {', '.join(PRECISIONS)}")
-    lava_dir = Path(lava_dir)
-    script = lava_dir / export.RUNNER_NAME
-    if not script.exists():
-        raise InputError(f"{lava_dir} holds no Lava export ({export.RUNNER_NAME} is missing)",
+    lava_dir = Path(lava_dir).absolute()  # the subprocess runs in a temporary directory
+    if not (lava_dir / NETWORK_FILE).exists():
+        raise InputError(f"{lava_dir} holds no Lava export ({NETWORK_FILE} is missing)",
                          hint="compile with --target lava")
     ids = _ids_array(inputs)
-    limit = json.loads((lava_dir / runner.NETWORK_FILE).read_text())["meta"].get("positions")
+    limit = json.loads((lava_dir / NETWORK_FILE).read_text())["meta"].get("positions")
     if limit and ids.shape[1] > limit:
         raise InputError(f"{ids.shape[1]} positions given; the Lava export in {lava_dir} takes at most {limit}",
                          hint="cut the input into sequences of at most --seq-len tokens, or compile with a larger "
                               "--seq-len")
-    python = Path(python) if python else env.lava_python()
+    python = Path(python or env.lava_python()).absolute()
     with tempfile.TemporaryDirectory(prefix="spikec-lava-") as tmp:
-        src, dst = Path(tmp) / "inputs.npy", Path(tmp) / "out.npz"
+        src, dst = Path(tmp).absolute() / "inputs.npy", Path(tmp).absolute() / "out.npz"
         np.save(src, ids)
-        cmd = [str(python), str(script), "--input", str(src), "--out", str(dst), "--precision", precision,
+        cmd = [str(python), str(export.RUNNER_SOURCE), "--export", str(lava_dir), "--input", str(src),
+               "--out", str(dst), "--precision", precision,
                "--stages-per-run", str(stages_per_run), "--current", current,
                "--torch-vec-width", str(torch_vec_width())]
         if timesteps:
@@ -192,11 +197,11 @@ def compare(graph: nir.NIRGraph, inputs: Any, lava: LavaRun, *, synapses: int = 
 
 def lava_folder(compile_dir: str | Path, graph: nir.NIRGraph | None = None, scratch: str | Path | None = None
                 ) -> Path:
-    """``compile_dir/lava``, or (compiled without ``--target lava``) a fresh export of its
-    ``model.nir`` into ``scratch``."""
-    compile_dir = Path(compile_dir)
-    folder = compile_dir / "lava"
-    if (folder / export.RUNNER_NAME).exists():
+    """``compile_dir/lava`` (absolute; warns when its runtime copy differs from the installed
+    one), or (compiled without ``--target lava``) a fresh export of its ``model.nir`` into ``scratch``."""
+    folder = Path(compile_dir).absolute() / "lava"
+    if (folder / NETWORK_FILE).exists():
+        warn_if_runtime_differs(folder)
         return folder
     if graph is None or scratch is None:
         raise InputError(f"{compile_dir} has no Lava export", hint="compile with --target lava")
@@ -204,8 +209,19 @@ def lava_folder(compile_dir: str | Path, graph: nir.NIRGraph | None = None, scra
     return Path(scratch) / "lava"
 
 
+def warn_if_runtime_differs(folder: Path) -> bool:
+    """Print one line to stderr when the runtime copied into the export ``folder``
+    (``run_lava.py``, ``runtime/``) differs from the installed one, which is what runs.
+    Returns whether it differs."""
+    differs = export.runtime_files(folder) != export.runtime_files(export.RUNNER_SOURCE.parent)
+    if differs:
+        print(f"spikec: warning: the Lava runtime in {folder} differs from this spikec's; running the installed "
+              f"runtime on the exported network (the copy in {folder} is not executed)", file=sys.stderr)
+    return differs
+
+
 def _synapses(folder: Path) -> int:
-    desc = json.loads((folder / runner.NETWORK_FILE).read_text())
+    desc = json.loads((folder / NETWORK_FILE).read_text())
     return int(desc["meta"].get("synapses", export.DEFAULT_SYNAPSES))
 
 
@@ -250,9 +266,9 @@ def generate_lava(compile_dir: str | Path, ids: Any, max_new_tokens: int, *, tim
     with tempfile.TemporaryDirectory(prefix="spikec-lava-export-") as scratch:
         folder = lava_folder(compile_dir, graph, scratch)
         synapses = _synapses(folder)
-        limit = json.loads((folder / runner.NETWORK_FILE).read_text())["meta"].get("positions") or 10**9
+        limit = json.loads((folder / NETWORK_FILE).read_text())["meta"].get("positions") or 10**9
         ref_graph = reference_graph(graph, precision, synapses)
-        T = int(timesteps or json.loads((folder / runner.NETWORK_FILE).read_text())["meta"]["timesteps"])
+        T = int(timesteps or json.loads((folder / NETWORK_FILE).read_text())["meta"]["timesteps"])
         lava_ids, ref_ids, prompt, seconds = x.copy(), x.copy(), None, 0.0
         for _ in range(max_new_tokens):
             if lava_ids.shape[1] >= limit:
@@ -272,4 +288,4 @@ def generate_lava(compile_dir: str | Path, ids: Any, max_new_tokens: int, *, tim
 
 
 __all__ = ["LavaRun", "LavaRunError", "ResourceError", "agreement", "compare", "evaluate_lava", "generate_lava",
-           "load_run", "reference_graph", "run_export"]
+           "load_run", "reference_graph", "run_export", "warn_if_runtime_differs"]

@@ -2,13 +2,14 @@
 
 The folder holds everything a host with only lava-nc, numpy (and nir) needs:
 
-* ``network.json``  the graph in the runner's terms (node types ``Input, Embedding,
+* ``network.json``  the graph in the runtime's terms (node types ``Input, Embedding,
   LayerNorm, RMSNorm, Attention, Activation, GatedActivation, Add, Affine, SignedIF, SSA,
   Dense, RateReadout, Output``), edges in NIR order (fan-in sums in that order), metadata;
 * ``weights.npz``   arrays by ``<node>/<field>``: float32 parameters, and for every Dense
   its fixed-point weights ``weight_int`` (int16), ``weight_exp`` and ``synapses``;
 * ``quantization.json``  what the fixed-point model applies, per layer;
-* ``run_lava.py``   a copy of ``spikec.backends.lava.runner``; ``README.md`` how to run it.
+* ``runtime/``      a copy of ``spikec.backends.lava.runtime`` (lava-nc, nir, numpy only);
+* ``run_lava.py``   its entry point (``spikec/backends/lava/run_lava.py``); ``README.md`` how to run it.
 
 Mapping from spikec's NIR (docs/nir-extensions.md): an ``Affine`` fed by a
 ``SpikecSignedIF`` and read by a ``SpikecRateReadout`` becomes a ``Dense`` (weights with the
@@ -20,6 +21,7 @@ with one input). Anything else (standard neurons, convolutions, nested graphs) r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -33,9 +35,15 @@ from spikec.core import ir
 from spikec.core.errors import InputError, UnsupportedError
 from spikec.core.ir import SpikecSSA
 
-from . import runner
+from .runtime import fixed_point, network, numpy_ops
+from .runtime.schedule import schedule
 
 RUNNER_NAME = "run_lava.py"
+RUNTIME_NAME = "runtime"
+RUNTIME_SOURCE = Path(__file__).resolve().parent / RUNTIME_NAME
+"""The installed runtime package, copied whole into every export."""
+RUNNER_SOURCE = Path(__file__).resolve().parent / RUNNER_NAME
+"""The installed entry point, written into every export as ``run_lava.py``."""
 QUANTIZATION_FILE = "quantization.json"
 DEFAULT_SYNAPSES = 1
 
@@ -103,7 +111,7 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
             add(name, "SSA", {"features": h * d, "in_features": (h + 2 * kv) * d, "num_heads": h, "num_kv_heads": kv,
                               "head_dim": d, "rope_theta": float(node.rope_theta), "signed": bool(node.signed),
                               "tau": float(node.tau), "normalize": bool(node.normalize)},
-                **{k: f32(getattr(node, k)) for k in runner.SSA_PARAMS})
+                **{k: f32(getattr(node, k)) for k in numpy_ops.SSA_PARAMS})
         elif isinstance(node, ir.SpikecSignedIF):
             if np.ndim(node.v_init):
                 raise UnsupportedError(
@@ -127,7 +135,7 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
             bias = f32(node.bias) if isinstance(node, nir.Affine) else np.zeros(weight.shape[0], np.float32)
             attrs = {"features": int(weight.shape[0]), "in_features": int(weight.shape[1])}
             if any(_spiking(graph, p) for p in preds[name]):
-                w_int, exp = runner.quantize_weights(weight, synapses)
+                w_int, exp = fixed_point.quantize_weights(weight, synapses)
                 add(name, "Dense", attrs, weight=weight, bias=bias, weight_int=w_int.astype(np.int8 if synapses == 1 else np.int16),
                     weight_exp=np.array([exp], np.int32), synapses=np.array([synapses], np.int32))
             else:
@@ -143,13 +151,13 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
 
 def network_description(graph: nir.NIRGraph, *, timesteps: int | None = None, positions: int | None = None,
                         synapses: int = DEFAULT_SYNAPSES) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The runner's description of ``graph`` and its arrays (checked by the runner's own
+    """The runtime's description of ``graph`` and its arrays (checked by the runtime's own
     scheduler, so an export that is written also runs)."""
     meta = dict(graph.metadata or {})
     T = int(timesteps or meta.get("timesteps") or 16)
     nodes, arrays = _convert(graph, synapses)
     desc = {
-        "format": runner.FORMAT,
+        "format": network.FORMAT,
         "nodes": nodes,
         "edges": [[a, b] for a, b in graph.edges],
         "meta": {
@@ -162,8 +170,8 @@ def network_description(graph: nir.NIRGraph, *, timesteps: int | None = None, po
         },
     }
     try:
-        runner.schedule(runner.network_from_dict(desc, arrays), T)
-    except runner.NetworkError as e:
+        schedule(network.network_from_dict(desc, arrays), T)
+    except network.NetworkError as e:
         raise UnsupportedError(f"the graph cannot be mapped to Lava: {e}") from None
     return desc, arrays
 
@@ -172,11 +180,11 @@ def quantization_report(desc: dict[str, Any], arrays: dict[str, np.ndarray], tim
     """What the fixed_pt model applies: per Dense its Loihi weights (synapse groups,
     exponent, errors) and readout bias encoding; per SignedIF layer its threshold and
     current encodings at ``timesteps``."""
-    net = runner.network_from_dict(desc, arrays)
+    net = network.network_from_dict(desc, arrays)
     dense, neurons = {}, {}
     for name, node in net.nodes.items():
         if node.type == "Dense":
-            q = runner.dense_fixed(net, name)
+            q = fixed_point.dense_fixed(net, name)
             w = net.array(name, "weight").astype(np.float64)
             err = np.abs(q["w_int"] * q["unit"] - w)
             bias = net.array(name, "bias").astype(np.float64)
@@ -192,7 +200,7 @@ def quantization_report(desc: dict[str, Any], arrays: dict[str, np.ndarray], tim
             }
         elif node.type == "SignedIF":
             B = int(node.attrs["max_spikes"])
-            neurons[name] = {enc: runner.signed_if_encoding(B, timesteps, enc) for enc in runner.CURRENT_ENCODINGS}
+            neurons[name] = {enc: fixed_point.signed_if_encoding(B, timesteps, enc) for enc in fixed_point.CURRENT_ENCODINGS}
             neurons[name]["max_spikes"] = B
     return {
         "timesteps": timesteps,
@@ -222,11 +230,11 @@ def quantized_graph(graph: nir.NIRGraph, synapses: int = DEFAULT_SYNAPSES) -> ni
     bias (``w_int * 2**weight_exp``, the Loihi-encoded bias), exactly representable in float32:
     the reference simulator runs the quantized network the fixed_pt model implements."""
     desc, arrays = network_description(graph, synapses=synapses)
-    net = runner.network_from_dict(desc, arrays)
+    net = network.network_from_dict(desc, arrays)
     nodes = dict(graph.nodes)
     for name, node in net.nodes.items():
         if node.type == "Dense":
-            q = runner.dense_fixed(net, name)
+            q = fixed_point.dense_fixed(net, name)
             nodes[name] = nir.Affine(weight=(q["w_int"] * q["unit"]).astype(np.float32),
                                      bias=(q["bias_int"] * q["unit"]).astype(np.float32),
                                      metadata=dict(graph.nodes[name].metadata or {}))
@@ -237,7 +245,7 @@ def export_lava(graph: nir.NIRGraph, out_dir: str | Path, *, timesteps: int | No
                 positions: int | None = None, synapses: int = DEFAULT_SYNAPSES) -> dict[str, Any]:
     """Write the Lava export of ``graph`` into ``out_dir`` (created; usually ``DIR/lava``).
 
-    timesteps: the default T of the runner (default: the graph's ``timesteps`` metadata).
+    timesteps: the default T of the runtime (default: the graph's ``timesteps`` metadata).
     positions: the most positions an input may have (``--seq-len``; default: the graph's
     ``positions`` metadata). synapses: 8-bit synapse groups per fixed-point weight (1 or 2).
     Returns a summary: folder, files, node counts, Lava processes, stages, seconds.
@@ -248,12 +256,12 @@ def export_lava(graph: nir.NIRGraph, out_dir: str | Path, *, timesteps: int | No
     T = int(desc["meta"]["timesteps"])
     report = quantization_report(desc, arrays, T)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / runner.WEIGHTS_FILE, **arrays)
-    (out / runner.NETWORK_FILE).write_text(json.dumps(desc, indent=1))
+    np.savez(out / network.WEIGHTS_FILE, **arrays)
+    (out / network.NETWORK_FILE).write_text(json.dumps(desc, indent=1))
     (out / QUANTIZATION_FILE).write_text(json.dumps(report, indent=1))
-    shutil.copyfile(Path(runner.__file__), out / RUNNER_NAME)
+    copy_runtime(out)
     (out / "README.md").write_text(_readme(desc))
-    sched = runner.schedule(runner.network_from_dict(desc, arrays), T)
+    sched = schedule(network.network_from_dict(desc, arrays), T)
     counts: dict[str, int] = {}
     for entry in desc["nodes"]:
         counts[entry["type"]] = counts.get(entry["type"], 0) + 1
@@ -269,6 +277,24 @@ def export_lava(graph: nir.NIRGraph, out_dir: str | Path, *, timesteps: int | No
         "synapses": synapses,
         "seconds": time.perf_counter() - start,
     }
+
+
+def runtime_files(folder: str | Path) -> dict[str, str]:
+    """SHA-256 of the runtime in ``folder`` (an export's ``lava/`` or this package's folder):
+    ``run_lava.py`` and every ``.py`` file under ``runtime/``, by path relative to ``folder``."""
+    folder = Path(folder)
+    paths = [folder / RUNNER_NAME, *sorted((folder / RUNTIME_NAME).rglob("*.py"))]
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
+
+
+def copy_runtime(out: Path) -> None:
+    """Write the runtime into the export folder ``out``: ``runtime/`` (replaced whole, without
+    ``__pycache__``) and the entry point ``run_lava.py``."""
+    target = out / RUNTIME_NAME
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(RUNTIME_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copyfile(RUNNER_SOURCE, out / RUNNER_NAME)
 
 
 def _readme(desc: dict[str, Any]) -> str:
@@ -289,5 +315,6 @@ features]`, graded int8 spikes of every SignedIF layer, aligned to the reference
 and `meta` (JSON: timing, steps, segments). `--stages-per-run 0` builds the whole graph as one Lava
 network instead of one network per group of stages.
 
-Files: network.json (graph), weights.npz (`<node>/<field>` arrays), quantization.json.
+Files: network.json (graph), weights.npz (`<node>/<field>` arrays), quantization.json, run_lava.py and
+runtime/ (the code it runs).
 """

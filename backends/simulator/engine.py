@@ -36,7 +36,7 @@ class SimResult:
     spikes: full spike trains ``[T, ...]`` per spiking node (only with ``record=True``).
     operations: what kernels counted inside a node, by node name then kind, summed over
     batch and steps (e.g. the synaptic operations of spiking attention's spike products;
-    the kinds are listed where the kernel is, and ``backends/energy.py`` reads them).
+    the kinds are listed where the kernel is, and ``spikec/analysis/attention_counts.py`` reads them).
     """
 
     outputs: dict[str, torch.Tensor]

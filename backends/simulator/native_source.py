@@ -14,6 +14,16 @@ SOURCE = r"""
 
 #define BLK 512
 
+/* One step of neuron i of a block (v, u, c, a as in signed_if_constant): spike count s. */
+#define SIGNED_IF_STEP(s)           \
+    float y = v[i] + u[i];          \
+    float s = floorf(y);            \
+    s = s < low ? low : s;          \
+    s = s > high ? high : s;        \
+    v[i] = y - s;                   \
+    c[i] += s;                      \
+    a[i] += fabsf(s);
+
 /* SignedIF driven by the constant current x (rows [r0, r1) of x [rows, F]) for T steps, in
    threshold units u = x / theta (one IEEE division, as torch does it), membrane from v_init:
    v += u; s = clamp(floor(v), low, high); v -= s. count[i] = sum_t s_t; train (if not NULL)
@@ -34,26 +44,14 @@ int64_t signed_if_constant(const float* x, const float* theta, int64_t F, int64_
                 for (int t = 0; t < T; ++t) {
                     int8_t* tr = train + (int64_t)t * tstride + i0;
                     for (int64_t i = 0; i < m; ++i) {
-                        float y = v[i] + u[i];
-                        float s = floorf(y);
-                        s = s < low ? low : s;
-                        s = s > high ? high : s;
-                        v[i] = y - s;
-                        c[i] += s;
-                        a[i] += fabsf(s);
+                        SIGNED_IF_STEP(s)
                         tr[i] = (int8_t)s;
                     }
                 }
             } else {
                 for (int t = 0; t < T; ++t) {
                     for (int64_t i = 0; i < m; ++i) {
-                        float y = v[i] + u[i];
-                        float s = floorf(y);
-                        s = s < low ? low : s;
-                        s = s > high ? high : s;
-                        v[i] = y - s;
-                        c[i] += s;
-                        a[i] += fabsf(s);
+                        SIGNED_IF_STEP(s)
                     }
                 }
             }

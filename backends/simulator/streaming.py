@@ -33,19 +33,8 @@ import nir
 import numpy as np
 import torch
 
-from spikec.core import streaming
+from spikec.core import ir, streaming
 from spikec.core.errors import UnsupportedError
-from spikec.core.ir import (
-    SpikecSpikeAttention,
-    SpikecSpikeDecode,
-    SpikecSTBIF,
-    SpikecStreamActivation,
-    SpikecStreamAdd,
-    SpikecStreamGatedActivation,
-    SpikecStreamLayerNorm,
-    SpikecStreamRMSNorm,
-    SpikecTokenEncoder,
-)
 
 from .values import Context, Kernel, Value, floating
 
@@ -326,14 +315,14 @@ def _compact(spikes: torch.Tensor) -> torch.Tensor:
 
 
 KERNELS: dict[type, Kernel] = {
-    SpikecSTBIF: _stbif,
-    SpikecTokenEncoder: _token_encoder,
-    SpikecSpikeDecode: _spike_decode,
-    SpikecStreamAdd: _stream_add,
-    SpikecStreamLayerNorm: _stream_op(_layer_norm),
-    SpikecStreamRMSNorm: _stream_op(_rms_norm),
-    SpikecStreamActivation: _stream_op(_activation),
-    SpikecStreamGatedActivation: _stream_op(_gated),
-    SpikecSpikeAttention: _spike_attention,
+    ir.SpikecSTBIF: _stbif,
+    ir.SpikecTokenEncoder: _token_encoder,
+    ir.SpikecSpikeDecode: _spike_decode,
+    ir.SpikecStreamAdd: _stream_add,
+    ir.SpikecStreamLayerNorm: _stream_op(_layer_norm),
+    ir.SpikecStreamRMSNorm: _stream_op(_rms_norm),
+    ir.SpikecStreamActivation: _stream_op(_activation),
+    ir.SpikecStreamGatedActivation: _stream_op(_gated),
+    ir.SpikecSpikeAttention: _spike_attention,
 }
 """Streaming (spike-softmax) and token-encoding node class -> kernel."""

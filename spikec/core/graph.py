@@ -45,3 +45,17 @@ def topology(graph: nir.NIRGraph, *, feed_forward_hint: str = "spikec runs feed-
         cycle = " -> ".join(e.args[1])
         raise NIRFormatError(f"the graph has a cycle ({cycle})", hint=feed_forward_hint) from None
     return Topology(preds, succs, order)
+
+
+def find_cycle(graph: nir.NIRGraph) -> list[str] | None:
+    """One cycle of ``graph``'s edges as node names, the first repeated at the end
+    (``["a", "b", "a"]``), or None when the graph is feed-forward. Standard NIR graphs may be
+    recurrent; spikec's simulator and portable export take feed-forward graphs only."""
+    sorter = graphlib.TopologicalSorter({n: set() for n in graph.nodes})
+    for src, dst in graph.edges:
+        sorter.add(dst, src)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as e:
+        return [str(n) for n in e.args[1]]
+    return None

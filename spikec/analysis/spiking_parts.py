@@ -14,8 +14,8 @@
   norms, softmax attention and activations, readouts, affines fed by real values: MACs);
 * ``junction``: residual additions.
 
-It also names the attention mode (``softmax``, ``spike-softmax``, or the attention node's
-type for others) and the token encoding (scheme, encoder node, and the real-valued layers
+It also names the attention mode (``softmax``, ``spike-softmax`` or ``ssa``; several joined
+by commas) and the token encoding (scheme, encoder node, and the real-valued layers
 before it, which an energy estimate must count as non-spiking MACs/lookups).
 """
 
@@ -27,21 +27,14 @@ from typing import Any
 import nir
 
 from spikec.core import ir
-from spikec.core.ir import (
-    SpikecSpikeAttention,
-    SpikecSpikeDecode,
-    SpikecStreamActivation,
-    SpikecStreamAdd,
-    SpikecStreamGatedActivation,
-    SpikecStreamLayerNorm,
-    SpikecStreamRMSNorm,
-    SpikecTokenEncoder,
-)
+from spikec.core.graph import topology
 
-ATTENTION_MODES: dict[type, str] = {ir.SpikecAttention: "softmax", SpikecSpikeAttention: "spike-softmax"}
-"""Attention node type -> mode name (other attention types are named by their type)."""
+ATTENTION_MODES: dict[type, str] = {
+    ir.SpikecAttention: "softmax", ir.SpikecSpikeAttention: "spike-softmax", ir.SpikecSSA: "ssa"}
+"""Attention node type -> mode name (``ssa``: spiking self-attention, spikec/core/ssa.py)."""
 
-_STREAM_OPS = (SpikecStreamLayerNorm, SpikecStreamRMSNorm, SpikecStreamActivation, SpikecStreamGatedActivation)
+_STREAM_OPS = (ir.SpikecStreamLayerNorm, ir.SpikecStreamRMSNorm, ir.SpikecStreamActivation,
+               ir.SpikecStreamGatedActivation)
 
 
 def _layer(name: str) -> str:
@@ -52,23 +45,15 @@ def _layer(name: str) -> str:
 
 
 def _attention_mode(graph: nir.NIRGraph) -> str | None:
-    modes = set()
-    for node in graph.nodes.values():
-        kind = type(node)
-        if kind in ATTENTION_MODES:
-            modes.add(ATTENTION_MODES[kind])
-        elif kind.__name__ == "SpikecSSA":  # spiking self-attention (spikec/core/ssa.py)
-            modes.add("ssa")
+    modes = {mode for node in graph.nodes.values() for kind, mode in ATTENTION_MODES.items()
+             if isinstance(node, kind)}
     return ", ".join(sorted(modes)) if modes else None
 
 
 def spiking_parts(graph: nir.NIRGraph) -> dict[str, Any]:
     """Per layer (``h.N`` blocks; other nodes by name) the node names in each category (see the
     module docstring), the attention mode, the token encoding and totals."""
-    preds: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for src, dst in graph.edges:
-        if dst in preds:
-            preds[dst].append(src)
+    preds = topology(graph).preds
     spiking = {n for n, node in graph.nodes.items() if ir.is_spiking(node)}
     layers: dict[str, dict[str, list[str]]] = {}
     weight_layers = spike_driven_weights = 0
@@ -86,19 +71,19 @@ def spiking_parts(graph: nir.NIRGraph) -> dict[str, Any]:
             driven = bool(preds[name]) and all(p in spiking for p in preds[name])
             spike_driven_weights += driven
             put(name, "spike_driven" if driven else "real")
-        elif isinstance(node, SpikecSpikeAttention):
+        elif isinstance(node, ir.SpikecSpikeAttention):
             put(name, "neurons", f"{name}_probs")
             put(name, "spike_driven", f"{name} (q k^T, p v)")
             put(name, "spike_equivalent", f"{name} (softmax)")
-        elif isinstance(node, SpikecSpikeDecode):
+        elif isinstance(node, ir.SpikecSpikeDecode):
             put(name, "spike_driven")
         elif isinstance(node, _STREAM_OPS):
             put(name, "spike_equivalent")
-        elif isinstance(node, (ir.SpikecAdd, SpikecStreamAdd)):
+        elif isinstance(node, (ir.SpikecAdd, ir.SpikecStreamAdd)):
             put(name, "junction")
         else:
             put(name, "real")
-    encoders = [n for n, node in graph.nodes.items() if isinstance(node, SpikecTokenEncoder)]
+    encoders = [n for n, node in graph.nodes.items() if isinstance(node, ir.SpikecTokenEncoder)]
     token = None
     if encoders:
         first = graph.nodes[encoders[0]]

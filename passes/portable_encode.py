@@ -22,6 +22,7 @@ the loss. Measured figures: docs/interop.md.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,11 +30,13 @@ from torch import fx
 
 from spikec.core import ops
 from spikec.core.errors import UsageError
+from spikec.core.options import from_options, option_field
 from spikec.core.passes import PassContext, register_pass
 
-from ._fx import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, spikec_name
+from .affine_rewrite import AffineSite, finish, replace_affine
+from .fx_graph import calls, get_arg, new_attr, spikec_name
 from .calibrate import META_KEY as CALIBRATION_KEY
-from .calibrate import observe_nodes
+from .calibrate import CalibrateOptions, observe_nodes
 from .encode import NEURON_KEY, RANGES, provably_nonnegative, thresholds
 
 PORTABLE_KEY = "spikec_portable"
@@ -48,30 +51,29 @@ IF_PARAMS = {"r": 1.0, "v_threshold": 1.0, "v_reset": 0.0}
 ``r = 1/dt`` with ``dt = 1``, uniform parameters; Norse ignores ``r`` and ``v_reset``)."""
 
 
+@dataclass(frozen=True)
+class PortableOptions:
+    """Options of the ``portable-encode`` pass (docs/interop.md)."""
+
+    range: str = option_field("portable_range", DEFAULT_RANGE, "threshold statistic: percentile or absmax",
+                              choices=RANGES)
+    range_scale: float = option_field("portable_range_scale", DEFAULT_RANGE_SCALE,
+                                      "portable_fit=none: theta = statistic * scale")
+    gain: float = option_field("portable_gain", DEFAULT_GAIN, "portable_fit=none: the readout gain")
+    fit: str = option_field("portable_fit", "mse", "mse: per-channel threshold and readout gain fitted on the "
+                            "calibration activations (fit_channels); none: the two options above", choices=FITS)
+
+    def __post_init__(self) -> None:
+        for key, value in (("range_scale", self.range_scale), ("gain", self.gain)):
+            if not value > 0:
+                raise UsageError(f"portable_{key} must be a positive number, got {value}")
+
+
 def portable_config(ctx: PassContext) -> dict[str, Any]:
-    """The pass options, validated: ``portable_range`` (``percentile`` or ``absmax``, default
-    percentile), ``portable_fit`` (``mse``, the default: per-channel threshold and readout
-    gain fitted on the calibration activations, see ``fit_channels``; ``none``: the two
-    options below), ``portable_range_scale`` (theta = statistic * scale, default 1.5) and
-    ``portable_gain`` (readout gain, default 1.0)."""
-    cfg = {
-        "range": ctx.option("portable_range", DEFAULT_RANGE),
-        "range_scale": ctx.option("portable_range_scale", DEFAULT_RANGE_SCALE),
-        "gain": ctx.option("portable_gain", DEFAULT_GAIN),
-        "fit": ctx.option("portable_fit", "mse"),
-    }
-    if cfg["range"] not in RANGES:
-        raise UsageError(f"unknown portable_range {cfg['range']!r}; choose one of {', '.join(RANGES)}")
-    if cfg["fit"] not in FITS:
-        raise UsageError(f"unknown portable_fit {cfg['fit']!r}; choose one of {', '.join(FITS)}")
-    for key in ("range_scale", "gain"):
-        try:
-            cfg[key] = float(cfg[key])
-        except (TypeError, ValueError):
-            raise UsageError(f"portable_{key} must be a positive number, got {cfg[key]!r}") from None
-        if not cfg[key] > 0:
-            raise UsageError(f"portable_{key} must be a positive number, got {cfg[key]}")
-    return cfg
+    """The pass options (``PortableOptions``) as the dict the neurons' meta records:
+    ``range``, ``range_scale``, ``gain``, ``fit``."""
+    opts = from_options(PortableOptions, ctx.options)
+    return {"range": opts.range, "range_scale": opts.range_scale, "gain": opts.gain, "fit": opts.fit}
 
 
 def sign_split(theta: torch.Tensor, signed: bool) -> torch.Tensor:
@@ -132,8 +134,7 @@ def fit_channels(gm: fx.GraphModule, ctx: PassContext, fits: dict[fx.Node, Chann
     data = ctx.calibration
     if data is None or data.numel() == 0:
         raise UsageError("portable_fit=mse needs calibration data", "give calibration text or set portable_fit=none")
-    batch = int(ctx.option("calibration_batch", 4))
-    observe_nodes(gm, data, fits, batch)
+    observe_nodes(gm, data, fits, from_options(CalibrateOptions, ctx.options).batch)
 
 
 @register_pass("portable-encode")
@@ -177,47 +178,34 @@ def portable_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
         fit_channels(gm, ctx, fits)
     fitted = {x: f.result() for x, f in fits.items()}
     for affine in todo:
-        x, w_node, b_node = get_arg(affine, 0, "x"), get_arg(affine, 1, "weight"), get_arg(affine, 2, "bias")
+        x = get_arg(affine, 0, "x")
         if x in fitted:
             theta, gain = fitted[x]
         else:
             theta = thresholds(affine.meta[CALIBRATION_KEY], cfg)
             gain = torch.full_like(theta, cfg["gain"])
-        w = attr_tensor(gm, w_node)
-        if w is None or w.shape[1] != theta.shape[0]:
-            raise UsageError(f"{spikec_name(affine)}: weight does not match its calibration statistics",
-                             "re-run calibrate after passes that change affine weights")
+        site = AffineSite.of(gm, affine, theta)
+        w = site.w
         signed = not provably_nonnegative(x)
         theta, gain = theta.to(w.device), gain.to(w.device)
-        name, role = spikec_name(affine), affine.meta.get("role", "")
         settings = {**cfg, "signed": signed, "timesteps": timesteps, **IF_PARAMS}
         graph = gm.graph
         with graph.inserting_before(affine):
-            enc = graph.get_attr(new_attr(gm, f"{name}.encode.weight", sign_split(theta, signed).to(w.dtype)))
+            enc = graph.get_attr(new_attr(gm, f"{site.name}.encode.weight", sign_split(theta, signed).to(w.dtype)))
             current = graph.call_function(ops.linear, (x, enc))
-            current.meta.update({"spikec_name": f"{name}.encode", "role": "encode", "spikec_neuron_of": name,
-                                 "module_path": affine.meta.get("module_path", "")})
+            current.meta.update(site.neuron_meta("encode", "encode"))
             spikes = graph.call_function(ops.nir_if, (current,), {"timesteps": timesteps, **IF_PARAMS})
-            spikes.meta.update({"spikec_name": f"{name}.neuron", "role": "neuron", "spikec_neuron_of": name,
-                                "module_path": affine.meta.get("module_path", ""), PORTABLE_KEY: settings})
+            spikes.meta.update({**site.neuron_meta(), PORTABLE_KEY: settings})
             folded = w.float() * (theta * gain)[None, :]
             readout_w = torch.cat([folded, -folded], dim=1) if signed else folded
-            w_readout = graph.get_attr(new_attr(gm, f"{name}.weight_spiking", readout_w.to(w.dtype)))
-            readout = graph.call_function(ops.rate_readout_affine, (spikes, w_readout, b_node))
-        readout.meta.update(affine.meta)
+            w_readout = graph.get_attr(new_attr(gm, f"{site.name}.weight_spiking", readout_w.to(w.dtype)))
+            readout = graph.call_function(ops.rate_readout_affine, (spikes, w_readout, site.b_node))
+        stale |= replace_affine(gm, site, readout)
         readout.meta.pop(NEURON_KEY, None)
         readout.meta[PORTABLE_KEY] = settings
-        affine.replace_all_uses_with(readout)
-        graph.erase_node(affine)
-        stale |= erase_if_unused(gm, [w_node])
-        neurons[role] = neurons.get(role, 0) + int(theta.numel()) * (2 if signed else 1)
+        neurons[site.role] = neurons.get(site.role, 0) + int(theta.numel()) * (2 if signed else 1)
         unsigned += not signed
-    drop_unused_attrs(gm, stale)
-    gm.graph.lint()
-    gm.recompile()
-    ctx.record("timesteps", timesteps)
-    ctx.record("affines_encoded", len(todo))
-    ctx.record("neurons", neurons)
+    finish(gm, ctx, stale, len(todo), neurons)
     ctx.record("neuron", "NIR IF r=1 v_threshold=1 v_reset=0 (sign-split, one spike a step, reset to zero)")
     ctx.record("range", cfg["range"])
     ctx.record("fit", cfg["fit"])

@@ -1,5 +1,6 @@
 """Small torch.fx helpers shared by the passes: argument access by position or
-keyword, tensor attributes behind ``get_attr`` nodes, and fresh attribute names."""
+keyword, tensor attributes behind ``get_attr`` nodes, fresh attribute names, the module's
+device, and ``GraphRunner``, an interpreter whose attribute reads and calls a pass chooses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import fx
+
+from spikec.core.errors import UsageError
 
 
 def calls(gm: fx.GraphModule, *targets: Callable) -> Iterator[fx.Node]:
@@ -81,3 +84,46 @@ def erase_if_unused(gm: fx.GraphModule, nodes: list[Any]) -> set[str]:
 def spikec_name(node: fx.Node) -> str:
     """The node's readable spikec name (its fx name when the meta key is missing)."""
     return str(node.meta.get("spikec_name", node.name))
+
+
+def module_device(gm: fx.GraphModule) -> torch.device:
+    """The device of the module's tensors: its first buffer's, else its first parameter's,
+    else the CPU."""
+    for t in gm.buffers():
+        return t.device
+    for t in gm.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+def replace_attr(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> None:
+    """Point the attribute ``target`` (dotted paths allowed) at ``tensor`` (detached, as a
+    buffer); the old tensor is left untouched."""
+    owner_path, _, name = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    delattr(owner, name)
+    owner.register_buffer(name, tensor.detach())
+
+
+class GraphRunner(fx.Interpreter):
+    """Runs ``gm`` with each ``get_attr`` value given by ``attr(target)`` and each
+    ``call_function`` node computed by ``call(node, args, kwargs)`` (defaults: the module's
+    attribute, the node's own function); values are freed after their last use. Other node
+    kinds (``call_module``, ``call_method``) raise ``UsageError`` naming ``what``."""
+
+    def __init__(self, gm: fx.GraphModule, attr: Callable[[str], Any] | None = None,
+                 call: Callable[[fx.Node, tuple, dict], Any] | None = None, what: str = "this pass"):
+        super().__init__(gm, garbage_collect_values=True)
+        self.attr = attr or (lambda target: fetch_attr(gm, target))
+        self.call = call or (lambda node, args, kwargs: node.target(*args, **kwargs))
+        self.what = what
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op == "get_attr":
+            return self.attr(n.target)
+        if n.op == "call_function":
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            return self.call(n, args, kwargs)
+        if n.op in ("placeholder", "output"):
+            return super().run_node(n)
+        raise UsageError(f"{self.what} cannot run fx node kind {n.op!r} ({n.name})")

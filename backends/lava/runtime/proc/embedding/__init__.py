@@ -1,0 +1,1 @@
+"""The ``Embedding`` process: token (+ position) embedding of ids given at build time."""

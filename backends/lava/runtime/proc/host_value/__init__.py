@@ -1,0 +1,1 @@
+"""The ``HostValue`` process: a real value known before the run."""

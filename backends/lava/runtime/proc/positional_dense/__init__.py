@@ -1,0 +1,1 @@
+"""The ``PositionalDense`` process: Lava's Dense applied to every position, graded spikes."""

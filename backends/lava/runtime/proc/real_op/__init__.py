@@ -1,0 +1,1 @@
+"""The ``RealOp`` process: a real-valued operator (norm, attention, activation, add, affine)."""

@@ -1,0 +1,1 @@
+"""The ``SignedIF`` process: signed, graded, soft-reset integrate-and-fire neurons."""

@@ -1,0 +1,1 @@
+"""The ``SpikingSelfAttention`` process: spiking self-attention on real q|k|v."""

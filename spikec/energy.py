@@ -1,0 +1,112 @@
+"""``spikec energy``: energy per token of a compiled network, ANN against SNN, on held-out text.
+
+``measure_operations`` runs the reference simulator on token sequences and counts what the
+ANN and the SNN spend per layer (:mod:`spikec.analysis.counts`); ``energy_on_text`` does it
+for a compile output directory and writes ``DIR/energy.json`` (which ``spikec report`` shows);
+``run`` is the command. docs/energy.md states what is counted and the constants' sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import nir
+import torch
+from tqdm import tqdm
+
+from spikec.analysis.counts import combine_results, count_operations
+from spikec.analysis.energy_models import EnergyModel, builtin_model, resolve_model
+from spikec.analysis.estimate import estimate
+from spikec.analysis.formatting import format_estimate
+from spikec.analysis.operations import OperationCounts
+from spikec.backends.simulator import SimResult, simulate
+from spikec.compiled_checks import check_vocabulary
+from spikec.core import ir
+from spikec.core.errors import UsageError
+from spikec.outputs import load_tokenizer, read_compiled, write_json
+from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens, text_label
+
+ENERGY_FILE = "energy.json"
+"""What ``spikec energy`` writes in the compile output directory: the text, the per-layer
+counts (:meth:`OperationCounts.to_dict`) and the estimate."""
+
+
+def max_positions(graph: nir.NIRGraph) -> int | None:
+    """The longest sequence the graph can take: its learned position table's length (None
+    without one, e.g. rotary models)."""
+    for node in graph.nodes.values():
+        if isinstance(node, ir.SpikecEmbedding) and node.position_weight.shape[0] > 0:
+            return int(node.position_weight.shape[0])
+    return None
+
+
+def token_chunks(stream: torch.Tensor, tokens: int, seq_len: int | None, graph: nir.NIRGraph) -> torch.Tensor:
+    """``[sequences, positions]`` ids: the first ``tokens`` tokens cut into sequences of
+    ``seq_len`` (default: all of them in one, up to the graph's maximum), as ``spikec eval`` does."""
+    if tokens < 2:
+        raise UsageError(f"--tokens must be at least 2, got {tokens}")
+    if seq_len is not None and seq_len < 1:
+        raise UsageError(f"--seq-len must be at least 1, got {seq_len}")
+    limit = max_positions(graph)
+    return cut_sequences(stream, tokens, min(seq_len or tokens, tokens, limit or tokens))
+
+
+@torch.no_grad()
+def measure_operations(
+    graph: nir.NIRGraph, ids: torch.Tensor, timesteps: int, *, progress: bool = False, record_first: bool = False
+) -> tuple[OperationCounts, SimResult]:
+    """Simulate ``graph`` on every sequence of ``ids`` ``[sequences, positions]`` at ``timesteps``
+    and count operations. Returns the counts and the combined result; with ``record_first``
+    the first sequence's spike trains are kept in its ``spikes`` (for rasters)."""
+    results, first_spikes = [], {}
+    for i in tqdm(range(ids.shape[0]), desc=f"simulating T={timesteps}", disable=not progress, leave=False):
+        r = simulate(graph, ids[i : i + 1], timesteps, record=record_first and i == 0)
+        if i == 0:
+            first_spikes = r.spikes
+        results.append(SimResult(outputs={}, spike_counts=r.spike_counts, firing_rates=r.firing_rates,
+                                 timesteps=r.timesteps, operations=r.operations))
+    combined = combine_results(results)
+    combined.spikes = first_spikes
+    return count_operations(graph, combined, positions=int(ids.shape[1]), sequences=int(ids.shape[0])), combined
+
+
+def energy_on_text(
+    directory: str | Path, text_path: str | None = None, tokens: int = 1024, seq_len: int | None = None,
+    timesteps: int | None = None, model: EnergyModel | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Operation counts of a compiled network on ``tokens`` tokens of held-out text (default:
+    the embedded docstrings) and their energy under ``model`` (default ``45nm``). Writes
+    ``DIR/energy.json`` (counts, estimate, text) and returns the estimate, with ``text`` and
+    ``seconds`` added."""
+    p, report, graph = read_compiled(directory)
+    model = model or builtin_model("45nm")
+    t = int(report["timesteps"] if timesteps is None else timesteps)
+    if t < 1:
+        raise UsageError(f"-T must be at least 1, got {t}")
+    tokenizer = load_tokenizer(p)
+    check_vocabulary(graph, tokenizer, str(p / "model.nir"))
+    stream = leading_tokens(tokenizer, text_path, HELDOUT_TEXT, tokens)
+    ids = token_chunks(stream, tokens, seq_len, graph)
+    start = time.perf_counter()
+    counts, _ = measure_operations(graph, ids, t, progress=progress)
+    est = estimate(counts, model)
+    est["text"] = text_label(text_path, HELDOUT_TEXT)
+    est["seconds"] = time.perf_counter() - start
+    write_json(p / ENERGY_FILE, {"text": est["text"], "counts": counts.to_dict(), "estimate": est})
+    return est
+
+
+def run(a: argparse.Namespace) -> int:
+    """The ``energy`` command (its arguments: spikec/cli.py): measure, print the table or JSON."""
+    model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
+    est = energy_on_text(a.dir, a.text, a.tokens, a.seq_len, a.timesteps, model, progress=not a.json)
+    if a.json:
+        print(json.dumps(est, indent=2))
+        return 0
+    print(format_estimate(est, per_op=a.per_op))
+    print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
+    return 0
