@@ -392,9 +392,9 @@ def test_a_damaged_report_json_is_exit_3(copy_of_tiny: Path, capsys, kind: str) 
 
 
 def test_a_prompt_longer_than_the_models_positions_is_one_line(tiny: Path, capsys) -> None:
-    assert main(["run", str(tiny), "--prompt", "word " * 1100, "--max-new-tokens", "2"]) == 2
+    assert main(["run", str(tiny), "--prompt", "word " * 1100, "--max-new-tokens", "2"]) == 3
     assert "positions" in one_error_line(capsys)
-    assert main(["run", str(tiny), "--prompt", "word " * 1023, "--max-new-tokens", "3"]) == 2
+    assert main(["run", str(tiny), "--prompt", "word " * 1023, "--max-new-tokens", "3"]) == 3
     one_error_line(capsys)
 
 
