@@ -391,6 +391,25 @@ def test_a_damaged_report_json_is_exit_3(copy_of_tiny: Path, capsys, kind: str) 
     assert "report.json" in one_error_line(capsys)
 
 
+ENERGY_CONSTANTS = {
+    "huge integer.json": '{"mac_pj": ' + "9" * 400 + "}",
+    "too many digits.json": '{"mac_pj": ' + "9" * 5000 + "}",
+    "huge integer.toml": "mac_pj = " + "9" * 400 + "\n",
+    "not UTF-8.toml": b"mac_pj = \xff\n",
+    "negative.toml": "add_pj = -1\n",
+}
+
+
+@pytest.mark.parametrize("name", list(ENERGY_CONSTANTS))
+def test_bad_energy_constants_are_exit_3(tiny: Path, tmp_path: Path, capsys, name: str) -> None:
+    content = ENERGY_CONSTANTS[name]
+    path = tmp_path / name.replace(" ", "-")
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["energy", str(tiny), "--model", str(path), "--tokens", "32"]) == 3
+    line = one_error_line(capsys)
+    assert path.name in line and len(line) < 1000
+
+
 def test_a_prompt_longer_than_the_models_positions_is_one_line(tiny: Path, capsys) -> None:
     assert main(["run", str(tiny), "--prompt", "word " * 1100, "--max-new-tokens", "2"]) == 3
     assert "positions" in one_error_line(capsys)
