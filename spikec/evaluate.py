@@ -18,9 +18,9 @@ from tqdm import tqdm
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
 from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
-from spikec.core.errors import InputError, ResourceError, UsageError, one_line
+from spikec.core.errors import InputError, UsageError, one_line
 from spikec.frontend.models import LoadedModel, load_from_spec
-from spikec.outputs import check_compile_report, write_atomic
+from spikec.outputs import check_compile_report, write_result
 from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
 
 
@@ -134,12 +134,7 @@ def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
     """Write the results to ``DIR/eval.json`` (atomically), for reports. A directory that
     cannot take it (read-only, full) raises ``ResourceError`` (exit 5): the caller has shown
     the figures already."""
-    target = compiled.path / "eval.json"
-    try:
-        write_atomic(target, json.dumps(results, indent=2))
-    except OSError as e:
-        raise ResourceError(f"the figures above were not saved: cannot write {str(target)!r}: {e.strerror}",
-                            hint="make the directory writable or free some space, and run again") from None
+    write_result(compiled.path / "eval.json", json.dumps(results, indent=2))
 
 
 @torch.no_grad()

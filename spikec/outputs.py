@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from spikec.arguments import MAX_SEED, MAX_SEQ_LEN, MAX_TIMESTEPS
-from spikec.core.errors import InputError, UsageError, one_line
+from spikec.core.errors import InputError, ResourceError, UsageError, one_line
 
 SPIKEC_MARKERS = ("report.json", "model.nir")  # a compile output holds both
 PORTABLE_MANIFEST = ("manifest.json", "spikec-portable-manifest")  # an export-nir output: file, its "format"
@@ -219,6 +219,18 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_result(path: str | Path, data: str | bytes) -> None:
+    """``write_atomic`` for figures the command has printed already (``eval.json``,
+    ``energy.json``): a directory that cannot take the file (read-only, full) raises
+    ``ResourceError`` (exit 5) saying the figures shown were not saved."""
+    try:
+        write_atomic(path, data)
+    except OSError as e:
+        raise ResourceError(f"the figures above were not saved: cannot write {one_line(repr(str(path)), 200)}: "
+                            f"{e.strerror}", hint="make the directory writable or free some space, and run again"
+                            ) from None
 
 
 def check_compile_report(report: Any, file: str) -> dict[str, Any]:

@@ -263,16 +263,18 @@ def test_a_planted_symlink_is_replaced_not_followed(copy_of_tiny: Path, tmp_path
     assert not (copy_of_tiny / name).is_symlink() and leftovers(copy_of_tiny) == []
 
 
-@pytest.mark.parametrize("err,code", [(errno.ENOSPC, 5), (errno.EDQUOT, 5), (errno.EROFS, 5), (errno.EACCES, 5)])
-def test_eval_that_cannot_save_shows_the_figures_and_exits_5(tiny: Path, monkeypatch, capsys, err: int,
-                                                            code: int) -> None:
+@pytest.mark.parametrize("command", ["eval", "energy"])
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES])
+def test_figures_that_cannot_be_saved_are_shown_and_exit_5(tiny: Path, monkeypatch, capsys, command: str,
+                                                         err: int) -> None:
     def refuse(path, data):
         raise OSError(err, os.strerror(err), str(path))
 
-    monkeypatch.setattr("spikec.evaluate.write_atomic", refuse)
-    assert main(["eval", str(tiny), "--tokens", "32"]) == code
+    monkeypatch.setattr("spikec.outputs.write_atomic", refuse)
+    assert main([command, str(tiny), "--tokens", "32"]) == 5
     captured = capsys.readouterr()
-    assert "ANN ppl" in captured.out and "(32 tokens)" in captured.out
+    assert ("ANN ppl" in captured.out and "(32 tokens)" in captured.out) if command == "eval" else \
+        "pJ" in captured.out
     lines = [line for line in captured.err.splitlines() if line.startswith("spikec")]  # tqdm's progress aside
     assert len(lines) == 1 and lines[0].startswith("spikec: error: the figures above were not saved")
 
