@@ -526,6 +526,8 @@ def read(path: str | os.PathLike) -> nir.NIRGraph:
         raise NIRFormatError(f"{file}: no such file", hint="check the path; NIR files are written by `spikec compile`")
     if path.is_dir():
         raise NIRFormatError(f"{file}: is a directory, not a NIR file", hint="pass the .nir file inside it")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise NIRFormatError(f"{file}: not a regular file", hint="pass a NIR file written by `spikec compile`")
     reader = _Reader(file)
     try:
         with h5py.File(path, "r") as f:

@@ -7,55 +7,33 @@ import argparse
 import json
 import sys
 import traceback
-from typing import Any, Sequence
+from typing import Sequence
 
-from spikec.core.errors import SpikecError, UsageError
-
-
-def _key_values(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or a comma list of integers, got {text!r}") from None
-
-
-def _parse_option_value(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
+from spikec.arguments import (
+    OneLineParser, energy_seq_len_arg, key_values, new_tokens_arg, pass_options, samples_arg, seed_arg, seq_len_arg,
+    timesteps_arg, timesteps_list_arg, tokens_arg,
+)
+from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spikec", description="Compile transformer language models into spiking networks.")
+    p = OneLineParser(prog="spikec", description="Compile transformer language models into spiking networks.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="convert a model into a spiking network (NIR) in an output directory")
     c.add_argument("model", help="gpt2, gpt2-medium, gpt2-large, distilgpt2, smollm2-135m, llama, a Hugging Face id or a local directory")
     c.add_argument("-o", "--output", help="output directory (default: build/<model>)")
-    c.add_argument("-T", "--timesteps", type=int, default=16, help="timesteps per window (default 16)")
+    c.add_argument("-T", "--timesteps", type=timesteps_arg, default=16, help="timesteps per window (default 16)")
     c.add_argument("--target", default="nir", help="nir (default), sim, or lava (also writes DIR/lava/, docs/lava.md)")
     c.add_argument("--calib-text", help="calibration text file, or embedded:NAME for a shipped text "
                    "(default: the embedded GPL-3 text)")
-    c.add_argument("--calib-samples", type=int, default=16, help="calibration samples (default 16)")
-    c.add_argument("--seq-len", type=int, default=128, help="positions per calibration sample (default 128)")
+    c.add_argument("--calib-samples", type=samples_arg, default=16, help="calibration samples (default 16)")
+    c.add_argument("--seq-len", type=seq_len_arg, default=128, help="positions per calibration sample (default 128)")
     c.add_argument("--passes", default="default", help="comma list of passes; 'default' is the built-in pipeline")
     c.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import passes from a file (repeatable)")
     c.add_argument("--random-weights", action="store_true", help="the architecture with seeded random weights (offline)")
-    c.add_argument("--config", type=_key_values, default={}, metavar="KEY=VALUE,...", help="override config fields (with --random-weights)")
+    c.add_argument("--config", type=key_values, default={}, metavar="KEY=VALUE,...", help="override config fields (with --random-weights)")
     c.add_argument("--preset", default="balanced", choices=("balanced", "accurate"),
                    help="neuron settings: balanced (default) or accurate (about twice the spikes, far better at few timesteps)")
     c.add_argument("--attention", default="softmax", choices=("softmax", "spike-softmax", "ssa"),
@@ -66,17 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
     c.add_argument("--calibrate", default="none", choices=("none", "coarse", "fine"),
                    help="FAS stage-2 calibration of thresholds (coarse) and initial membranes (fine), docs/fas.md")
-    c.add_argument("--option", type=_key_values, default={}, metavar="KEY=VALUE,...", help="pass options, e.g. range=percentile,burst_spikes=8")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--option", type=key_values, default={}, metavar="KEY=VALUE,...", help="pass options, e.g. range=percentile,burst_spikes=8")
+    c.add_argument("--seed", type=seed_arg, default=0)
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     c.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where calibration runs")
 
     e = sub.add_parser("eval", help="compare the original model and its spiking network on held-out text")
     e.add_argument("dir")
     e.add_argument("--text", help="evaluation text (default: embedded Python docstrings, disjoint from calibration)")
-    e.add_argument("--tokens", type=int, default=1024)
-    e.add_argument("-T", "--timesteps", type=_int_list, help="timesteps, or a comma list for a curve (default: the compile's)")
-    e.add_argument("--seq-len", type=int, help="positions per sequence (default: all tokens, up to the model's maximum)")
+    e.add_argument("--tokens", type=tokens_arg, default=1024)
+    e.add_argument("-T", "--timesteps", type=timesteps_list_arg, help="timesteps, or a comma list for a curve (default: the compile's)")
+    e.add_argument("--seq-len", type=seq_len_arg, help="positions per sequence (default: all tokens, up to the model's maximum)")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the model and simulator run")
     e.add_argument("--backend", choices=("sim", "lava"), default="sim",
@@ -86,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="generate text with the spiking network (and the original beside it)")
     r.add_argument("dir")
     r.add_argument("--prompt", required=True)
-    r.add_argument("--max-new-tokens", type=int, default=20)
-    r.add_argument("-T", "--timesteps", type=int)
+    r.add_argument("--max-new-tokens", type=new_tokens_arg, default=20)
+    r.add_argument("-T", "--timesteps", type=timesteps_arg)
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     r.add_argument("--backend", choices=("sim", "lava"), default="sim", help="sim (default) or lava")
     r.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
@@ -110,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     en = sub.add_parser("energy", help="estimate energy per token, ANN vs SNN, per layer, on held-out text")
     en.add_argument("dir")
     en.add_argument("--text", help="text to run (default: embedded Python docstrings, disjoint from calibration)")
-    en.add_argument("--tokens", type=int, default=1024)
-    en.add_argument("--seq-len", type=int, help="positions per sequence (default: all tokens, up to the maximum)")
-    en.add_argument("-T", "--timesteps", type=int, help="timesteps (default: the compile's)")
+    en.add_argument("--tokens", type=tokens_arg, default=1024)
+    en.add_argument("--seq-len", type=energy_seq_len_arg, help="positions per sequence (default: all tokens, up to the maximum)")
+    en.add_argument("-T", "--timesteps", type=timesteps_arg, help="timesteps (default: the compile's)")
     en.add_argument("--model", default="45nm", metavar="MODEL",
                     help="45nm (default), 45nm-memory, loihi, or a .toml/.json file of constants (docs/energy.md)")
     en.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
@@ -132,11 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_compile(a: argparse.Namespace) -> int:
     from spikec.compile import CompileOptions, compile_model
 
+    passes = [s.strip() for s in a.passes.split(",") if s.strip()]
+    if not passes:
+        raise UsageError(f"--passes {one_line(a.passes, 40)!r} names no pass", hint="give 'default' or pass names")
     opts = CompileOptions(
         model=a.model, output=a.output, timesteps=a.timesteps, target=a.target, calib_text=a.calib_text,
-        calib_samples=a.calib_samples, seq_len=a.seq_len, passes=[s.strip() for s in a.passes.split(",") if s.strip()],
+        calib_samples=a.calib_samples, seq_len=a.seq_len, passes=passes,
         plugins=a.plugin, random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
-        options={k: _parse_option_value(v) for k, v in a.option.items()}, device=a.device, preset=a.preset,
+        options=pass_options(a.option), device=a.device, preset=a.preset,
         attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate,
     )
     report = compile_model(opts)
@@ -156,15 +137,17 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     if a.backend == "lava":
         return _eval_lava(a, compiled)
     results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device)
-    save_eval(compiled, results)
+    # the figures are shown first: a directory that cannot take eval.json must not lose them
     if a.json:
         print(json.dumps(results[0] if len(results) == 1 else {"curve": results}, indent=2))
-        return 0
-    print(f"{'T':>5} {'ANN ppl':>9} {'SNN ppl':>9} {'ratio':>7} {'cosine':>7} {'top-1':>7}")
-    for r in results:
-        print(f"{r['timesteps']:>5} {r['ann_ppl']:>9.3f} {r['snn_ppl']:>9.3f} {r['ppl_ratio']:>7.3f} "
-              f"{r['cosine']:>7.4f} {r['top1_agreement']:>7.3f}")
-    print(f"({results[0]['tokens']} tokens)")
+    else:
+        print(f"{'T':>5} {'ANN ppl':>9} {'SNN ppl':>9} {'ratio':>7} {'cosine':>7} {'top-1':>7}")
+        for r in results:
+            print(f"{r['timesteps']:>5} {r['ann_ppl']:>9.3f} {r['snn_ppl']:>9.3f} {r['ppl_ratio']:>7.3f} "
+                  f"{r['cosine']:>7.4f} {r['top1_agreement']:>7.3f}")
+        print(f"({results[0]['tokens']} tokens)")
+    sys.stdout.flush()
+    save_eval(compiled, results)
     return 0
 
 
@@ -254,8 +237,9 @@ def _cmd_export_nir(a: argparse.Namespace) -> int:
 
     from spikec.backends import nirio, portable
     from spikec.core.errors import InputError
-    from spikec.outputs import atomic_directory
+    from spikec.outputs import atomic_directory, check_output_target
 
+    check_output_target(Path(a.output), a.force)  # before the NIR file is read
     src = Path(a.dir)
     source = src if src.is_file() else src / "model.nir"
     if not source.is_file():
@@ -299,28 +283,54 @@ COMMANDS = {"compile": _cmd_compile, "eval": _cmd_eval, "run": _cmd_run, "passes
 
 
 class _Interrupts:
-    """Remembers a Ctrl-C: an interrupt that lands inside a C extension's import (numpy, torch)
-    can surface later as an unrelated ImportError, which is still the user's Ctrl-C."""
+    """Remembers a Ctrl-C (or SIGTERM/SIGHUP): an interrupt that lands inside a C extension's
+    import (numpy, torch) can surface later as an unrelated ImportError, which is still the
+    user's interrupt."""
 
-    seen = False
+    seen = 0  # the signal number, 0 while none came
 
     @classmethod
     def handler(cls, signum, frame) -> None:
-        cls.seen = True
-        raise KeyboardInterrupt
+        cls.seen = signum
+        raise Interrupted(signum)
+
+    @classmethod
+    def install(cls) -> None:
+        """Handle SIGINT, SIGTERM and SIGHUP alike (temporary outputs removed, one line, exit
+        128 + signal), where nobody else (an embedding program, ``nohup``) has claimed them."""
+        import signal
+
+        defaults = {signal.SIGINT: signal.default_int_handler}
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) in (defaults.get(signum), signal.SIG_DFL):
+                try:
+                    signal.signal(signum, cls.handler)
+                except ValueError:  # not the main thread: signals stay with whoever runs it
+                    return
+
+
+def _interrupted(e: BaseException | None = None) -> int:
+    signum = getattr(e, "signum", 0) or _Interrupts.seen or 2
+    if signum == 2:
+        print("spikec: interrupted", file=sys.stderr)
+    else:
+        import signal
+
+        print(f"spikec: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+    return 128 + signum
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # torch is imported by the commands, inside the try: Ctrl-C at any moment is "interrupted", never a traceback
-    import signal
-
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _Interrupts.handler)
+    _Interrupts.seen = 0
+    _Interrupts.install()
     try:
         args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:
-        print("spikec: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except SpikecError as e:  # a value out of range (spikec.arguments)
+        return _fail(e, debug=False)
     try:
         from spikec.core.passes import UnknownPassError
 
@@ -330,23 +340,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(UsageError(str(e)), args.debug)
     except SpikecError as e:
         return _fail(e, args.debug)
-    except KeyboardInterrupt:
-        print("spikec: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    except OSError as e:  # the disk, a path or a permission, not spikec: mapped to 3 or 5 by errno
+        if _Interrupts.seen:
+            return _interrupted()
+        return _fail(from_os_error(e), args.debug)
     except Exception as e:  # a bug in spikec: say so plainly
         if _Interrupts.seen:
-            print("spikec: interrupted", file=sys.stderr)
-            return 130
+            return _interrupted()
         if args.debug:
             traceback.print_exc()
-        print(f"spikec: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"spikec: internal error: {one_line(f'{type(e).__name__}: {e}', MESSAGE_LIMIT)} "
+              "(run with --debug for the traceback)", file=sys.stderr)
         return 70
 
 
 def _fail(e: SpikecError, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    print(f"spikec: error: {e}", file=sys.stderr)
+    print(f"spikec: error: {one_line(e, 3 * MESSAGE_LIMIT)}", file=sys.stderr)
     return e.exit_code
 
 

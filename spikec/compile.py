@@ -36,7 +36,7 @@ from spikec.lower import lower_to_nir
 from spikec.outputs import atomic_directory
 from spikec.plugins import load_entry_point_plugins, load_plugin_file
 from spikec.report import write_report
-from spikec.text import CALIBRATION_TEXT, cut_samples, read_text, text_label, token_stream
+from spikec.text import CALIBRATION_TEXT, cut_samples, leading_tokens, text_label
 from spikec.verify import compare_fx_and_simulator
 
 TARGETS = ("nir", "sim", "lava")
@@ -127,7 +127,8 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
                 opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
                 seed=opts.seed,
             )
-        calib_stream = token_stream(loaded.tokenizer, read_text(opts.calib_text, CALIBRATION_TEXT))
+        calib_stream = leading_tokens(loaded.tokenizer, opts.calib_text, CALIBRATION_TEXT,
+                                      opts.calib_samples * opts.seq_len)
         calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
         t0 = step_done("load", t0)
         with console.status("capturing with torch.export and canonicalizing"):

@@ -27,8 +27,8 @@ from spikec.backends.simulator import SimResult, simulate
 from spikec.compiled_checks import check_vocabulary
 from spikec.core import ir
 from spikec.core.errors import UsageError
-from spikec.outputs import load_tokenizer, read_compiled, write_json
-from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, text_label, token_stream
+from spikec.outputs import load_tokenizer, read_compiled, write_result
+from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens, text_label
 
 ENERGY_FILE = "energy.json"
 """What ``spikec energy`` writes in the compile output directory: the text, the per-layer
@@ -74,14 +74,13 @@ def measure_operations(
     return count_operations(graph, combined, positions=int(ids.shape[1]), sequences=int(ids.shape[0])), combined
 
 
-def energy_on_text(
+def measure_energy(
     directory: str | Path, text_path: str | None = None, tokens: int = 1024, seq_len: int | None = None,
     timesteps: int | None = None, model: EnergyModel | None = None, progress: bool = True,
-) -> dict[str, Any]:
+) -> tuple[Path, dict[str, Any], OperationCounts]:
     """Operation counts of a compiled network on ``tokens`` tokens of held-out text (default:
-    the embedded docstrings) and their energy under ``model`` (default ``45nm``). Writes
-    ``DIR/energy.json`` (counts, estimate, text) and returns the estimate, with ``text`` and
-    ``seconds`` added."""
+    the embedded docstrings) and their energy under ``model`` (default ``45nm``): the directory,
+    the estimate (with ``text`` and ``seconds`` added) and the counts. Writes nothing."""
     p, report, graph = read_compiled(directory)
     model = model or builtin_model("45nm")
     t = int(report["timesteps"] if timesteps is None else timesteps)
@@ -89,24 +88,41 @@ def energy_on_text(
         raise UsageError(f"-T must be at least 1, got {t}")
     tokenizer = load_tokenizer(p)
     check_vocabulary(graph, tokenizer, str(p / "model.nir"))
-    stream = token_stream(tokenizer, read_text(text_path, HELDOUT_TEXT))
+    stream = leading_tokens(tokenizer, text_path, HELDOUT_TEXT, tokens)
     ids = token_chunks(stream, tokens, seq_len, graph)
     start = time.perf_counter()
     counts, _ = measure_operations(graph, ids, t, progress=progress)
     est = estimate(counts, model)
     est["text"] = text_label(text_path, HELDOUT_TEXT)
     est["seconds"] = time.perf_counter() - start
-    write_json(p / ENERGY_FILE, {"text": est["text"], "counts": counts.to_dict(), "estimate": est})
+    return p, est, counts
+
+
+def save_energy(directory: Path, est: dict[str, Any], counts: OperationCounts) -> None:
+    """Write ``DIR/energy.json`` (text, counts, estimate); ``ResourceError`` (exit 5) when the
+    directory cannot take it."""
+    payload = {"text": est["text"], "counts": counts.to_dict(), "estimate": est}
+    write_result(directory / ENERGY_FILE, json.dumps(payload, indent=2, default=str))
+
+
+def energy_on_text(
+    directory: str | Path, text_path: str | None = None, tokens: int = 1024, seq_len: int | None = None,
+    timesteps: int | None = None, model: EnergyModel | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """``measure_energy`` and ``save_energy``: writes ``DIR/energy.json`` and returns the
+    estimate, with ``text`` and ``seconds`` added."""
+    p, est, counts = measure_energy(directory, text_path, tokens, seq_len, timesteps, model, progress)
+    save_energy(p, est, counts)
     return est
 
 
 def run(a: argparse.Namespace) -> int:
-    """The ``energy`` command (its arguments: spikec/cli.py): measure, print the table or JSON."""
+    """The ``energy`` command (its arguments: spikec/cli.py): measure, print the table or JSON,
+    then save (the figures are shown even when the directory cannot take energy.json)."""
     model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
-    est = energy_on_text(a.dir, a.text, a.tokens, a.seq_len, a.timesteps, model, progress=not a.json)
-    if a.json:
-        print(json.dumps(est, indent=2))
-        return 0
-    print(format_estimate(est, per_op=a.per_op))
-    print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
+    p, est, counts = measure_energy(a.dir, a.text, a.tokens, a.seq_len, a.timesteps, model, progress=not a.json)
+    print(json.dumps(est, indent=2) if a.json else format_estimate(est, per_op=a.per_op), flush=True)
+    save_energy(p, est, counts)
+    if not a.json:
+        print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
     return 0

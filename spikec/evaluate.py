@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from tqdm import tqdm
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
 from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
-from spikec.core.errors import InputError, UsageError
+from spikec.core.errors import InputError, UsageError, one_line
 from spikec.frontend.models import LoadedModel, load_from_spec
-from spikec.text import HELDOUT_TEXT, cut_sequences, read_text, token_stream
+from spikec.outputs import check_compile_report, write_result
+from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
 
 
 @dataclass
@@ -44,12 +44,15 @@ def load_compiled(path: str | Path) -> Compiled:
             hint="run 'spikec compile MODEL -o DIR' first",
         )
     try:
-        report = json.loads(report_file.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{str(report_file)!r} is not valid JSON: {e}") from None
+        report = check_compile_report(json.loads(report_file.read_text(encoding="utf-8")), str(report_file))
+    except ValueError as e:  # JSON or UTF-8
+        raise InputError(f"{str(report_file)!r} is not valid JSON: {one_line(e)}") from None
     graph = nirio.read(p / "model.nir")
     check_compiled(p, report, graph)
-    loaded = load_from_spec(report["source"])
+    try:
+        loaded = load_from_spec(report["source"])
+    except UsageError as e:  # the report's config overrides: a damaged file, not the command line
+        raise InputError(f"{str(report_file)!r}: its source model cannot be built: {e}") from None
     check_vocabulary(graph, loaded.tokenizer, str(p / "model.nir"))
     return Compiled(p, report, graph, loaded)
 
@@ -60,7 +63,7 @@ def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len:
     at most the model's maximum positions long."""
     config = compiled.loaded.config
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
-    stream = token_stream(compiled.loaded.tokenizer, read_text(text_path, HELDOUT_TEXT))
+    stream = leading_tokens(compiled.loaded.tokenizer, text_path, HELDOUT_TEXT, tokens)
     ids = cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
     check_positions(compiled.graph, int(ids.shape[1]), str(compiled.path / "model.nir"), "a sequence (--seq-len)")
     return ids
@@ -128,11 +131,10 @@ def evaluate(
 
 
 def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
-    """Write the results to ``DIR/eval.json`` (atomically), for reports."""
-    target = compiled.path / "eval.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, target)
+    """Write the results to ``DIR/eval.json`` (atomically), for reports. A directory that
+    cannot take it (read-only, full) raises ``ResourceError`` (exit 5): the caller has shown
+    the figures already."""
+    write_result(compiled.path / "eval.json", json.dumps(results, indent=2))
 
 
 @torch.no_grad()

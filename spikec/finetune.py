@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spikec.arguments import (
+    batch_arg, key_values, pass_options, samples_arg, seed_arg, seq_len_arg, steps_arg, timesteps_arg,
+)
 from spikec.core.errors import UsageError
 
 
@@ -56,30 +59,28 @@ SURROGATES = ("sigmoid", "arctan")
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``finetune`` command to the CLI's subparsers."""
-    from spikec.cli import _key_values
-
     f = sub.add_parser("finetune", help="compile with fine-tuning (SSA surrogate gradients, or FAS/QCFS stage 1)")
     f.add_argument("model", help="as for compile")
     f.add_argument("--method", required=True, choices=sorted(METHODS),
                    help="; ".join(f"{k}: {m.summary}" for k, m in METHODS.items()))
     f.add_argument("-o", "--output", help="output directory (default: build/<model>)")
-    f.add_argument("-T", "--timesteps", type=int, default=8, help="timesteps per window (default 8)")
-    f.add_argument("--steps", type=int, help="optimizer steps (default: the pass's, 100)")
+    f.add_argument("-T", "--timesteps", type=timesteps_arg, default=8, help="timesteps per window (default 8)")
+    f.add_argument("--steps", type=steps_arg, help="optimizer steps (default: the pass's, 100)")
     f.add_argument("--lr", type=float, help="learning rate (default: the pass's)")
-    f.add_argument("--batch", type=int, help="sequences per step (default: the pass's, 4)")
+    f.add_argument("--batch", type=batch_arg, help="sequences per step (default: the pass's, 4)")
     f.add_argument("--surrogate", choices=SURROGATES, help="surrogate gradient of the spikes (ssa; default sigmoid)")
-    f.add_argument("--seq-len", type=int, default=64, help="positions per fine-tuning/calibration sequence (default 64)")
-    f.add_argument("--calib-samples", type=int, default=32, help="calibration/fine-tuning sequences (default 32)")
+    f.add_argument("--seq-len", type=seq_len_arg, default=64, help="positions per fine-tuning/calibration sequence (default 64)")
+    f.add_argument("--calib-samples", type=samples_arg, default=32, help="calibration/fine-tuning sequences (default 32)")
     f.add_argument("--calib-text", help="calibration and fine-tuning text file, or embedded:NAME for a shipped text "
                    "(default: the embedded GPL-3 text)")
     f.add_argument("--checkpoint", help="checkpoint file (default: <output>.finetune.ckpt)")
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
     f.add_argument("--preset", default="balanced", choices=("balanced", "accurate"), help="as for compile")
-    f.add_argument("--option", type=_key_values, default={}, metavar="KEY=VALUE,...", help="pass options, as for compile")
+    f.add_argument("--option", type=key_values, default={}, metavar="KEY=VALUE,...", help="pass options, as for compile")
     f.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import passes from a file")
     f.add_argument("--random-weights", action="store_true", help="the architecture with seeded random weights")
-    f.add_argument("--config", type=_key_values, default={}, metavar="KEY=VALUE,...", help="override config fields")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--config", type=key_values, default={}, metavar="KEY=VALUE,...", help="override config fields")
+    f.add_argument("--seed", type=seed_arg, default=0)
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the passes run")
     return f
@@ -103,7 +104,6 @@ def checkpoint_path(output_dir: Path) -> Path:
 def run(a: argparse.Namespace) -> int:
     """The ``finetune`` command: check the method and settings, compile, print a summary."""
     import spikec.passes as builtin
-    from spikec.cli import _parse_option_value
     from spikec.compile import CompileOptions, compile_model, load_plugins
     from spikec.core.passes import registered_passes
 
@@ -128,7 +128,7 @@ def run(a: argparse.Namespace) -> int:
         model=a.model, output=a.output, timesteps=a.timesteps, calib_text=a.calib_text, calib_samples=a.calib_samples,
         seq_len=a.seq_len, passes=pipeline(method, list(builtin.DEFAULT_PIPELINE)), plugins=a.plugin,
         random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
-        options={k: _parse_option_value(v) for k, v in a.option.items()}, device=a.device, preset=a.preset,
+        options=pass_options(a.option), device=a.device, preset=a.preset,
     )
     opts.validate()
     if opts.output_dir.exists() and not a.force:

@@ -9,7 +9,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from spikec.core.errors import InputError
+from spikec.core.errors import InputError, one_line
 from spikec.core.passes import set_registration_source
 
 ENTRY_POINT_GROUP = "spikec.passes"
@@ -29,9 +29,9 @@ def load_plugin_file(path: str | Path) -> None:
     try:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    except Exception as e:  # the plugin's own bug: report it as bad input, with its location
+    except (Exception, SystemExit) as e:  # the plugin's own bug: report it as bad input, with its location
         sys.modules.pop(module_name, None)
-        raise InputError(f"plugin {str(p)!r} failed to import: {type(e).__name__}: {e}") from e
+        raise InputError(f"plugin {str(p)!r} failed to import: {type(e).__name__}: {one_line(e)}") from e
     finally:
         set_registration_source(old)
 
@@ -43,8 +43,9 @@ def load_entry_point_plugins() -> list[str]:
         old = set_registration_source(f"entry point {ep.name} ({ep.value})")
         try:
             ep.load()
-        except Exception as e:
-            raise InputError(f"installed spikec plugin {ep.name!r} failed to load: {type(e).__name__}: {e}") from e
+        except (Exception, SystemExit) as e:
+            raise InputError(f"installed spikec plugin {ep.name!r} failed to load: {type(e).__name__}: {one_line(e)}"
+                             ) from e
         finally:
             set_registration_source(old)
         loaded.append(ep.name)

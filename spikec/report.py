@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from spikec.analysis.formatting import format_energy
 from spikec.analysis.operations import OperationCounts
 from spikec.core.errors import ResourceError
 from spikec.energy import ENERGY_FILE, measure_operations, token_chunks
-from spikec.outputs import load_tokenizer, read_compiled, read_json
+from spikec.outputs import load_tokenizer, read_compiled, read_json, write_atomic
 from spikec.text import HELDOUT_TEXT, read_text, token_stream
 
 REPORT_FILE = "report.html"
@@ -262,7 +261,7 @@ def write_report(
                                      f"over the first {RASTER_POSITIONS} held-out tokens.",
                        plot_raster(sample_result.spikes)))
     for filename, _, png in images:
-        (d / filename).write_bytes(png)
+        write_atomic(d / filename, png)
 
     check = report.get("simulator_check", {})
     parts = [f"<h1>spikec report: {_esc(report.get('model', '?'))}</h1>",
@@ -311,9 +310,7 @@ def write_report(
             f"<title>spikec report: {_esc(report.get('model', ''))}</title><style>{_CSS}</style></head><body>"
             + "\n".join(parts) + "</body></html>\n")
     target = d / REPORT_FILE
-    tmp = target.with_name(REPORT_FILE + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(target, page)
     return target
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from spikec.core.errors import InputError, UsageError
+from spikec.core.errors import InputError, UsageError, one_line
 
 from .operations import OpCounts
 
@@ -121,6 +121,16 @@ def builtin_model(name: str, precision: str = "fp32") -> EnergyModel:
                      hint=f"choose one of {', '.join(MODEL_NAMES)} or give a .toml/.json file of constants")
 
 
+def _as_float(value: Any) -> float | None:
+    """``value`` as a float (an integer too large for one is inf); None for a non-number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def load_model_file(path: str | Path, precision: str = "fp32") -> EnergyModel:
     """An energy model from a TOML or JSON file of constants.
 
@@ -138,9 +148,9 @@ def load_model_file(path: str | Path, precision: str = "fp32") -> EnergyModel:
             data = json.loads(text)
         else:
             data = tomllib.loads(text.decode("utf-8"))
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, tomllib.TOMLDecodeError) as e:  # JSON, UTF-8, or an integer of too many digits
         kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
-        raise InputError(f"energy model file {str(p)!r} is not valid {kind}: {e}") from None
+        raise InputError(f"energy model file {str(p)!r} is not valid {kind}: {one_line(e)}") from None
     if not isinstance(data, dict):
         raise InputError(f"energy model file {str(p)!r} must hold a table of constants, not {type(data).__name__}")
     base_name = data.get("base", "45nm")
@@ -155,9 +165,11 @@ def load_model_file(path: str | Path, precision: str = "fp32") -> EnergyModel:
     for key in base.CONSTANTS:
         if key in data:
             value = data[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise InputError(f"{str(p)!r}: {key} must be a non-negative number of pJ, got {value!r}")
-            changes[key] = float(value)
+            number = _as_float(value)
+            if number is None or not math.isfinite(number) or number < 0:
+                raise InputError(f"{str(p)!r}: {key} must be a non-negative number of pJ, "
+                                 f"got {one_line(repr(value), 60)}")
+            changes[key] = number
     if "description" in data:
         changes["description"] = str(data["description"])
     else:

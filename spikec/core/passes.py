@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import torch
 
+from spikec.core.errors import InputError, SpikecError, one_line
+
 PassFn = Callable[[torch.fx.GraphModule, "PassContext"], "torch.fx.GraphModule | None"]
 
 
@@ -133,12 +135,38 @@ def run_passes(
             on_pass(info.name)
         ctx.current_pass = info.name
         start = time.perf_counter()
-        result = info.fn(gm, ctx)
-        if result is not None:
-            gm = result
-        gm.graph.lint()
-        gm.recompile()
+        if info.source == "builtin":
+            gm = _apply(info, gm, ctx)
+        else:
+            gm = _apply_plugin(info, gm, ctx)
         seconds = time.perf_counter() - start
         records.append(PassRecord(info.name, seconds, dict(ctx.stats.get(info.name, {}))))
     ctx.current_pass = ""
     return gm, records
+
+
+def _apply(info: PassInfo, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+    result = info.fn(gm, ctx)
+    if result is not None:
+        if not isinstance(result, torch.fx.GraphModule):
+            raise TypeError(f"pass {info.name!r} returned {type(result).__name__}, not a GraphModule or None")
+        gm = result
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _apply_plugin(info: PassInfo, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+    """A pass from a plugin: whatever goes wrong in it (an exception, ``sys.exit``, a result
+    that is not a GraphModule, a graph that fails lint) is the plugin's error, exit 3."""
+    where = f"plugin pass {info.name!r} ({one_line(info.source, 120)})"
+    try:
+        return _apply(info, gm, ctx)
+    except SpikecError:
+        raise
+    except SystemExit as e:
+        raise InputError(f"{where} called sys.exit({one_line(repr(e.code), 40)}) instead of returning",
+                         hint="a pass returns a GraphModule or None") from e
+    except Exception as e:
+        raise InputError(f"{where} failed: {type(e).__name__}: {one_line(e)}",
+                         hint="fix the plugin, or leave it out of --passes") from e
