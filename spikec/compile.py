@@ -95,6 +95,18 @@ def resolve_pipeline(names: list[str], default: list[str] | None = None) -> list
     return resolved
 
 
+def check_option_keys(options: dict[str, Any], pipeline: list[str]) -> None:
+    """Refuse ``--option`` keys that no pass of ``pipeline`` reads (a typo would otherwise be
+    ignored). A pipeline with a plugin pass may read any key, so it is not checked."""
+    if any(get_pass(name).source != "builtin" for name in pipeline):
+        return
+    valid = builtin_passes.option_keys(pipeline)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise UsageError(f"--option {', '.join(unknown)}: not read by any pass of this pipeline "
+                         f"({', '.join(pipeline)})", hint=f"valid keys: {', '.join(sorted(valid))}")
+
+
 def load_plugins(paths: list[str]) -> None:
     """Installed entry-point plugins, then the plugin files named on the command line."""
     load_entry_point_plugins()
@@ -110,6 +122,7 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
     load_plugins(opts.plugins)
     mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate)
     pipeline = resolve_pipeline(opts.passes, mode_passes)
+    check_option_keys(opts.options, pipeline)
     start = time.perf_counter()
     torch.manual_seed(opts.seed)
     out_dir = opts.output_dir

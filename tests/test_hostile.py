@@ -337,6 +337,27 @@ def test_a_plugin_that_exits_while_imported_is_exit_3(tmp_path: Path, capsys) ->
     assert "exits.py" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("option,expected", [
+    ("burst_spike=3", "--option burst_spike: not read by any pass"),  # a typo of burst_spikes
+    ("ssa_rank=4", "--option ssa_rank: not read by any pass"),  # an SSA key without --attention ssa
+    ("range=bogus", "option range must be one of absmax, percentile"),
+])
+def test_an_option_no_pass_reads_or_a_bad_value_is_a_usage_error(tmp_path: Path, capsys, option: str,
+                                                                   expected: str) -> None:
+    assert compile_cli(tmp_path / "out", TINY_GPT2, "--option", option) == 2
+    line = one_error_line(capsys)
+    assert expected in line
+    assert "burst_spikes" in line or "range" in line  # the valid keys or values are named
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_with_a_plugin_pass_takes_any_option_key(tmp_path: Path) -> None:
+    name = f"reads-anything-{tmp_path.name}"
+    plugin = write_plugin(tmp_path / "reader.py", "assert ctx.option('my_key') == 7", name)
+    assert compile_cli(tmp_path / "out", TINY_GPT2, "--plugin", str(plugin), "--passes", f"default,{name}",
+                       "--option", "my_key=7") == 0
+
+
 @pytest.mark.parametrize("passes", [",", " , ,"])
 def test_an_empty_pass_list_is_a_usage_error(tmp_path: Path, capsys, passes: str) -> None:
     assert compile_cli(tmp_path / "out", TINY_GPT2, "--passes", passes) == 2
