@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_results
 from spikec.passes import DEFAULT_PIPELINE
 
+from spikec.arguments import pass_options
 from spikec.compile import CompileOptions, compile_model
 from spikec.evaluate import evaluate, load_compiled
 
@@ -42,15 +43,6 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "fine": ([*PREPARE, "spike-encode", "fas-calibrate"], {"calibrate": "fine"}),
 }
 BAR, AIM = 1.15, 1.05
-
-
-def _value(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(v.lower(), v)
 
 
 def _pass_stats(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -78,7 +70,7 @@ def main() -> None:
                               "progress": False}  # stage 1 runs once; its later variants reuse it
     if a.state_dir:
         common["fas_state_dir"] = a.state_dir
-    common.update({k: _value(v) for k, v in (o.split("=", 1) for o in a.option)})
+    common.update(pass_options(dict(o.split("=", 1) for o in a.option)))
     rows = []
     for preset in a.presets.split(","):
         for variant in a.variants.split(","):
