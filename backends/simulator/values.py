@@ -92,7 +92,10 @@ class Context:
         whose values are all small integers (spikes handed over as floats) counts as a spike train."""
         if not self.fast or self.sparse == "never" or x.data.device.type != "cpu":
             return None
-        limit = 127 if self.sparse == "inexact" else self.exact_limit(name, node)
+        if self.sparse == "inexact":  # any float32 weights (the kernel's own dtype)
+            limit = 127 if self.param(name, node, "weight").dtype == torch.float32 else 0
+        else:
+            limit = self.exact_limit(name, node)
         if limit == 0:
             return None
         if x.data.dtype != torch.int8:
