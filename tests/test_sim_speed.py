@@ -114,6 +114,19 @@ def test_event_matmul_is_close_to_the_dense_product_on_any_float_weights():
     assert native_loops.count_nonzero(spikes) == int((spikes != 0).sum())
 
 
+def test_the_exact_event_limit_holds_where_every_partial_sum_is_a_float32_number():
+    assert native_loops.exact_event_limit(dyadic(768, 3072, scale=0.05), dyadic(768)) == 127
+    assert native_loops.exact_event_limit(torch.randn(70, 300), torch.randn(70)) == 0  # 24-bit mantissas
+    assert native_loops.exact_event_limit(torch.zeros(3, 4), None) == 127
+    # a grid of 2^-1 holds exact float32 sums up to 2^23: 4 x (2^21 + 0.5) is past it, 2 x not
+    assert native_loops.exact_event_limit(torch.full((2, 4), 2.0**21 + 0.5), None) == 0
+    assert native_loops.exact_event_limit(torch.full((2, 2), 2.0**21 + 0.5), None) == 1
+    assert native_loops.exact_event_limit(torch.full((2, 3), 0.5), torch.tensor([2.0**22, 0.0])) == 127
+    assert native_loops.exact_event_limit(torch.full((1, 3), 0.5), torch.tensor([2.0**23 - 1])) == 0
+    for bad in (torch.full((2, 2), 2.0**-140), torch.tensor([[1.0, float("nan")]]), torch.ones(2, 2).double()):
+        assert native_loops.exact_event_limit(bad, None) == 0
+
+
 @pytest.mark.skipif(not COMPILED, reason="no C compiler for the kernels")
 def test_float_spike_trains_are_recognised_and_real_values_are_not():
     spikes = torch.tensor([[0.0, 1.0, -1.0, 3.0], [0.0, 0.0, 127.0, -127.0]])
@@ -174,7 +187,7 @@ def standard_graph(n_in: int, n_hidden: int, n_out: int) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), type_check=False)
 
 
-@pytest.mark.parametrize("sparse", ["auto", "always", "never"])
+@pytest.mark.parametrize("sparse", ["auto", "always", "never", "inexact"])
 def test_standard_nir_graph_gives_identical_spikes_in_every_mode(sparse):
     graph = standard_graph(24, 80, 16)
     x = (torch.rand(10, 3, 24) < 0.2).float()  # a spike-train input [T, batch, features]
@@ -185,6 +198,56 @@ def test_standard_nir_graph_gives_identical_spikes_in_every_mode(sparse):
     assert fast.spike_counts == reference.spike_counts
     for name in ("if1", "if2"):
         assert torch.equal(fast.spikes[name], reference.spikes[name])
+
+
+def random_standard_graph(batch: int, timesteps: int) -> tuple[nir.NIRGraph, torch.Tensor, torch.Tensor]:
+    """Affine(768->3072) -> IF -> Affine(3072->768) -> IF with random float32 weights (not on a
+    grid), a constant real input ``[batch, 768]``, and the spikes ``[T, batch, 768]`` NIR defines
+    for it, computed in plain torch: one dense float32 matmul per step, IF as NIR has it. The
+    second IF's thresholds are the definition's first-step currents of sample 0, so that a
+    current rounded differently flips a spike there and then, not one in 500,000 as with
+    thresholds of 1."""
+    gen = torch.Generator().manual_seed(17)
+    w1, b1 = torch.randn(3072, 768, generator=gen) * 0.1, torch.randn(3072, generator=gen) * 0.01
+    w2, b2 = torch.randn(768, 3072, generator=gen) * 0.05, torch.randn(768, generator=gen) * 0.01
+    x = torch.randn(batch, 768, generator=gen) * 0.3
+
+    def nir_if(v: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = v + 1.0 * current
+        spikes = (v > threshold).float()
+        return spikes, torch.where(spikes > 0, torch.zeros(()), v)
+
+    ones = torch.ones(3072)
+    threshold2 = F.linear(nir_if(torch.zeros(()), F.linear(x, w1, b1), ones)[0][0], w2, b2)
+    v1 = v2 = torch.zeros(())
+    expected = []
+    for _ in range(timesteps):
+        s1, v1 = nir_if(v1, F.linear(x, w1, b1), ones)
+        s2, v2 = nir_if(v2, F.linear(s1, w2, b2), threshold2)
+        expected.append(s2)
+
+    def if_node(threshold: torch.Tensor) -> nir.IF:
+        n = threshold.numel()
+        return nir.IF(r=np.ones(n, np.float32), v_threshold=threshold.numpy(), v_reset=np.zeros(n, np.float32))
+
+    nodes = {"input": nir.Input(np.array([768])), "fc1": nir.Affine(weight=w1.numpy(), bias=b1.numpy()),
+             "if1": if_node(ones), "fc2": nir.Affine(weight=w2.numpy(), bias=b2.numpy()),
+             "if2": if_node(threshold2), "output": nir.Output(np.array([768]))}
+    names = list(nodes)
+    graph = nir.NIRGraph(nodes=nodes, edges=list(zip(names[:-1], names[1:])), type_check=False)
+    return graph, x, torch.stack(expected)
+
+
+def test_the_default_gives_the_nir_definitions_spikes_on_random_float_weights():
+    graph, x, expected = random_standard_graph(batch=16, timesteps=32)
+    result = simulate(graph, x, 32)
+    assert 0 < result.firing_rates["if1"] < native_loops.SPARSE_CROSSOVER  # events would pay here
+    assert torch.equal(result.output.float(), expected)
+    for sparse in ("never", "always"):
+        assert torch.equal(simulate(graph, x, 32, sparse=sparse).output.float(), expected)
+    if COMPILED:  # the opt-in: events in their own order of float sums, which rounds otherwise
+        inexact = simulate(graph, x, 32, sparse="inexact").output.float()
+        assert 0 < int((inexact != expected).sum()) < expected.numel() // 100
 
 
 def test_a_constant_current_is_multiplied_once_and_drives_the_neurons_for_all_steps():

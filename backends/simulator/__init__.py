@@ -59,9 +59,12 @@ the same spikes, bit for bit, and the same values (see docs/simulator.md):
 * An Affine/Linear on a spike train (int8, or a float time series whose values are all
   small integers, e.g. spikes given as the graph's input) multiplies it as events (each
   spike adds a row of ``W.T``) when its spike density is below
-  ``native_loops.SPARSE_CROSSOVER`` (``sparse="auto"``; ``"never"`` / ``"always"`` force the
-  choice). Event sums run in another order than a dense GEMM: equal up to float
-  rounding, not bit for bit (exactly equal when the partial sums are exact).
+  ``native_loops.SPARSE_CROSSOVER`` and the event sum provably equals the dense product
+  bit for bit (every partial sum exact in float32: ``native_loops.exact_event_limit``,
+  e.g. weights on a dyadic grid); densely otherwise (``sparse="auto"``; ``"never"`` /
+  ``"always"`` force the density choice, still exact). ``sparse="inexact"`` (opt-in) uses
+  events below the crossover density on any float32 weights: their sums run in another
+  order than a dense GEMM, equal up to float rounding only, which can flip a spike.
 * Spike counts for ``spike_counts`` come from the kernels (no extra pass); a neuron whose
   input no one else needs writes its counts over that input (no extra allocation).
 """

@@ -23,7 +23,7 @@ from . import rate, ssa, standard, streaming
 from .values import Context, Kernel, Value
 
 MODES = ("fast", "reference")
-SPARSE_POLICIES = ("auto", "never", "always")
+SPARSE_POLICIES = ("auto", "never", "always", "inexact")
 
 
 @dataclass
@@ -174,8 +174,11 @@ class Simulator:
     device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``.
     mode: ``"fast"`` (default: fused and compiled kernels, identical spikes) or
     ``"reference"`` (plain torch, every spike train materialised); see the module docstring.
-    sparse: ``"auto"`` (default), ``"never"`` or ``"always"``: event-driven matmuls of
-    spike trains in fast mode.
+    sparse: event-driven matmuls of spike trains in fast mode: ``"auto"`` (default: below
+    ``native_loops.SPARSE_CROSSOVER`` spike density), ``"always"`` (at any density), both
+    only where the event sum provably equals the dense product bit for bit; ``"never"``;
+    ``"inexact"`` (opt-in: below the crossover density even where float sums in the event
+    order differ from the dense product's in the last bits, which can flip spikes).
     """
 
     def __init__(self, graph: nir.NIRGraph, *, device: str | torch.device | None = None, mode: str = "fast",

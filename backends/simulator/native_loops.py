@@ -15,8 +15,9 @@ so the spikes are identical; tests/test_sim_speed.py checks them against the ref
 * ``event_matmul``: ``spikes @ W.T + b`` for a small-integer spike matrix, as events:
   each non-zero spike adds (or subtracts) one row of ``W.T``. Pays when spikes are
   sparse (see ``SPARSE_CROSSOVER``); float sums run in another order than a dense
-  GEMM, so results equal the dense product up to rounding (exactly when all partial
-  sums are exact, e.g. weights on a dyadic grid).
+  GEMM, so results equal the dense product up to rounding, and bit for bit when every
+  partial sum is exact (e.g. weights on a dyadic grid): ``exact_event_limit`` proves
+  that for a layer.
 
 The C source (``native_source``) is compiled once per machine by ``native_build`` into a
 private cache (``$SPIKEC_CACHE/kernels``, default ``~/.cache/spikec/kernels``; owner- and
@@ -30,6 +31,7 @@ torch path (same spikes, slower).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -242,6 +244,41 @@ def event_matmul(
 
     _parallel_rows(run, rows)
     return y.reshape(*spikes.shape[:-1], out_features)
+
+
+def exact_event_limit(weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+    """The largest spike magnitude ``m`` (0 to 127) for which ``event_matmul`` of this layer
+    equals the dense ``F.linear(spikes.float(), weight, bias)`` bit for bit on every spike
+    matrix with ``|spikes| <= m``, in any summation order (so whatever order the BLAS takes).
+
+    Proof used: in row ``n`` every term ``s_k W[n, k]`` and ``b[n]`` is an integer multiple of
+    ``2^q`` (``q``: the lowest set bit over the row's weights and bias); every partial sum is
+    one too, of magnitude at most ``m sum_k |W[n, k]| + |b[n]|``, and such multiples are
+    float32 numbers, exactly, up to ``2^(q + 24)``. When that bound holds every addition
+    is exact, and all orders give the exact sum. 0 for other dtypes, non-finite values and
+    grids below the normal range (so that flushing subnormals cannot matter either).
+    ``weight [N, K]`` float32, ``bias [N]`` float32 or None."""
+    if weight.dtype != torch.float32 or weight.ndim != 2 or (bias is not None and bias.dtype != torch.float32):
+        return 0
+    terms = weight if bias is None else torch.cat([weight, bias.reshape(-1, 1)], 1)
+    if terms.numel() == 0:
+        return 127
+    if not bool(torch.isfinite(terms).all()):
+        return 0
+    bits = terms.contiguous().view(torch.int32)
+    exponent = (bits >> 23) & 0xFF
+    significand = torch.where(exponent > 0, (bits & 0x7FFFFF) | 0x800000, bits & 0x7FFFFF)
+    lowest = significand & -significand  # lowest set bit of the 24-bit significand (0 for zeros)
+    lsb = torch.log2(lowest.double()) + exponent.clamp(min=1).double() - 150  # its exponent; -inf for zeros
+    q = torch.where(significand > 0, lsb, torch.full_like(lsb, torch.inf)).amin(1)  # [N]; inf: an all-zero row
+    if bool((q < -126).any()):
+        return 0
+    room = torch.exp2((q + 24).clamp(max=127))  # partial sums up to here are exact
+    spread = weight.double().abs().sum(1)  # float64: rounds by far less than the margin below
+    fixed = bias.double().abs() if bias is not None else torch.zeros_like(spread)
+    limit = torch.where(spread > 0, (room - fixed) / spread.clamp(min=1e-300), torch.full_like(spread, torch.inf))
+    worst = float(limit.amin())
+    return 127 if worst >= 128 else max(0, math.floor(worst * (1 - 2**-20)))
 
 
 def as_spikes(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:

@@ -51,7 +51,7 @@ def _matmul(x: Value, weight: torch.Tensor, bias: torch.Tensor | None) -> Value:
 def _affine(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     bias = ctx.param(name, node, "bias") if isinstance(node, nir.Affine) else None
     weight = ctx.param(name, node, "weight")
-    spikes = ctx.events(x) if x.series else None
+    spikes = ctx.events(x, name, node) if x.series else None
     if spikes is not None:
         y = native_loops.event_matmul(spikes.data, ctx.packed(name, node), weight.shape[0], bias)
         if y is not None:

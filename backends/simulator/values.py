@@ -51,6 +51,7 @@ class Context:
         self.recording = False
         self.input_reusable = False  # set per node: no one else holds the input's storage
         self._params: dict[tuple[str, str], torch.Tensor] = {}
+        self._exact_limits: dict[str, int] = {}
 
     def param(self, name: str, node: nir.NIRNode, field_name: str) -> torch.Tensor:
         """Node ``name``'s array field ``field_name`` as a tensor on the device (converted once)."""
@@ -76,11 +77,26 @@ class Context:
             self._params[key] = native_loops.pack_weight(self.param(name, node, "weight"))
         return self._params[key]
 
-    def events(self, x: Value) -> Value | None:
-        """``x`` as an int8 spike train to multiply as events, or None for a dense product
-        (see ``sparse``). A float time series whose values are all small integers (spikes
-        handed over as floats) counts as a spike train."""
+    def exact_limit(self, name: str, node: nir.NIRNode) -> int:
+        """The largest spike magnitude whose event product equals the dense one bit for bit
+        for this Affine/Linear (``native_loops.exact_event_limit``; computed once)."""
+        if name not in self._exact_limits:
+            bias = self.param(name, node, "bias") if isinstance(node, nir.Affine) else None
+            self._exact_limits[name] = native_loops.exact_event_limit(self.param(name, node, "weight"), bias)
+        return self._exact_limits[name]
+
+    def events(self, x: Value, name: str, node: nir.NIRNode) -> Value | None:
+        """``x`` as an int8 spike train for Affine/Linear ``node`` to multiply as events, or
+        None for a dense product (see ``sparse``): except with ``sparse="inexact"``, only
+        where the event sum provably equals the dense product bit for bit. A float time series
+        whose values are all small integers (spikes handed over as floats) counts as a spike train."""
         if not self.fast or self.sparse == "never" or x.data.device.type != "cpu":
+            return None
+        if self.sparse == "inexact":  # any float32 weights (the kernel's own dtype)
+            limit = 127 if self.param(name, node, "weight").dtype == torch.float32 else 0
+        else:
+            limit = self.exact_limit(name, node)
+        if limit == 0:
             return None
         if x.data.dtype != torch.int8:
             if not x.data.is_floating_point():
@@ -89,11 +105,19 @@ class Context:
             if converted is None:
                 return None
             x = Value(converted[0], True, total=converted[1])  # total: the non-zeros, for the density
-        if self.sparse == "always":
-            return x
-        numel = max(x.data.numel(), 1)
-        active = x.total if x.total is not None else native_loops.count_nonzero(x.data)
-        return x if active / numel < native_loops.SPARSE_CROSSOVER else None
+        if self.sparse != "always":
+            active = x.total if x.total is not None else native_loops.count_nonzero(x.data)
+            if active / max(x.data.numel(), 1) >= native_loops.SPARSE_CROSSOVER:
+                return None
+        return x if limit == 127 or _magnitude(x) <= limit else None
+
+
+def _magnitude(spikes: Value) -> int:
+    """The largest ``|spike|`` of an int8 spike train (1 for NIR IF's compact 0/1 spikes)."""
+    if spikes.logical is not None or spikes.data.numel() == 0:
+        return 1
+    low, high = torch.aminmax(spikes.data)
+    return max(-int(low), int(high))
 
 
 Kernel = Callable[[Context, str, nir.NIRNode, Value], Value]
