@@ -8,8 +8,11 @@ how its base is read from the config. Supporting another architecture (OPT, BERT
 more entry in :data:`ARCHITECTURES`, built from explicit imports of its transformers classes.
 
 Region kinds (the values of :attr:`Architecture.module_kinds` and :func:`common_module_kinds`):
-``layer_norm``, ``rms_norm``, ``linear``, ``embedding``, ``dropout``, ``activation``,
-``attention`` (a module whose forward holds one sdpa call on projections of one hidden state)
+``layer_norm``, ``rms_norm``, ``offset_rms_norm`` (RMS norm scaled by ``1 + weight``, Gemma),
+``linear``, ``embedding`` (token ids, or positions made from sizes alone, from row ``offset`` on
+where the module has one, OPT), ``scaled_embedding`` (token embedding times the module's
+``embed_scale``, Gemma), ``dropout``, ``activation``, ``attention`` (a module whose forward holds
+one sdpa call on projections of one hidden state, the query possibly scaled by a constant first)
 and ``gated_mlp`` (``act(gate(x)) * up(x)``).
 """
 
@@ -37,6 +40,9 @@ class Architecture:
     names of their separate projections (``None``: fused or absent). ``rotary_class`` is the class
     name of the rotary embedding module (``None``: no rotary embeddings), ``rotary_base`` reads the
     rotary base from the config and that module (raises ``ValueError`` saying what is unsupported).
+    ``qkv_per_head``: a fused qkv projection whose rows are ``[head, q|k|v, head_dim]`` (GPT-NeoX)
+    rather than ``[q | k | v]``. ``unsupported`` names the features of a config that spikec refuses (sliding-window attention
+    shorter than the model's positions, ...): an empty list when it converts the config.
     """
 
     family: str
@@ -49,6 +55,8 @@ class Architecture:
     gate_up_projections: tuple[str, str] | None = None
     rotary_class: str | None = None
     rotary_base: Callable[[Any, nn.Module, int], float] | None = None
+    qkv_per_head: bool = False
+    unsupported: Callable[[Any], list[str]] = lambda config: []
 
     def block_index(self, module_path: str) -> int | None:
         """Index of the transformer block ``module_path`` lies in (``None`` outside every block)."""
@@ -156,8 +164,156 @@ LLAMA = Architecture(
     rotary_base=default_rotary_base,
 )
 
+def sliding_window_refusals(config: Any) -> list[str]:
+    """Sliding-window attention, refused where the window is shorter than the positions the
+    model accepts (``max_position_embeddings``); a window at least that long is causal attention."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+        return []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and window >= positions:
+        return []
+    return [f"sliding-window attention (window {window} shorter than max_position_embeddings {positions}; "
+            f"--config sliding_window=null or max_position_embeddings={window} converts it as causal attention)"]
+
+
+def partial_rotary_refusals(config: Any) -> list[str]:
+    """Rotary embeddings over part of each head (``partial_rotary_factor`` below 1)."""
+    factor = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)
+    if float(factor) == 1.0:
+        return []
+    return [f"partial rotary embeddings (partial_rotary_factor {factor}; --config rotary_pct=1.0 for full rotary)"]
+
+
+def _qwen2_module_kinds() -> dict[type, str]:
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2MLP, Qwen2RMSNorm
+
+    return {Qwen2RMSNorm: "rms_norm", Qwen2Attention: "attention", Qwen2MLP: "gated_mlp"}
+
+
+QWEN2 = Architecture(
+    family="qwen2",
+    model_class="Qwen2ForCausalLM",
+    description="Qwen2 (Qwen2ForCausalLM, e.g. Qwen2.5)",
+    module_kinds=_qwen2_module_kinds,
+    qkv_projections=("q_proj", "k_proj", "v_proj"),
+    gate_up_projections=("gate_proj", "up_proj"),
+    rotary_class="Qwen2RotaryEmbedding",
+    rotary_base=default_rotary_base,
+    unsupported=sliding_window_refusals,
+)
+
+
+def _mistral_module_kinds() -> dict[type, str]:
+    from transformers.models.mistral.modeling_mistral import MistralAttention, MistralMLP, MistralRMSNorm
+
+    return {MistralRMSNorm: "rms_norm", MistralAttention: "attention", MistralMLP: "gated_mlp"}
+
+
+MISTRAL = Architecture(
+    family="mistral",
+    model_class="MistralForCausalLM",
+    description="Mistral (MistralForCausalLM)",
+    module_kinds=_mistral_module_kinds,
+    qkv_projections=("q_proj", "k_proj", "v_proj"),
+    gate_up_projections=("gate_proj", "up_proj"),
+    rotary_class="MistralRotaryEmbedding",
+    rotary_base=default_rotary_base,
+    unsupported=sliding_window_refusals,
+)
+
+
+def _opt_module_kinds() -> dict[type, str]:
+    from transformers.models.opt.modeling_opt import OPTAttention, OPTLearnedPositionalEmbedding
+
+    return {OPTAttention: "attention", OPTLearnedPositionalEmbedding: "embedding"}
+
+
+def _opt_refusals(config: Any) -> list[str]:
+    proj = getattr(config, "word_embed_proj_dim", config.hidden_size)
+    if proj != config.hidden_size:
+        return [f"OPT's embedding projections project_in/project_out (word_embed_proj_dim {proj} "
+                f"!= hidden_size {config.hidden_size}, as in OPT-350m)"]
+    return []
+
+
+OPT = Architecture(
+    family="opt",
+    model_class="OPTForCausalLM",
+    description="OPT (OPTForCausalLM)",
+    module_kinds=_opt_module_kinds,
+    qkv_projections=("q_proj", "k_proj", "v_proj"),
+    unsupported=_opt_refusals,
+)
+
+
+def _gpt_neox_module_kinds() -> dict[type, str]:
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention
+
+    return {GPTNeoXAttention: "attention"}
+
+
+GPT_NEOX = Architecture(
+    family="gpt_neox",
+    model_class="GPTNeoXForCausalLM",
+    description="GPT-NeoX (GPTNeoXForCausalLM, e.g. Pythia)",
+    module_kinds=_gpt_neox_module_kinds,
+    qkv_per_head=True,
+    rotary_class="GPTNeoXRotaryEmbedding",
+    rotary_base=default_rotary_base,
+    unsupported=partial_rotary_refusals,
+)
+
+
+def _phi_module_kinds() -> dict[type, str]:
+    from transformers.models.phi.modeling_phi import PhiAttention
+
+    return {PhiAttention: "attention"}
+
+
+def _phi_refusals(config: Any) -> list[str]:
+    qk_norm = ["layer norms of queries and keys (qk_layernorm)"] if getattr(config, "qk_layernorm", False) else []
+    return qk_norm + partial_rotary_refusals(config)
+
+
+PHI = Architecture(
+    family="phi",
+    model_class="PhiForCausalLM",
+    description="Phi (PhiForCausalLM, e.g. Phi-1.5, Phi-2)",
+    module_kinds=_phi_module_kinds,
+    qkv_projections=("q_proj", "k_proj", "v_proj"),
+    rotary_class="PhiRotaryEmbedding",
+    rotary_base=default_rotary_base,
+    unsupported=_phi_refusals,
+)
+
+
+def _gemma_module_kinds() -> dict[type, str]:
+    from transformers.models.gemma.modeling_gemma import (
+        GemmaAttention, GemmaMLP, GemmaRMSNorm, GemmaTextScaledWordEmbedding,
+    )
+
+    return {GemmaRMSNorm: "offset_rms_norm", GemmaAttention: "attention", GemmaMLP: "gated_mlp",
+            GemmaTextScaledWordEmbedding: "scaled_embedding"}
+
+
+GEMMA = Architecture(
+    family="gemma",
+    model_class="GemmaForCausalLM",
+    description="Gemma (GemmaForCausalLM)",
+    module_kinds=_gemma_module_kinds,
+    qkv_projections=("q_proj", "k_proj", "v_proj"),
+    gate_up_projections=("gate_proj", "up_proj"),
+    rotary_class="GemmaRotaryEmbedding",
+    rotary_base=default_rotary_base,
+)
+
 # The architectures spikec converts, by family (the config's model_type).
-ARCHITECTURES: dict[str, Architecture] = {"gpt2": GPT2, "llama": LLAMA}
+ARCHITECTURES: dict[str, Architecture] = {
+    "gpt2": GPT2, "llama": LLAMA, "qwen2": QWEN2, "mistral": MISTRAL, "opt": OPT, "gpt_neox": GPT_NEOX,
+    "phi": PHI, "gemma": GEMMA,
+}
 
 
 def architecture_of(model: nn.Module) -> Architecture | None:

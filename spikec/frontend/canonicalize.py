@@ -102,4 +102,11 @@ def _architecture(loaded: LoadedModel) -> Architecture:
             f"is not supported; spikec converts {supported_text()} models",
             hint=CUSTOM_PASS_HINT,
         )
+    refused = arch.unsupported(loaded.model.config)
+    if refused:
+        raise UnsupportedError(
+            f"model {loaded.name!r} ({type(loaded.model).__name__}) uses features spikec does not convert: "
+            + "; ".join(refused),
+            hint=CUSTOM_PASS_HINT,
+        )
     return arch
