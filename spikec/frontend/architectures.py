@@ -107,9 +107,17 @@ def rms_norm_eps(module: nn.Module) -> float:
     return float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
 
 
+def rotary_dim(config: Any, head_dim: int) -> int:
+    """Features of each head that rotary embeddings rotate: ``head_dim`` times the config's
+    ``partial_rotary_factor`` (1 where it has none; below 1 in GPT-NeoX and Phi)."""
+    factor = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)
+    return int(head_dim * float(factor))
+
+
 def default_rotary_base(config: Any, rotary: nn.Module, head_dim: int) -> float:
     """Base ``theta`` of unscaled ("default") rotary embeddings, checked against the module's
-    ``inv_freq`` (``[head_dim / 2]``); ``ValueError`` for any other rotary scheme."""
+    ``inv_freq`` (``[rotary_dim / 2]``, see :func:`rotary_dim`); ``ValueError`` for any other
+    rotary scheme."""
     rope = getattr(config, "rope_parameters", None) or {}
     rope_type = rope.get("rope_type", getattr(rotary, "rope_type", "default"))
     theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
@@ -117,7 +125,8 @@ def default_rotary_base(config: Any, rotary: nn.Module, head_dim: int) -> float:
         raise ValueError(f"rotary embeddings of type {rope_type!r} (only 'default' is supported)")
     if float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
         raise ValueError("scaled rotary embeddings")
-    expected = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    dim = rotary_dim(config, head_dim)
+    expected = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     inv_freq = getattr(rotary, "inv_freq", None)
     if inv_freq is None or inv_freq.shape != expected.shape or not torch.allclose(inv_freq.float(), expected, rtol=1e-5):
         raise ValueError(f"rotary frequencies that do not match rope_theta={theta}")
@@ -176,14 +185,6 @@ def sliding_window_refusals(config: Any) -> list[str]:
         return []
     return [f"sliding-window attention (window {window} shorter than max_position_embeddings {positions}; "
             f"--config sliding_window=null or max_position_embeddings={window} converts it as causal attention)"]
-
-
-def partial_rotary_refusals(config: Any) -> list[str]:
-    """Rotary embeddings over part of each head (``partial_rotary_factor`` below 1)."""
-    factor = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0)
-    if float(factor) == 1.0:
-        return []
-    return [f"partial rotary embeddings (partial_rotary_factor {factor}; --config rotary_pct=1.0 for full rotary)"]
 
 
 def _qwen2_module_kinds() -> dict[type, str]:
@@ -262,7 +263,6 @@ GPT_NEOX = Architecture(
     qkv_per_head=True,
     rotary_class="GPTNeoXRotaryEmbedding",
     rotary_base=default_rotary_base,
-    unsupported=partial_rotary_refusals,
 )
 
 
@@ -273,8 +273,7 @@ def _phi_module_kinds() -> dict[type, str]:
 
 
 def _phi_refusals(config: Any) -> list[str]:
-    qk_norm = ["layer norms of queries and keys (qk_layernorm)"] if getattr(config, "qk_layernorm", False) else []
-    return qk_norm + partial_rotary_refusals(config)
+    return ["layer norms of queries and keys (qk_layernorm)"] if getattr(config, "qk_layernorm", False) else []
 
 
 PHI = Architecture(

@@ -24,7 +24,7 @@ from torch import nn
 from spikec.core import ops
 from spikec.core.errors import UnsupportedError
 
-from .architectures import Architecture, activation_kind, common_module_kinds, rms_norm_eps
+from .architectures import Architecture, activation_kind, common_module_kinds, rms_norm_eps, rotary_dim
 from .models import LoadedModel
 from .regions import (
     AUX, BAD, DATA, IDS, IGNORED_OPS, RESHAPE_OPS, Hidden, PendingActivation, PendingLinear, PositionEmbedding,
@@ -298,6 +298,8 @@ class CanonicalBuilder:
         scale = float(scale) if scale is not None else 1.0 / math.sqrt(head_dim)
         scale *= self._query_scaling(region, projections)
         rope_theta = self._rope_theta(region, head_dim)
+        rot = rotary_dim(self.model.config, head_dim) if rope_theta else head_dim
+        partial = (rot,) if rot != head_dim else ()  # left out for rotary over whole heads
 
         x = self._materialize(projections[0].x)
         qkv_name = self._name("qkv", region.path)
@@ -308,7 +310,7 @@ class CanonicalBuilder:
         fused.meta["source_modules"] = sources
         core = self._emit(
             ops.attention,
-            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, True),
+            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, True, *partial),
             "attention",
             region.path,
         )
