@@ -23,7 +23,7 @@ from spikec.core.passes import PassContext, run_passes
 from spikec.frontend.architectures import ARCHITECTURES, architecture_of
 from spikec.frontend.canonicalize import CANONICAL_OPS, capture_canonical, check_against_model
 from spikec.frontend.family_models import FAMILY_MODELS
-from spikec.frontend.models import builtin_config, is_builtin_model, load_from_spec, load_model
+from spikec.frontend.models import LoadedModel, builtin_config, is_builtin_model, load_from_spec, load_model
 from spikec.lower import lower_to_nir
 from spikec.passes import spike_softmax
 from spikec.verify import compare_fx_and_simulator
@@ -236,3 +236,22 @@ def test_architecture_entries_name_classes_the_models_use(spec):
     classes = {type(m) for m in loaded.model.modules()}
     assert set(arch.module_kinds()) <= classes
     assert arch.block_index(f"model.{arch.block_container}.1.mlp") == 1
+
+
+def test_near_relatives_are_refused_naming_what_they_add():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, vocab_size=128)
+    loaded = LoadedModel(model=Qwen3ForCausalLM(config).eval(), name="tiny-qwen3", family="qwen3", config=config, spec={})
+    with pytest.raises(UnsupportedError, match=r"Qwen3ForCausalLM has query and key norms \(q_norm, k_norm\)"):
+        capture_canonical(loaded)
+
+
+def test_a_saved_directory_of_a_family_class_is_captured_with_its_logits(tmp_path):
+    loaded, _ = captured("qwen2")
+    loaded.model.save_pretrained(tmp_path / "tiny-qwen2")
+    again = load_model(str(tmp_path / "tiny-qwen2"))
+    gm = capture_canonical(again, seq_len=8)
+    ids = random_ids(again.config.vocab_size, batch=1, positions=7, seed=3)
+    assert again.family == "qwen2" and check_against_model(gm, loaded.model, ids) < 1e-4

@@ -315,6 +315,16 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+# Architectures close to a supported one, by class name: the features that keep spikec from them.
+REFUSED_FEATURES: dict[str, str] = {
+    "Gemma2ForCausalLM": "attention and final-logit soft-capping (tanh), which sdpa cannot express, "
+                         "and sandwich norms",
+    "Gemma3ForCausalLM": "query and key norms, local sliding-window layers and soft-capping",
+    "Qwen3ForCausalLM": "query and key norms (q_norm, k_norm) inside the attention",
+    "Phi3ForCausalLM": "fused qkv_proj and gate_up_proj projections",
+}
+
+
 def architecture_of(model: nn.Module) -> Architecture | None:
     """The :class:`Architecture` of ``model`` (by its class name), ``None`` if unsupported."""
     name = type(model).__name__
