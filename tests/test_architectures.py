@@ -36,10 +36,14 @@ SPECS: dict[str, tuple[str, dict[str, str]]] = {
     "opt": ("opt", {**SMALL, "ffn_dim": "128", "word_embed_proj_dim": "64"}),
     "opt-post-norm": ("opt", {**SMALL, "ffn_dim": "128", "word_embed_proj_dim": "64", "do_layer_norm_before": "false"}),
     "qwen2": ("qwen2", {**SMALL, "intermediate_size": "128", "num_key_value_heads": "2"}),
+    "qwen2-sliding": ("qwen2", {**SMALL, "intermediate_size": "128", "num_key_value_heads": "2",
+                                "use_sliding_window": "true", "sliding_window": "4", "max_window_layers": "1"}),
     "gpt-neox": ("gpt-neox", {**SMALL, "intermediate_size": "128"}),
     "gpt-neox-sequential": ("gpt-neox", {**SMALL, "intermediate_size": "128", "use_parallel_residual": "false"}),
     "phi": ("phi", {**SMALL, "intermediate_size": "128"}),
     "mistral": ("mistral", {**SMALL, "intermediate_size": "128", "num_key_value_heads": "2"}),
+    "mistral-sliding": ("mistral", {**SMALL, "intermediate_size": "128", "num_key_value_heads": "2",
+                                    "sliding_window": "3"}),
     "gemma": ("gemma", {**SMALL, "intermediate_size": "128", "num_key_value_heads": "1", "head_dim": "32"}),
 }
 
@@ -163,33 +167,34 @@ def test_conversion_and_simulator_agree_spike_for_spike(spec):
     assert agreement.layers == 9 and agreement.identical and agreement.logits_max_abs_diff == 0.0
 
 
-def test_partial_rotary_survives_a_nir_file_and_full_rotary_files_do_not_name_it(tmp_path):
-    for spec, rotary in (("gpt-neox", 4), ("qwen2", None)):
-        _, graph, _ = converted(spec)
-        path = tmp_path / f"{spec}.nir"
-        nirio.write(path, graph)
-        attention = [n for n in nirio.read(path).nodes.values() if isinstance(n, ir.SpikecAttention)]
-        assert attention and all(n.rotary_dim == (rotary or 0) for n in attention)
-        assert all(("rotary_dim" in n.to_dict()) == bool(rotary) for n in attention)
+@pytest.mark.parametrize("spec,field,values", [("gpt-neox", "rotary_dim", [4, 4]), ("mistral-sliding", "window", [3, 3]),
+                                               ("qwen2-sliding", "window", [0, 4]), ("qwen2", "window", [0, 0])])
+def test_rotary_dim_and_window_survive_a_nir_file_which_names_them_only_where_set(tmp_path, spec, field, values):
+    _, graph, _ = converted(spec)
+    nirio.write(tmp_path / "model.nir", graph)
+    attention = [n for n in nirio.read(tmp_path / "model.nir").nodes.values() if isinstance(n, ir.SpikecAttention)]
+    assert [getattr(n, field) for n in attention] == values
+    assert [field in n.to_dict() for n in attention] == [bool(v) for v in values]
 
 
-def test_numpy_twin_of_partial_rotary_attention_matches_the_core_op():
+def test_numpy_twin_of_partial_rotary_and_windowed_attention_matches_the_core_op():
     qkv = torch.randn(2, 5, (4 + 2 * 2) * 8, generator=torch.Generator().manual_seed(0))
-    for rotary in (0, 2, 4, 8):
-        np.testing.assert_allclose(numpy_ops.attention(qkv.numpy(), 4, 2, 8, 10000.0, 0.3, rotary),
-                                   ops.attention(qkv, 4, 2, 8, 10000.0, 0.3, True, rotary).numpy(),
+    for rotary, window in ((0, 0), (2, 0), (4, 2), (8, 3), (0, 1)):
+        np.testing.assert_allclose(numpy_ops.attention(qkv.numpy(), 4, 2, 8, 10000.0, 0.3, rotary, window),
+                                   ops.attention(qkv, 4, 2, 8, 10000.0, 0.3, True, rotary, window).numpy(),
                                    rtol=1e-5, atol=2e-6)
     assert torch.equal(ops.attention(qkv, 4, 2, 8, 10000.0, 0.3, True, 8), ops.attention(qkv, 4, 2, 8, 10000.0, 0.3))
 
 
-def test_floating_pt_lava_runs_partial_rotary_attention_spike_for_spike(tmp_path):
+@pytest.mark.parametrize("spec", ["gpt-neox", "mistral-sliding"])
+def test_floating_pt_lava_runs_partial_rotary_and_windowed_attention_spike_for_spike(tmp_path, spec):
     try:
         python = env.lava_python()
     except ResourceError as e:
         if os.environ.get("CI"):
             pytest.fail(f"the Lava environment is missing on CI: {e}")
         pytest.skip(f"no Lava environment: {e}")
-    _, graph, ids = converted("gpt-neox")
+    _, graph, ids = converted(spec)
     folder = export.export_lava(graph, tmp_path / "lava")["folder"]
     result = compare.compare(graph, ids, compare.run_export(folder, ids, precision="floating_pt", python=python))
     assert result["spike_agreement"] == 1.0 and result["logits_max_abs_diff"] < 1e-4
@@ -199,8 +204,6 @@ def test_floating_pt_lava_runs_partial_rotary_attention_spike_for_spike(tmp_path
 
 
 @pytest.mark.parametrize("name,overrides,feature", [
-    ("mistral", {"sliding_window": "8"}, "sliding-window attention"),
-    ("qwen2", {"use_sliding_window": "true", "sliding_window": "8", "max_window_layers": "0"}, "sliding-window attention"),
     ("opt", {"word_embed_proj_dim": "32"}, "project_in/project_out"),
     ("phi", {"qk_layernorm": "true"}, "qk_layernorm"),
     ("qwen2", {"rope_parameters": '{"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}'},
@@ -213,18 +216,25 @@ def test_unsupported_features_are_refused_by_name(name, overrides, feature):
         capture_canonical(loaded, seq_len=8)
 
 
-def test_a_sliding_window_as_long_as_the_positions_is_causal_attention():
-    config = builtin_config("mistral", {"sliding_window": "64", "max_position_embeddings": "64"})
-    assert ARCHITECTURES["mistral"].unsupported(config) == []
-    config = builtin_config("mistral", {"sliding_window": "63", "max_position_embeddings": "64"})
-    assert "window 63" in ARCHITECTURES["mistral"].unsupported(config)[0]
+@pytest.mark.parametrize("spec,windows", [("mistral-sliding", [3, 3]), ("qwen2-sliding", [None, 4]), ("qwen2", [None, None])])
+def test_sliding_windows_are_an_argument_of_the_layers_that_have_one(spec, windows):
+    _, gm = captured(spec)
+    assert [n.args[8] if len(n.args) > 8 else None for n in attention_calls(gm)] == windows
 
 
+def test_the_window_changes_what_a_query_sees_once_the_sequence_is_longer():
+    qkv = torch.randn(1, 9, 3 * 2 * 4, generator=torch.Generator().manual_seed(0))
+    full, windowed = ops.attention(qkv, 2, 2, 4), ops.attention(qkv, 2, 2, 4, 0.0, None, True, 0, 3)
+    assert torch.equal(full[:, :3], windowed[:, :3]) and not torch.allclose(full[:, 3:], windowed[:, 3:])
+    assert torch.allclose(ops.attention(qkv[:, :3], 2, 2, 4, 0.0, None, True, 0, 3), full[:, :3], atol=1e-6)
+
+
+@pytest.mark.parametrize("spec,feature", [("phi", "partial rotary"), ("mistral-sliding", "sliding-window attention")])
 @pytest.mark.parametrize("pipeline", [spike_softmax.PIPELINE, ["fold-norm-affine", "calibrate", "ssa"]])
-def test_spiking_attention_refuses_partial_rotary_by_name(pipeline):
-    loaded, gm = captured("phi")
+def test_spiking_attention_refuses_partial_rotary_and_windows_by_name(pipeline, spec, feature):
+    loaded, gm = captured(spec)
     ctx = PassContext(options={"timesteps": T}, calibration=random_ids(loaded.config.vocab_size, 2, POSITIONS, seed=2))
-    with pytest.raises(UnsupportedError, match="partial rotary"):
+    with pytest.raises(UnsupportedError, match=feature):
         run_passes(copy.deepcopy(gm), pipeline, ctx)
 
 

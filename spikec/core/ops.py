@@ -143,13 +143,15 @@ def attention(
     scale: float | None = None,
     causal: bool = True,
     rotary_dim: int = 0,
+    window: int = 0,
 ) -> torch.Tensor:
     """Softmax self-attention core between projections.
 
     qkv: ``[batch, positions, (num_heads + 2*num_kv_heads) * head_dim]``, the fused
     query/key/value projections. Rotary embeddings are applied when ``rope_theta > 0``
     (positions 0..P-1) to the first ``rotary_dim`` features of each head (0: all of them);
-    grouped-query attention when ``num_kv_heads < num_heads``.
+    grouped-query attention when ``num_kv_heads < num_heads``. ``window > 0`` (sliding-window
+    attention, Mistral, Qwen2) lets query ``i`` see keys ``i - window < j <= i`` only.
     Returns ``[batch, positions, num_heads * head_dim]``.
     """
     b, p, _ = qkv.shape
@@ -169,8 +171,18 @@ def attention(
         v = v.repeat_interleave(rep, dim=1)
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    if causal and 0 < window < p:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(p, window, qkv.device), scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     return out.transpose(1, 2).reshape(b, p, num_heads * head_dim)
+
+
+def sliding_window_mask(positions: int, window: int, device=None) -> torch.Tensor:
+    """Bool ``[positions, positions]``: query ``i`` may attend key ``j`` iff ``i - window < j <= i``."""
+    i = torch.arange(positions, device=device)[:, None]
+    j = torch.arange(positions, device=device)[None, :]
+    return (j <= i) & (j > i - window)
 
 
 def signed_if(

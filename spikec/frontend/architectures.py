@@ -41,7 +41,8 @@ class Architecture:
     name of the rotary embedding module (``None``: no rotary embeddings), ``rotary_base`` reads the
     rotary base from the config and that module (raises ``ValueError`` saying what is unsupported).
     ``qkv_per_head``: a fused qkv projection whose rows are ``[head, q|k|v, head_dim]`` (GPT-NeoX)
-    rather than ``[q | k | v]``. ``unsupported`` names the features of a config that spikec refuses (sliding-window attention
+    rather than ``[q | k | v]``. ``sliding_window`` reads the window of an attention module
+    (``None``: it sees every earlier position). ``unsupported`` names the features of a config that spikec refuses (sliding-window attention
     shorter than the model's positions, ...): an empty list when it converts the config.
     """
 
@@ -56,6 +57,7 @@ class Architecture:
     rotary_class: str | None = None
     rotary_base: Callable[[Any, nn.Module, int], float] | None = None
     qkv_per_head: bool = False
+    sliding_window: Callable[[Any, nn.Module], int | None] = lambda config, attention: None
     unsupported: Callable[[Any], list[str]] = lambda config: []
 
     def block_index(self, module_path: str) -> int | None:
@@ -173,18 +175,14 @@ LLAMA = Architecture(
     rotary_base=default_rotary_base,
 )
 
-def sliding_window_refusals(config: Any) -> list[str]:
-    """Sliding-window attention, refused where the window is shorter than the positions the
-    model accepts (``max_position_embeddings``); a window at least that long is causal attention."""
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
-        return []
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and window >= positions:
-        return []
-    return [f"sliding-window attention (window {window} shorter than max_position_embeddings {positions}; "
-            f"--config sliding_window=null or max_position_embeddings={window} converts it as causal attention)"]
+def layer_sliding_window(config: Any, attention: nn.Module) -> int | None:
+    """The sliding window of one attention module (``sliding_window``: set on Qwen2's sliding layers)."""
+    return getattr(attention, "sliding_window", None)
+
+
+def config_sliding_window(config: Any, attention: nn.Module) -> int | None:
+    """The sliding window of every attention layer (Mistral's ``config.sliding_window``)."""
+    return getattr(config, "sliding_window", None)
 
 
 def _qwen2_module_kinds() -> dict[type, str]:
@@ -202,7 +200,7 @@ QWEN2 = Architecture(
     gate_up_projections=("gate_proj", "up_proj"),
     rotary_class="Qwen2RotaryEmbedding",
     rotary_base=default_rotary_base,
-    unsupported=sliding_window_refusals,
+    sliding_window=layer_sliding_window,
 )
 
 
@@ -221,7 +219,7 @@ MISTRAL = Architecture(
     gate_up_projections=("gate_proj", "up_proj"),
     rotary_class="MistralRotaryEmbedding",
     rotary_base=default_rotary_base,
-    unsupported=sliding_window_refusals,
+    sliding_window=config_sliding_window,
 )
 
 

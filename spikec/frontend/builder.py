@@ -299,7 +299,9 @@ class CanonicalBuilder:
         scale *= self._query_scaling(region, projections)
         rope_theta = self._rope_theta(region, head_dim)
         rot = rotary_dim(self.model.config, head_dim) if rope_theta else head_dim
-        partial = (rot,) if rot != head_dim else ()  # left out for rotary over whole heads
+        window = int(self.arch.sliding_window(self.model.config, module) or 0)
+        # Left out where they are the defaults (rotary over whole heads, no window).
+        extra = (rot if rot != head_dim else 0, window) if window else (rot,) if rot != head_dim else ()
 
         x = self._materialize(projections[0].x)
         qkv_name = self._name("qkv", region.path)
@@ -310,7 +312,7 @@ class CanonicalBuilder:
         fused.meta["source_modules"] = sources
         core = self._emit(
             ops.attention,
-            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, True, *partial),
+            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, True, *extra),
             "attention",
             region.path,
         )

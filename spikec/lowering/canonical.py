@@ -53,6 +53,7 @@ def _attention(a: dict, node: torch.fx.Node) -> nir.NIRNode:
     return ir.SpikecAttention(
         num_heads=int(a["num_heads"]), num_kv_heads=int(a["num_kv_heads"]), head_dim=int(a["head_dim"]),
         rope_theta=float(a["rope_theta"]), scale=float(scale), rotary_dim=int(a["rotary_dim"]),
+        window=int(a["window"]),
     )
 
 
