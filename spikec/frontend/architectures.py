@@ -163,17 +163,19 @@ GPT2 = Architecture(
     block_container="h",
 )
 
-LLAMA = Architecture(
-    family="llama",
-    model_class="LlamaForCausalLM",
-    description="Llama (LlamaForCausalLM, e.g. SmolLM2)",
-    module_kinds=_llama_module_kinds,
-    block_container="layers",
-    qkv_projections=("q_proj", "k_proj", "v_proj"),
-    gate_up_projections=("gate_proj", "up_proj"),
-    rotary_class="LlamaRotaryEmbedding",
-    rotary_base=default_rotary_base,
-)
+QKV_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+GATE_UP_PROJECTIONS = ("gate_proj", "up_proj")
+
+
+def llama_like(family: str, model_class: str, description: str, module_kinds: Callable[[], dict[type, str]],
+               rotary_class: str, **fields: Any) -> Architecture:
+    """An :class:`Architecture` of Llama's structure: ``q_proj``/``k_proj``/``v_proj``, a gated MLP of
+    ``gate_proj`` and ``up_proj``, unscaled rotary embeddings made by ``rotary_class``, blocks in
+    ``layers``; ``fields`` sets the others (``sliding_window``, ``unsupported``)."""
+    return Architecture(family=family, model_class=model_class, description=description, module_kinds=module_kinds,
+                        qkv_projections=QKV_PROJECTIONS, gate_up_projections=GATE_UP_PROJECTIONS,
+                        rotary_class=rotary_class, rotary_base=default_rotary_base, **fields)
+
 
 def layer_sliding_window(config: Any, attention: nn.Module) -> int | None:
     """The sliding window of one attention module (``sliding_window``: set on Qwen2's sliding layers)."""
@@ -191,36 +193,19 @@ def _qwen2_module_kinds() -> dict[type, str]:
     return {Qwen2RMSNorm: "rms_norm", Qwen2Attention: "attention", Qwen2MLP: "gated_mlp"}
 
 
-QWEN2 = Architecture(
-    family="qwen2",
-    model_class="Qwen2ForCausalLM",
-    description="Qwen2 (Qwen2ForCausalLM, e.g. Qwen2.5)",
-    module_kinds=_qwen2_module_kinds,
-    qkv_projections=("q_proj", "k_proj", "v_proj"),
-    gate_up_projections=("gate_proj", "up_proj"),
-    rotary_class="Qwen2RotaryEmbedding",
-    rotary_base=default_rotary_base,
-    sliding_window=layer_sliding_window,
-)
-
-
 def _mistral_module_kinds() -> dict[type, str]:
     from transformers.models.mistral.modeling_mistral import MistralAttention, MistralMLP, MistralRMSNorm
 
     return {MistralRMSNorm: "rms_norm", MistralAttention: "attention", MistralMLP: "gated_mlp"}
 
 
-MISTRAL = Architecture(
-    family="mistral",
-    model_class="MistralForCausalLM",
-    description="Mistral (MistralForCausalLM)",
-    module_kinds=_mistral_module_kinds,
-    qkv_projections=("q_proj", "k_proj", "v_proj"),
-    gate_up_projections=("gate_proj", "up_proj"),
-    rotary_class="MistralRotaryEmbedding",
-    rotary_base=default_rotary_base,
-    sliding_window=config_sliding_window,
-)
+def _gemma_module_kinds() -> dict[type, str]:
+    from transformers.models.gemma.modeling_gemma import (
+        GemmaAttention, GemmaMLP, GemmaRMSNorm, GemmaTextScaledWordEmbedding,
+    )
+
+    return {GemmaRMSNorm: "offset_rms_norm", GemmaAttention: "attention", GemmaMLP: "gated_mlp",
+            GemmaTextScaledWordEmbedding: "scaled_embedding"}
 
 
 def _opt_module_kinds() -> dict[type, str]:
@@ -253,17 +238,6 @@ def _gpt_neox_module_kinds() -> dict[type, str]:
     return {GPTNeoXAttention: "attention"}
 
 
-GPT_NEOX = Architecture(
-    family="gpt_neox",
-    model_class="GPTNeoXForCausalLM",
-    description="GPT-NeoX (GPTNeoXForCausalLM, e.g. Pythia)",
-    module_kinds=_gpt_neox_module_kinds,
-    qkv_per_head=True,
-    rotary_class="GPTNeoXRotaryEmbedding",
-    rotary_base=default_rotary_base,
-)
-
-
 def _phi_module_kinds() -> dict[type, str]:
     from transformers.models.phi.modeling_phi import PhiAttention
 
@@ -274,37 +248,21 @@ def _phi_refusals(config: Any) -> list[str]:
     return ["layer norms of queries and keys (qk_layernorm)"] if getattr(config, "qk_layernorm", False) else []
 
 
-PHI = Architecture(
-    family="phi",
-    model_class="PhiForCausalLM",
-    description="Phi (PhiForCausalLM, e.g. Phi-1.5, Phi-2)",
-    module_kinds=_phi_module_kinds,
-    qkv_projections=("q_proj", "k_proj", "v_proj"),
-    rotary_class="PhiRotaryEmbedding",
-    rotary_base=default_rotary_base,
-    unsupported=_phi_refusals,
-)
-
-
-def _gemma_module_kinds() -> dict[type, str]:
-    from transformers.models.gemma.modeling_gemma import (
-        GemmaAttention, GemmaMLP, GemmaRMSNorm, GemmaTextScaledWordEmbedding,
-    )
-
-    return {GemmaRMSNorm: "offset_rms_norm", GemmaAttention: "attention", GemmaMLP: "gated_mlp",
-            GemmaTextScaledWordEmbedding: "scaled_embedding"}
-
-
-GEMMA = Architecture(
-    family="gemma",
-    model_class="GemmaForCausalLM",
-    description="Gemma (GemmaForCausalLM)",
-    module_kinds=_gemma_module_kinds,
-    qkv_projections=("q_proj", "k_proj", "v_proj"),
-    gate_up_projections=("gate_proj", "up_proj"),
-    rotary_class="GemmaRotaryEmbedding",
-    rotary_base=default_rotary_base,
-)
+LLAMA = llama_like("llama", "LlamaForCausalLM", "Llama (LlamaForCausalLM, e.g. SmolLM2)", _llama_module_kinds,
+                   "LlamaRotaryEmbedding")
+QWEN2 = llama_like("qwen2", "Qwen2ForCausalLM", "Qwen2 (Qwen2ForCausalLM, e.g. Qwen2.5)", _qwen2_module_kinds,
+                   "Qwen2RotaryEmbedding", sliding_window=layer_sliding_window)
+MISTRAL = llama_like("mistral", "MistralForCausalLM", "Mistral (MistralForCausalLM)", _mistral_module_kinds,
+                     "MistralRotaryEmbedding", sliding_window=config_sliding_window)
+GEMMA = llama_like("gemma", "GemmaForCausalLM", "Gemma (GemmaForCausalLM)", _gemma_module_kinds, "GemmaRotaryEmbedding")
+OPT = Architecture(family="opt", model_class="OPTForCausalLM", description="OPT (OPTForCausalLM)",
+                   module_kinds=_opt_module_kinds, qkv_projections=QKV_PROJECTIONS, unsupported=_opt_refusals)
+GPT_NEOX = Architecture(family="gpt_neox", model_class="GPTNeoXForCausalLM",
+                        description="GPT-NeoX (GPTNeoXForCausalLM, e.g. Pythia)", module_kinds=_gpt_neox_module_kinds,
+                        qkv_per_head=True, rotary_class="GPTNeoXRotaryEmbedding", rotary_base=default_rotary_base)
+PHI = Architecture(family="phi", model_class="PhiForCausalLM", description="Phi (PhiForCausalLM, e.g. Phi-1.5, Phi-2)",
+                   module_kinds=_phi_module_kinds, qkv_projections=QKV_PROJECTIONS, rotary_class="PhiRotaryEmbedding",
+                   rotary_base=default_rotary_base, unsupported=_phi_refusals)
 
 # The architectures spikec converts, by family (the config's model_type).
 ARCHITECTURES: dict[str, Architecture] = {
