@@ -167,8 +167,10 @@ def test_conversion_and_simulator_agree_spike_for_spike(spec):
     assert agreement.layers == 9 and agreement.identical and agreement.logits_max_abs_diff == 0.0
 
 
-@pytest.mark.parametrize("spec,field,values", [("gpt-neox", "rotary_dim", [4, 4]), ("mistral-sliding", "window", [3, 3]),
-                                               ("qwen2-sliding", "window", [0, 4]), ("qwen2", "window", [0, 0])])
+@pytest.mark.parametrize("spec,field,values", [
+    ("gpt-neox", "rotary_dim", [4, 4]), ("mistral-sliding", "window", [3, 3]), ("qwen2-sliding", "window", [0, 4]),
+    ("qwen2", "window", [0, 0]),
+])
 def test_rotary_dim_and_window_survive_a_nir_file_which_names_them_only_where_set(tmp_path, spec, field, values):
     _, graph, _ = converted(spec)
     nirio.write(tmp_path / "model.nir", graph)
@@ -216,7 +218,9 @@ def test_unsupported_features_are_refused_by_name(name, overrides, feature):
         capture_canonical(loaded, seq_len=8)
 
 
-@pytest.mark.parametrize("spec,windows", [("mistral-sliding", [3, 3]), ("qwen2-sliding", [None, 4]), ("qwen2", [None, None])])
+@pytest.mark.parametrize("spec,windows", [
+    ("mistral-sliding", [3, 3]), ("qwen2-sliding", [None, 4]), ("qwen2", [None, None]),
+])
 def test_sliding_windows_are_an_argument_of_the_layers_that_have_one(spec, windows):
     _, gm = captured(spec)
     assert [n.args[8] if len(n.args) > 8 else None for n in attention_calls(gm)] == windows
@@ -253,7 +257,8 @@ def test_near_relatives_are_refused_naming_what_they_add():
 
     config = Qwen3Config(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,
                          num_key_value_heads=1, head_dim=16, vocab_size=128)
-    loaded = LoadedModel(model=Qwen3ForCausalLM(config).eval(), name="tiny-qwen3", family="qwen3", config=config, spec={})
+    model = Qwen3ForCausalLM(config).eval()
+    loaded = LoadedModel(model=model, name="tiny-qwen3", family="qwen3", config=config, spec={})
     with pytest.raises(UnsupportedError, match=r"Qwen3ForCausalLM has query and key norms \(q_norm, k_norm\)"):
         capture_canonical(loaded)
 

@@ -42,8 +42,8 @@ class Architecture:
     rotary base from the config and that module (raises ``ValueError`` saying what is unsupported).
     ``qkv_per_head``: a fused qkv projection whose rows are ``[head, q|k|v, head_dim]`` (GPT-NeoX)
     rather than ``[q | k | v]``. ``sliding_window`` reads the window of an attention module
-    (``None``: it sees every earlier position). ``unsupported`` names the features of a config that spikec refuses (sliding-window attention
-    shorter than the model's positions, ...): an empty list when it converts the config.
+    (``None``: it sees every earlier position). ``unsupported`` names the features of a config
+    that spikec refuses (OPT's embedding projections, ...): an empty list when it converts it.
     """
 
     family: str
