@@ -453,6 +453,10 @@ class _Reader:
                 raise bad(f"has num_heads {node.num_heads} not divisible by num_kv_heads {node.num_kv_heads}")
             if node.rope_theta < 0:
                 raise bad(f"has rope_theta {node.rope_theta}; expected 0 (no rotary embedding) or positive")
+            if not 0 <= node.rotary_dim <= node.head_dim or node.rotary_dim % 2:
+                raise bad(f"has rotary_dim {node.rotary_dim}; expected an even count up to head_dim {node.head_dim}")
+            if node.window < 0:
+                raise bad(f"has window {node.window}; expected 0 (no sliding window) or positive")
         elif isinstance(node, SpikecEmbedding):
             weight, positions = float_array("weight", 2), float_array("position_weight", 2)
             if weight.shape[0] < 1 or positions.shape[1] != weight.shape[1]:

@@ -135,6 +135,12 @@ def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
     for att in attentions:
         if not get_arg(att, 6, "causal", True):
             raise UnsupportedError(f"{spikec_name(att)}: spike-softmax supports causal attention only")
+        if get_arg(att, 7, "rotary_dim", 0):
+            raise UnsupportedError(f"{spikec_name(att)}: spike-softmax does not implement partial rotary embeddings "
+                                   "(GPT-NeoX, Phi)", hint="use the default softmax attention")
+        if get_arg(att, 8, "window", 0):
+            raise UnsupportedError(f"{spikec_name(att)}: spike-softmax does not implement sliding-window attention "
+                                   "(Mistral, Qwen2)", hint="use the default softmax attention")
     (output,) = [n for n in gm.graph.nodes if n.op == "output"]
     result = output.args[0]
     if not (isinstance(result, fx.Node) and result.target is ops.affine):

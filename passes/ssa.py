@@ -231,6 +231,12 @@ def _check_consumers(attn: fx.Node) -> None:
     name = spikec_name(attn)
     if get_arg(attn, 6, "causal", True) is not True:
         raise UnsupportedError(f"{name}: SSA is implemented for causal (decoder) attention only")
+    if get_arg(attn, 7, "rotary_dim", 0):
+        raise UnsupportedError(f"{name}: SSA does not implement partial rotary embeddings (GPT-NeoX, Phi)",
+                               hint="use the default softmax attention")
+    if get_arg(attn, 8, "window", 0):
+        raise UnsupportedError(f"{name}: SSA does not implement sliding-window attention (Mistral, Qwen2)",
+                               hint="use the default softmax attention")
     for user in attn.users:
         if user.target is ops.affine and get_arg(user, 0, "x") is attn:
             continue

@@ -182,18 +182,19 @@ def test_unknown_activation_is_refused_naming_the_op():
 
 
 def test_other_architectures_are_refused_naming_the_architecture():
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import BloomConfig, BloomForCausalLM
 
-    config = OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64, num_attention_heads=2, vocab_size=128, word_embed_proj_dim=32)
-    model = OPTForCausalLM(config).eval()
-    loaded = LoadedModel(model=model, name="tiny-opt", family="opt", config=config, spec={})
-    with pytest.raises(UnsupportedError, match="OPTForCausalLM") as err:
+    config = BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=128)
+    model = BloomForCausalLM(config).eval()
+    loaded = LoadedModel(model=model, name="tiny-bloom", family="bloom", config=config, spec={})
+    with pytest.raises(UnsupportedError, match="BloomForCausalLM") as err:
         capture_canonical(loaded)
     assert err.value.exit_code == 4
     assert str(err.value).startswith(
-        "architecture OPTForCausalLM (model type 'opt', model 'tiny-opt') is not supported; spikec converts "
-        "GPT-2 (GPT2LMHeadModel) and Llama (LlamaForCausalLM, e.g. SmolLM2) models"
+        "architecture BloomForCausalLM (model type 'bloom', model 'tiny-bloom') is not supported; spikec converts "
+        "GPT-2 (GPT2LMHeadModel), Llama (LlamaForCausalLM, e.g. SmolLM2), Qwen2 (Qwen2ForCausalLM, e.g. Qwen2.5), "
     )
+    assert str(err.value).split(" (write a pass")[0].endswith(" and Gemma (GemmaForCausalLM) models")
     assert "\n" not in str(err.value)
 
 
@@ -203,8 +204,8 @@ def test_architecture_entries_match_the_models_they_describe(family):
     arch = architecture_of(loaded.model)
     assert arch is ARCHITECTURES[family] and arch.family == loaded.family == family
     kinds = arch.module_kinds()
-    assert set(kinds.values()) <= {"layer_norm", "rms_norm", "linear", "embedding", "dropout", "activation",
-                                   "attention", "gated_mlp"}
+    assert set(kinds.values()) <= {"layer_norm", "rms_norm", "offset_rms_norm", "linear", "embedding",
+                                   "scaled_embedding", "dropout", "activation", "attention", "gated_mlp"}
     assert any(isinstance(m, tuple(kinds)) for m in loaded.model.modules())
     assert arch.block_index(f"x.{arch.block_container}.3.mlp") == 3 and arch.block_index("x.ln_f") is None
 

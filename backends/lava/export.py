@@ -86,9 +86,10 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
                 weight=f32(node.weight))
         elif isinstance(node, ir.SpikecAttention):
             h, kv, d = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim)
+            partial = {k: int(getattr(node, k)) for k in ("rotary_dim", "window") if getattr(node, k)}
             add(name, "Attention", {"features": h * d, "in_features": (h + 2 * kv) * d, "num_heads": h,
                                     "num_kv_heads": kv, "head_dim": d, "rope_theta": float(node.rope_theta),
-                                    "scale": float(node.scale)})
+                                    "scale": float(node.scale), **partial})
         elif isinstance(node, ir.SpikecActivation):
             add(name, "Activation", {"features": int(node.features), "activation": str(node.activation)})
         elif isinstance(node, ir.SpikecGatedActivation):

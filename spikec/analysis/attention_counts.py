@@ -17,11 +17,13 @@ def ann_attention_counts(node: nir.NIRNode, w: Workload) -> OpCounts:
     """Per token, one window: causal softmax attention over sequences of ``w.positions`` tokens
     (an ``ATTENTION_CORES`` node's shape; what the ANN does in every attention mode)."""
     h, kv, d, p = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim), w.positions
-    pairs = p * (p + 1) / 2  # causal query-key pairs per head and sequence
+    window = int(getattr(node, "window", 0))  # sliding-window attention: each query sees `window` keys at most
+    # causal query-key pairs per head and sequence
+    pairs = window * (window + 1) / 2 + (p - window) * window if 0 < window < p else p * (p + 1) / 2
     macs = 2 * h * d * pairs  # q.k scores and the probability-weighted sum of v
     ops = OPS_PER_ELEMENT["softmax"] * h * pairs
     if float(node.rope_theta) > 0:
-        ops += OPS_PER_ELEMENT["rotary"] * (h + kv) * d * p
+        ops += OPS_PER_ELEMENT["rotary"] * (h + kv) * (int(getattr(node, "rotary_dim", 0)) or d) * p
     accesses = 2 * h * d * pairs + (h + 2 * kv) * d * p + h * d * p  # k and v per product; q, k, v in; out
     return OpCounts(macs=macs / p, ops=ops / p, activation_accesses=accesses / p)
 

@@ -124,6 +124,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` features of each head of ``x`` ``[..., P, head_dim]``
+    by the tables ``[P, rotary_dim]``; the rest pass unchanged (partial rotary, GPT-NeoX, Phi)."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    rot = x[..., :r]
+    return torch.cat((rot * cos + rotate_half(rot) * sin, x[..., r:]), dim=-1)
+
+
 def attention(
     qkv: torch.Tensor,
     num_heads: int,
@@ -132,12 +142,16 @@ def attention(
     rope_theta: float = 0.0,
     scale: float | None = None,
     causal: bool = True,
+    rotary_dim: int = 0,
+    window: int = 0,
 ) -> torch.Tensor:
     """Softmax self-attention core between projections.
 
     qkv: ``[batch, positions, (num_heads + 2*num_kv_heads) * head_dim]``, the fused
     query/key/value projections. Rotary embeddings are applied when ``rope_theta > 0``
-    (positions 0..P-1); grouped-query attention when ``num_kv_heads < num_heads``.
+    (positions 0..P-1) to the first ``rotary_dim`` features of each head (0: all of them);
+    grouped-query attention when ``num_kv_heads < num_heads``. ``window > 0`` (sliding-window
+    attention, Mistral, Qwen2) lets query ``i`` see keys ``i - window < j <= i`` only.
     Returns ``[batch, positions, num_heads * head_dim]``.
     """
     b, p, _ = qkv.shape
@@ -148,17 +162,27 @@ def attention(
     k = k.view(b, p, num_kv_heads, head_dim).transpose(1, 2)
     v = v.view(b, p, num_kv_heads, head_dim).transpose(1, 2)
     if rope_theta > 0:
-        cos, sin = rotary_cos_sin(p, head_dim, rope_theta, device=qkv.device, dtype=qkv.dtype)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        cos, sin = rotary_cos_sin(p, rotary_dim or head_dim, rope_theta, device=qkv.device, dtype=qkv.dtype)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
     if num_kv_heads != num_heads:
         rep = num_heads // num_kv_heads
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    if causal and 0 < window < p:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(p, window, qkv.device), scale=scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     return out.transpose(1, 2).reshape(b, p, num_heads * head_dim)
+
+
+def sliding_window_mask(positions: int, window: int, device=None) -> torch.Tensor:
+    """Bool ``[positions, positions]``: query ``i`` may attend key ``j`` iff ``i - window < j <= i``."""
+    i = torch.arange(positions, device=device)[:, None]
+    j = torch.arange(positions, device=device)[None, :]
+    return (j <= i) & (j > i - window)
 
 
 def signed_if(

@@ -24,17 +24,24 @@ from torch import nn
 from spikec.core import ops
 from spikec.core.errors import UnsupportedError
 
-from .architectures import Architecture, activation_kind, common_module_kinds, rms_norm_eps
+from .architectures import Architecture, activation_kind, common_module_kinds, rms_norm_eps, rotary_dim
 from .models import LoadedModel
 from .regions import (
-    AUX, BAD, DATA, IDS, IGNORED_OPS, Hidden, PendingActivation, PendingLinear, PositionEmbedding,
+    AUX, BAD, DATA, IDS, IGNORED_OPS, RESHAPE_OPS, Hidden, PendingActivation, PendingLinear, PositionEmbedding,
     Refused, Region, TokenEmbedding, describe, group_units, innermost, is_neutral, op_name,
-    shape_key, submodule,
+    rows_key, shape_key, submodule,
 )
 
 aten = torch.ops.aten
 
 CUSTOM_PASS_HINT = "write a pass or open an issue: see README 'Custom passes'"
+
+
+def per_head_to_concatenated(t: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Rows of a fused qkv weight ``[H * 3 * head_dim, in]`` (or bias ``[H * 3 * head_dim]``)
+    ordered ``[head, q|k|v, head_dim]`` (GPT-NeoX) reordered to ``[q | k | v]``, heads inside each."""
+    rest = t.shape[1:]
+    return t.reshape(num_heads, 3, head_dim, *rest).transpose(0, 1).reshape(3 * num_heads * head_dim, *rest)
 
 
 class CanonicalBuilder:
@@ -112,6 +119,11 @@ class CanonicalBuilder:
             if shape_key(node.meta.get("val")) == shape_key(first.meta.get("val")):
                 self.env[node] = first_value
                 return
+        if node.target in RESHAPE_OPS and isinstance(first_value, DATA):
+            key = rows_key(node.meta.get("val"))
+            if key is not None and key == rows_key(first.meta.get("val")):
+                self.env[node] = first_value
+                return
         data = [v for v in inputs if isinstance(v, DATA)]
         if not data or node.target in IGNORED_OPS or not isinstance(node.meta.get("val"), (torch.Tensor, list, tuple)):
             # Independent of the hidden states, or only a size / metadata query.
@@ -132,8 +144,8 @@ class CanonicalBuilder:
         pair = {type(a), type(b)}
         if pair == {TokenEmbedding, PositionEmbedding}:
             tok, pos = (a, b) if isinstance(a, TokenEmbedding) else (b, a)
-            w = self._param("embed.weight", tok.module.weight)
-            pw = self._param("embed.position_weight", pos.module.weight)
+            w = self._param("embed.weight", tok.weight)
+            pw = self._param("embed.position_weight", pos.weight)
             out = self._emit(ops.embedding, (self.input_ids, w, pw), "embedding", tok.path)
             out.meta["source_modules"] = [tok.path, pos.path]
             return Hidden(out)
@@ -213,10 +225,17 @@ class CanonicalBuilder:
         if getattr(module, "max_norm", None) is not None:
             raise Refused("embeddings with max_norm are not supported")
         if len(data) == 1 and data[0][1] is IDS:
-            return TokenEmbedding(region.path, module)
-        if not data:  # looked up by positions computed from sizes alone
-            return PositionEmbedding(region.path, module)
+            return TokenEmbedding(region.path, module, module.weight)
+        if not data:  # looked up by positions computed from sizes alone (from row `offset` on: OPT)
+            return PositionEmbedding(region.path, module, module.weight[int(getattr(module, "offset", 0)):])
         raise Refused("an embedding looked up by something other than the input ids")
+
+    def _region_scaled_embedding(self, region: Region, data) -> Any:
+        module = region.module
+        if len(data) != 1 or data[0][1] is not IDS:
+            raise Refused("a scaled embedding looked up by something other than the input ids")
+        # F.embedding(ids, w) * s == F.embedding(ids, w * s) element for element.
+        return TokenEmbedding(region.path, module, module.weight * module.embed_scale.to(module.weight.dtype))
 
     def _region_activation(self, region: Region, data) -> Any:
         x = self._single(data, "activation")
@@ -236,9 +255,16 @@ class CanonicalBuilder:
         return Hidden(self._emit(ops.layer_norm, (x, w, b, float(module.eps)), "norm", region.path, name))
 
     def _region_rms_norm(self, region: Region, data) -> Any:
+        return self._rms_norm(region, data, region.module.weight)
+
+    def _region_offset_rms_norm(self, region: Region, data) -> Any:
+        # x_normed * (1 + w) in float32, as the module computes it.
+        return self._rms_norm(region, data, 1.0 + region.module.weight.float())
+
+    def _rms_norm(self, region: Region, data, weight: torch.Tensor) -> Hidden:
         x = self._materialize(self._single(data, "norm"))
         name = self._name("norm", region.path)
-        w = self._param(f"{name}.weight", region.module.weight)
+        w = self._param(f"{name}.weight", weight)
         return Hidden(self._emit(ops.rms_norm, (x, w, rms_norm_eps(region.module)), "norm", region.path, name))
 
     def _region_attention(self, region: Region, data) -> Any:
@@ -266,9 +292,16 @@ class CanonicalBuilder:
         num_kv_heads = (width // head_dim - num_heads) // 2
         if width != (num_heads + 2 * num_kv_heads) * head_dim or num_kv_heads < 1:
             raise Refused(f"q/k/v width {width} does not fit {num_heads} heads of {head_dim}")
+        if self.arch.qkv_per_head:
+            qkv = tuple(None if t is None else per_head_to_concatenated(t, num_heads, head_dim) for t in qkv)
         scale = node.kwargs.get("scale")
         scale = float(scale) if scale is not None else 1.0 / math.sqrt(head_dim)
+        scale *= self._query_scaling(region, projections)
         rope_theta = self._rope_theta(region, head_dim)
+        rot = rotary_dim(self.model.config, head_dim) if rope_theta else head_dim
+        window = int(self.arch.sliding_window(self.model.config, module) or 0)
+        # Left out where they are the defaults (rotary over whole heads, no window).
+        extra = (rot if rot != head_dim else 0, window) if window else (rot,) if rot != head_dim else ()
 
         x = self._materialize(projections[0].x)
         qkv_name = self._name("qkv", region.path)
@@ -279,11 +312,29 @@ class CanonicalBuilder:
         fused.meta["source_modules"] = sources
         core = self._emit(
             ops.attention,
-            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, True),
+            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, True, *extra),
             "attention",
             region.path,
         )
         return Hidden(core)
+
+    def _query_scaling(self, region: Region, projections: list[PendingLinear]) -> float:
+        """The constant the attention multiplies its query projection by before sdpa (OPT's
+        ``q_proj(x) * scaling``; 1.0 where there is none), folded into the attention's scale."""
+        members = set(region.nodes)
+        factor = 1.0
+        query = self.arch.qkv_projections[0] if self.arch.qkv_projections else None
+        for n in region.nodes:
+            if n.target != aten.mul.Tensor or len(n.args) != 2:
+                continue
+            src, c = n.args
+            value = self.env.get(src) if isinstance(src, fx.Node) and src not in members else None
+            if not isinstance(value, PendingLinear):
+                continue
+            if not isinstance(c, (int, float)) or query is None or value.module is not getattr(region.module, query, None):
+                raise Refused(f"a projection {value.path} scaled by something other than a constant on the query")
+            factor *= float(c)
+        return factor
 
     def _fused_qkv(self, module: nn.Module, projections: list[PendingLinear]):
         if len({id(p.x) for p in projections}) != 1:
@@ -360,7 +411,7 @@ class CanonicalBuilder:
         if getattr(value, "node", None) is not None:
             return value.node
         if isinstance(value, TokenEmbedding):
-            w = self._param("embed.weight", value.module.weight)
+            w = self._param("embed.weight", value.weight)
             value.node = self._emit(ops.embedding, (self.input_ids, w, None), "embedding", value.path)
             return value.node
         if isinstance(value, PendingActivation):

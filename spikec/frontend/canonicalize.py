@@ -26,7 +26,7 @@ from torch import nn
 from spikec.core import ops
 from spikec.core.errors import UnsupportedError
 
-from .architectures import Architecture, architecture_of, supported_text
+from .architectures import REFUSED_FEATURES, Architecture, architecture_of, supported_text
 from .builder import CUSTOM_PASS_HINT, CanonicalBuilder
 from .capture import capture
 from .models import LoadedModel
@@ -97,9 +97,18 @@ def _architecture(loaded: LoadedModel) -> Architecture:
     arch = architecture_of(loaded.model)
     if arch is None:
         model_type = getattr(loaded.model.config, "model_type", "?")
+        name = type(loaded.model).__name__
+        features = f" ({name} has {REFUSED_FEATURES[name]})" if name in REFUSED_FEATURES else ""
         raise UnsupportedError(
-            f"architecture {type(loaded.model).__name__} (model type {model_type!r}, model {loaded.name!r}) "
-            f"is not supported; spikec converts {supported_text()} models",
+            f"architecture {name} (model type {model_type!r}, model {loaded.name!r}) "
+            f"is not supported{features}; spikec converts {supported_text()} models",
+            hint=CUSTOM_PASS_HINT,
+        )
+    refused = arch.unsupported(loaded.model.config)
+    if refused:
+        raise UnsupportedError(
+            f"model {loaded.name!r} ({type(loaded.model).__name__}) uses features spikec does not convert: "
+            + "; ".join(refused),
             hint=CUSTOM_PASS_HINT,
         )
     return arch

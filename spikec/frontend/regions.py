@@ -58,19 +58,23 @@ class Hidden:
 
 @dataclass(eq=False)
 class TokenEmbedding:
-    """A token embedding lookup, emitted when used (alone or summed with position embeddings)."""
+    """A token embedding lookup, emitted when used (alone or summed with position embeddings);
+    ``weight`` ``[vocab, d]`` is the module's, times its scale where it has one."""
 
     path: str
     module: nn.Embedding
+    weight: torch.Tensor
     node: fx.Node | None = None
 
 
 @dataclass(eq=False)
 class PositionEmbedding:
-    """A position embedding lookup (by positions made from sizes alone)."""
+    """A position embedding lookup (by positions made from sizes alone); ``weight``
+    ``[positions, d]`` holds the rows of positions 0, 1, ... (past the module's offset)."""
 
     path: str
     module: nn.Embedding
+    weight: torch.Tensor
 
 
 @dataclass(eq=False)
@@ -144,6 +148,21 @@ def shape_key(value: Any) -> tuple | None:
     if not isinstance(value, torch.Tensor):
         return None
     return tuple(str(s) for s in value.shape), value.dtype, str(value.device)
+
+
+# Captured ops that only re-view a value's memory (see :func:`rows_key`).
+RESHAPE_OPS = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
+
+
+def rows_key(value: Any) -> tuple | None:
+    """(elements, last axis, dtype, device) of a captured tensor value, ``None`` for other values.
+
+    A reshape that keeps this key only regroups whole rows of features (OPT flattens
+    ``[batch, positions, d]`` to ``[batch * positions, d]`` around its MLP and views it back);
+    canonical ops are row-wise but for attention, whose HF shape checks see the regrouping."""
+    if not isinstance(value, torch.Tensor) or value.dim() < 1:
+        return None
+    return str(value.numel()), str(value.shape[-1]), value.dtype, str(value.device)
 
 
 def op_name(node: fx.Node) -> str:

@@ -52,7 +52,8 @@ def _attention(a: dict, node: torch.fx.Node) -> nir.NIRNode:
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(a["head_dim"])
     return ir.SpikecAttention(
         num_heads=int(a["num_heads"]), num_kv_heads=int(a["num_kv_heads"]), head_dim=int(a["head_dim"]),
-        rope_theta=float(a["rope_theta"]), scale=float(scale),
+        rope_theta=float(a["rope_theta"]), scale=float(scale), rotary_dim=int(a["rotary_dim"]),
+        window=int(a["window"]),
     )
 
 

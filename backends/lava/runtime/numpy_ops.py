@@ -181,32 +181,47 @@ def _rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., h:], x[..., :h]], -1)
 
 
-def split_heads(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_theta: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate the first ``cos.shape[-1]`` features of each head of ``x`` ``[..., P, D]``; the
+    rest pass unchanged (partial rotary); ``spikec.core.ops.apply_rotary``'s twin."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    rot = x[..., :r]
+    return np.concatenate([rot * cos + _rotate_half(rot) * sin, x[..., r:]], -1)
+
+
+def split_heads(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_theta: float,
+                rotary_dim: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """q, k, v ``[b, heads or kv_heads, P, D]`` of the fused ``[q | k | v]`` ``[b, P, (H+2KV)D]``,
-    q and k rotated (RoPE) when ``rope_theta > 0``; in the dtype of ``qkv``."""
+    the first ``rotary_dim`` features (0: all) of q and k rotated (RoPE) when ``rope_theta > 0``;
+    in the dtype of ``qkv``."""
     b, p, _ = qkv.shape
     hq, hk = heads * head_dim, kv_heads * head_dim
     q = qkv[..., :hq].reshape(b, p, heads, head_dim).transpose(0, 2, 1, 3)
     k = qkv[..., hq:hq + hk].reshape(b, p, kv_heads, head_dim).transpose(0, 2, 1, 3)
     v = qkv[..., hq + hk:hq + 2 * hk].reshape(b, p, kv_heads, head_dim).transpose(0, 2, 1, 3)
     if rope_theta > 0:
-        cos, sin = rotary_cos_sin(p, head_dim, rope_theta)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        cos, sin = rotary_cos_sin(p, rotary_dim or head_dim, rope_theta)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
     return q, k, v
 
 
 def attention(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_theta: float,
-              scale: float) -> np.ndarray:
-    """Causal softmax attention of the fused ``[q | k | v]``; ``[b, P, (H+2KV)D] -> [b, P, HD]``."""
+              scale: float, rotary_dim: int = 0, window: int = 0) -> np.ndarray:
+    """Causal softmax attention of the fused ``[q | k | v]``; ``[b, P, (H+2KV)D] -> [b, P, HD]``;
+    ``window > 0``: query ``i`` sees keys ``i - window < j <= i`` only."""
     b, p, _ = qkv.shape
-    q, k, v = split_heads(qkv, heads, kv_heads, head_dim, rope_theta)
+    q, k, v = split_heads(qkv, heads, kv_heads, head_dim, rope_theta, rotary_dim)
     if kv_heads != heads:
         k = np.repeat(k, heads // kv_heads, axis=1)
         v = np.repeat(v, heads // kv_heads, axis=1)
     scores = np.matmul(q.astype(np.float64), k.astype(np.float64).transpose(0, 1, 3, 2)) * scale
-    scores = np.where(np.tril(np.ones((p, p), bool)), scores, -np.inf)
+    visible = np.tril(np.ones((p, p), bool))
+    if window > 0:
+        visible &= ~np.tril(np.ones((p, p), bool), -window)
+    scores = np.where(visible, scores, -np.inf)
     scores -= scores.max(-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(-1, keepdims=True)
@@ -290,7 +305,8 @@ def real_op(net: Network, name: str, x: np.ndarray, width: int = TORCH_VEC_WIDTH
         return rms_norm(x, net.array(name, "weight"), float(a["eps"]), width)
     if node.type == "Attention":
         return attention(x, int(a["num_heads"]), int(a["num_kv_heads"]), int(a["head_dim"]),
-                         float(a["rope_theta"]), float(a["scale"]))
+                         float(a["rope_theta"]), float(a["scale"]), int(a.get("rotary_dim", 0)),
+                         int(a.get("window", 0)))
     if node.type == "Activation":
         return activation(x, str(a["activation"]))
     if node.type == "GatedActivation":
