@@ -181,7 +181,7 @@ def test_signed_if_affine_readout_equals_rate_readout_affine_bit_for_bit():
 @pytest.mark.parametrize("block", [1, 5, 64, 1 << 30])
 def test_readout_from_counts_in_blocks_of_rows_equals_one_float64_product(monkeypatch, block):
     """The weight is widened to float64 a block of rows at a time (no whole float64 copy);
-    the values are those of one float64 product rounded once, for any block size."""
+    the float32 values are those of one whole float64 product rounded once, for any block size."""
     w, b = torch.from_numpy(_f32(13, 6)), torch.from_numpy(_f32(13))
     counts = torch.randint(-8, 9, (2, 3, 6))
     whole = (torch.nn.functional.linear(counts.double(), w.double()) / 8 + b.double()).float()

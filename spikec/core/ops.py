@@ -103,10 +103,11 @@ def readout_from_counts(
     reference simulator, Lava's Dense + readout) gets the same float32 value, not one that
     depends on a BLAS library's summation order.
 
-    The weight is widened ``READOUT_BLOCK`` elements (whole rows) at a time: an output
-    feature is its own row's dot product, whose sum a block of rows leaves alone, so the
-    values are those of one whole product, while a float64 copy of a whole weight (twice
-    its float32 size; GPT-2's 50257 x 768 head alone is 295 MiB) never exists.
+    The weight is widened ``READOUT_BLOCK`` elements (whole rows) at a time, so that a
+    float64 copy of a whole weight (twice its float32 size; GPT-2's 50257 x 768 head alone
+    is 295 MiB) never exists. A BLAS may order a block's float64 sums otherwise than the
+    whole product's (MKL does, by the block's width); by the argument above that leaves the
+    float32 values alone.
     """
     features, width = weight.shape
     out = torch.empty((*counts.shape[:-1], features), dtype=dtype or weight.dtype, device=weight.device)
