@@ -193,6 +193,17 @@ def test_readout_from_counts_in_blocks_of_rows_equals_one_float64_product(monkey
                               + b.half().double()).float())
 
 
+def test_rate_readout_affine_differentiates_as_one_float64_product():
+    w = torch.from_numpy(_f32(5, 4)).requires_grad_()
+    spikes = torch.randint(-2, 3, (3, 2, 4)).float().requires_grad_()
+    ops.rate_readout_affine(spikes, w, None).square().sum().backward()
+    grads = spikes.grad, w.grad
+    spikes.grad = w.grad = None
+    expected = (torch.nn.functional.linear(spikes.sum(0, dtype=torch.float64), w.double()) / 3).float()
+    expected.square().sum().backward()
+    assert torch.equal(grads[0], spikes.grad) and torch.equal(grads[1], w.grad)
+
+
 def test_readout_of_a_shared_spike_train_is_its_mean():
     graph = chain(("sif", ir.SpikecSignedIF(threshold=np.ones(2, np.float32), max_spikes=2, signed=True,
                                             v_init=0.5)),

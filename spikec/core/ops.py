@@ -109,8 +109,20 @@ def readout_from_counts(
     whole product's (MKL does, by the block's width); by the argument above that leaves the
     float32 values alone.
     """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (counts, weight, bias)):
+        # training: one whole product, as the blocks' out= and in-place ops do not differentiate
+        acc = F.linear(counts.to(torch.float64), weight.to(torch.float64)) / timesteps
+        if bias is not None:
+            acc = acc + bias.to(torch.float64)
+        return acc.to(dtype or weight.dtype)
+    return _readout_in_blocks(counts, weight, bias, timesteps, dtype or weight.dtype)
+
+
+def _readout_in_blocks(
+    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, timesteps: int, dtype: torch.dtype
+) -> torch.Tensor:
     features, width = weight.shape
-    out = torch.empty((*counts.shape[:-1], features), dtype=dtype or weight.dtype, device=weight.device)
+    out = torch.empty((*counts.shape[:-1], features), dtype=dtype, device=weight.device)
     wide = counts.to(torch.float64).reshape(-1, counts.shape[-1])
     rows = max(1, min(features, READOUT_BLOCK // max(width, 1)))
     # one float64 weight block and one accumulator, reused: few allocations, little fragmentation
