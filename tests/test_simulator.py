@@ -178,6 +178,32 @@ def test_signed_if_affine_readout_equals_rate_readout_affine_bit_for_bit():
     assert result.spike_counts["h.0.sif"] == int(spikes.abs().sum())
 
 
+@pytest.mark.parametrize("block", [1, 5, 64, 1 << 30])
+def test_readout_from_counts_in_blocks_of_rows_equals_one_float64_product(monkeypatch, block):
+    """The weight is widened to float64 a block of rows at a time (no whole float64 copy);
+    the float32 values are those of one whole float64 product rounded once, for any block size."""
+    w, b = torch.from_numpy(_f32(13, 6)), torch.from_numpy(_f32(13))
+    counts = torch.randint(-8, 9, (2, 3, 6))
+    whole = (torch.nn.functional.linear(counts.double(), w.double()) / 8 + b.double()).float()
+    monkeypatch.setattr(ops, "READOUT_BLOCK", block)
+    assert torch.equal(ops.readout_from_counts(counts, w, b, 8), whole)
+    half = ops.readout_from_counts(counts, w.half(), b.half(), 8, torch.float32)
+    assert half.dtype == torch.float32
+    assert torch.equal(half, (torch.nn.functional.linear(counts.double(), w.half().double()) / 8
+                              + b.half().double()).float())
+
+
+def test_rate_readout_affine_differentiates_as_one_float64_product():
+    w = torch.from_numpy(_f32(5, 4)).requires_grad_()
+    spikes = torch.randint(-2, 3, (3, 2, 4)).float().requires_grad_()
+    ops.rate_readout_affine(spikes, w, None).square().sum().backward()
+    grads = spikes.grad, w.grad
+    spikes.grad = w.grad = None
+    expected = (torch.nn.functional.linear(spikes.sum(0, dtype=torch.float64), w.double()) / 3).float()
+    expected.square().sum().backward()
+    assert torch.equal(grads[0], spikes.grad) and torch.equal(grads[1], w.grad)
+
+
 def test_readout_of_a_shared_spike_train_is_its_mean():
     graph = chain(("sif", ir.SpikecSignedIF(threshold=np.ones(2, np.float32), max_spikes=2, signed=True,
                                             v_init=0.5)),

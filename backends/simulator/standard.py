@@ -62,12 +62,13 @@ def _affine(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
 def readout_affine(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     """An Affine/Linear fused with the RateReadout it feeds alone: ``W mean_t(s_t) + b``,
     from the spike train or (fast mode) from its counts, computed in float64 and rounded
-    once to float32 as ``ops.readout_from_counts`` defines it."""
-    weight = ctx.double(name, node, "weight")
-    bias = ctx.double(name, node, "bias") if isinstance(node, nir.Affine) else None
+    once to float32 as ``ops.readout_from_counts`` defines it (widening the weight a block
+    at a time: no float64 copy of it is kept)."""
+    weight = ctx.param(name, node, "weight")
+    bias = ctx.param(name, node, "bias") if isinstance(node, nir.Affine) else None
     if x.count:  # ops.rate_readout_affine after its sum over T
-        return Value(ops.readout_from_counts(x.data, weight, bias, ctx.timesteps).float(), False)
-    return Value(ops.rate_readout_affine(x.data, weight, bias).float(), False)
+        return Value(ops.readout_from_counts(x.data, weight, bias, ctx.timesteps, torch.float32), False)
+    return Value(ops.rate_readout_affine(x.data, weight, bias, torch.float32), False)
 
 
 def _scale(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:

@@ -63,13 +63,6 @@ class Context:
             self._params[key] = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         return self._params[key]
 
-    def double(self, name: str, node: nir.NIRNode, field_name: str) -> torch.Tensor:
-        """A float32 parameter widened to float64 (exactly), for readouts (``ops.readout_from_counts``)."""
-        key = (name, field_name + ":f64")
-        if key not in self._params:
-            self._params[key] = torch.from_numpy(np.asarray(getattr(node, field_name), np.float64)).to(self.device)
-        return self._params[key]
-
     def packed(self, name: str, node: nir.NIRNode) -> torch.Tensor:
         """The Affine/Linear weight in ``native_loops.event_matmul``'s layout (packed once)."""
         key = (name, "weight:packed")

@@ -73,7 +73,7 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def rate_readout_affine(
-    spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """Mean over time of ``affine(spikes[t])``: the current an Affine layer driven by
     a spike train delivers over a window of T steps, read out as a real value.
@@ -81,27 +81,63 @@ def rate_readout_affine(
     spikes: ``[T, ..., in]`` integers; weight ``[out, in]`` already holds the folded
     thresholds. By linearity this equals ``affine(sum_t spikes[t]) / T``, which is how
     it is computed (one matmul instead of T, see ``readout_from_counts``). Returns
-    ``[..., out]``.
+    ``[..., out]`` in ``dtype`` (default ``weight.dtype``).
     """
-    return readout_from_counts(spikes.sum(0, dtype=torch.float64), weight, bias, spikes.shape[0])
+    return readout_from_counts(spikes.sum(0, dtype=torch.float64), weight, bias, spikes.shape[0], dtype)
+
+
+READOUT_BLOCK = 1 << 17
+"""Weight elements ``readout_from_counts`` widens to float64 at a time (1 MiB of float64:
+small enough that glibc keeps little of it around, large enough for full-speed matmuls)."""
 
 
 def readout_from_counts(
-    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, timesteps: int
+    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, timesteps: int,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``(W @ counts) / T + b`` for spike counts ``[..., in]`` (sums over the T steps).
 
-    Computed in float64 and rounded once to ``weight.dtype``: the float64 sum of integer
-    multiples of float32 weights is exact up to far below float32's resolution, so every
-    backend that accumulates ``W s_t`` in float64 in any order (the reference simulator,
-    Lava's Dense + readout) gets the same float32 value, not one that depends on a BLAS
-    library's summation order.
+    Computed in float64 and rounded once to ``dtype`` (default ``weight.dtype``): the float64
+    sum of integer multiples of float32 weights is exact up to far below float32's
+    resolution, so every backend that accumulates ``W s_t`` in float64 in any order (the
+    reference simulator, Lava's Dense + readout) gets the same float32 value, not one that
+    depends on a BLAS library's summation order.
+
+    The weight is widened ``READOUT_BLOCK`` elements (whole rows) at a time, so that a
+    float64 copy of a whole weight (twice its float32 size; GPT-2's 50257 x 768 head alone
+    is 295 MiB) never exists. A BLAS may order a block's float64 sums otherwise than the
+    whole product's (MKL does, by the block's width); by the argument above that leaves the
+    float32 values alone.
     """
-    acc = F.linear(counts.to(torch.float64), weight.to(torch.float64))
-    out = acc / timesteps
-    if bias is not None:
-        out = out + bias.to(torch.float64)
-    return out.to(weight.dtype)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (counts, weight, bias)):
+        # training: one whole product, as the blocks' out= and in-place ops do not differentiate
+        acc = F.linear(counts.to(torch.float64), weight.to(torch.float64)) / timesteps
+        if bias is not None:
+            acc = acc + bias.to(torch.float64)
+        return acc.to(dtype or weight.dtype)
+    return _readout_in_blocks(counts, weight, bias, timesteps, dtype or weight.dtype)
+
+
+def _readout_in_blocks(
+    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, timesteps: int, dtype: torch.dtype
+) -> torch.Tensor:
+    features, width = weight.shape
+    out = torch.empty((*counts.shape[:-1], features), dtype=dtype, device=weight.device)
+    wide = counts.to(torch.float64).reshape(-1, counts.shape[-1])
+    rows = max(1, min(features, READOUT_BLOCK // max(width, 1)))
+    # one float64 weight block and one accumulator, reused: few allocations, little fragmentation
+    block = torch.empty((rows, width), dtype=torch.float64, device=weight.device)
+    acc = torch.empty((wide.shape[0] * rows,), dtype=torch.float64, device=weight.device)
+    flat = out.view(-1, features)
+    for start in range(0, features, rows):
+        n = min(rows, features - start)
+        part = acc[:wide.shape[0] * n].view(wide.shape[0], n)
+        torch.mm(wide, block[:n].copy_(weight[start:start + n]).t(), out=part)
+        part /= timesteps
+        if bias is not None:
+            part += bias[start:start + n].to(torch.float64)
+        flat[:, start:start + n] = part  # the one rounding
+    return out
 
 
 def rotary_cos_sin(
