@@ -16,6 +16,10 @@ from spikec.arguments import (
 from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
 
 
+REFERENCE_HELP = ("the original model to compare with (default: the source recorded by compile, "
+                  "e.g. when its directory has moved)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="spikec", description="Compile transformer language models into spiking networks.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", choices=("sim", "lava"), default="sim",
                    help="sim (default), or lava: also run the Lava export on the first --seq-len tokens and compare")
     e.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
+    e.add_argument("--model", metavar="NAME_OR_DIR", help=REFERENCE_HELP)
 
     r = sub.add_parser("run", help="generate text with the spiking network (and the original beside it)")
     r.add_argument("dir")
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     r.add_argument("--backend", choices=("sim", "lava"), default="sim", help="sim (default) or lava")
     r.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
+    r.add_argument("--model", metavar="NAME_OR_DIR", help=REFERENCE_HELP)
 
     ps = sub.add_parser("passes", help="list the registered passes")
     ps.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
@@ -133,7 +139,10 @@ def _cmd_compile(a: argparse.Namespace) -> int:
 def _cmd_eval(a: argparse.Namespace) -> int:
     from spikec.evaluate import evaluate, load_compiled, save_eval
 
-    compiled = load_compiled(a.dir)
+    from spikec.evaluate import describe_reference
+
+    compiled = load_compiled(a.dir, a.model)
+    print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
     if a.backend == "lava":
         return _eval_lava(a, compiled)
     results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device)
@@ -180,11 +189,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from spikec.evaluate import generate, load_compiled
 
     if a.backend == "lava":
-        return _run_lava(a, load_compiled(a.dir))
-    out = generate(load_compiled(a.dir), a.prompt, a.max_new_tokens, a.timesteps, device=a.device)
+        return _run_lava(a, load_compiled(a.dir, a.model))
+    out = generate(load_compiled(a.dir, a.model), a.prompt, a.max_new_tokens, a.timesteps, device=a.device,
+                   progress=True)
     print(f"prompt: {a.prompt}")
     print(f"SNN:    {out['snn']}")
-    print(f"ANN:    {out['ann']}")
+    print(f"ANN:    {out['ann'] if out['ann'] is not None else '(not run: ' + out['ann_unavailable'] + ')'}")
     return 0
 
 
@@ -193,7 +203,7 @@ def _run_lava(a: argparse.Namespace, compiled) -> int:
 
     from spikec.backends.lava.compare import generate_lava
 
-    tok = compiled.loaded.tokenizer
+    tok = compiled.tokenizer
     ids = torch.tensor([tok(a.prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
     if ids.numel() == 0:
         raise UsageError("--prompt is empty", hint="give some text to continue")
