@@ -42,7 +42,7 @@ def spiking_census(gm: torch.fx.GraphModule, ctx: spikec.PassContext) -> None:
 
 
 if __name__ == "__main__":
-    from spikec.compile import CompileOptions, compile_model
+    from spikec.compiler import CompileOptions, compile_model
 
     with tempfile.TemporaryDirectory() as tmp:
         report = compile_model(

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_compile(a: argparse.Namespace) -> int:
-    from spikec.compile import CompileOptions, compile_model
+    from spikec.compiler import CompileOptions, compile_model
 
     passes = [s.strip() for s in a.passes.split(",") if s.strip()]
     if not passes:
@@ -217,7 +217,7 @@ def _run_lava(a: argparse.Namespace, compiled) -> int:
 
 def _cmd_passes(a: argparse.Namespace) -> int:
     import spikec.passes as builtin
-    from spikec.compile import load_plugins
+    from spikec.compiler import load_plugins
     from spikec.core.passes import registered_passes
 
     load_plugins(a.plugin)
@@ -242,30 +242,19 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def _cmd_export_nir(a: argparse.Namespace) -> int:
-    import shutil
     from pathlib import Path
 
-    from spikec.backends import nirio, portable
-    from spikec.core.errors import InputError
-    from spikec.outputs import atomic_directory, check_output_target
+    from spikec.spiking_model import export_nir_directory
 
-    check_output_target(Path(a.output), a.force)  # before the NIR file is read
     src = Path(a.dir)
     source = src if src.is_file() else src / "model.nir"
-    if not source.is_file():
-        raise InputError(f"{str(source)!r} does not exist", hint="pass a `spikec compile` output directory or a .nir file")
-    graph = nirio.read(source)
-    if a.profile == "portable":
-        portable.check_portable(graph, str(source))  # fail before creating anything
-    with atomic_directory(a.output, force=a.force) as tmp:
-        if a.profile == "full":
-            shutil.copyfile(source, tmp / "model.nir")
-            print(f"wrote {a.output}/model.nir (full profile: standard NIR + spikec extension nodes)")
-            return 0
-        manifest = portable.write_portable(graph, tmp, source=source.name, importer=a.importer)
+    manifest = export_nir_directory(source, a.output, profile=a.profile, importer=a.importer, force=a.force)
+    if manifest is None:
+        print(f"wrote {a.output}/model.nir (full profile: standard NIR + spikec extension nodes)")
+        return 0
     neurons = sum(len(s["neurons"]) for s in manifest["subgraphs"])
     print(f"wrote {len(manifest['subgraphs'])} standard NIR subgraphs ({neurons} neuron layers) and "
-          f"{portable.MANIFEST} to {a.output} (docs/interop.md)")
+          f"manifest.json to {a.output} (docs/interop.md)")
     return 0
 
 

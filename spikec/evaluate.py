@@ -21,14 +21,10 @@ from spikec.compiled_checks import check_compiled, check_positions, check_vocabu
 from spikec.core.errors import InputError, ModelNotFoundError, UsageError, one_line
 from spikec.frontend.model_objects import describe_spec, loaded_from_directory
 from spikec.frontend.models import LoadedModel, load_from_spec, load_model
+from spikec.frontend.weight_cache import REFERENCE_DIR
 from spikec.outputs import check_compile_report, load_tokenizer, write_result
 from spikec.progress import progress_steps
 from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
-
-
-REFERENCE_DIR = "reference"
-"""Where a compile output directory keeps its reference ANN when the model was compiled from a
-Python object (``spikec.compile(model_object)``): ``config.json`` and ``model.safetensors``."""
 
 
 @dataclass

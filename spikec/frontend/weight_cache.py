@@ -96,6 +96,20 @@ def load_cached(entry: Path) -> torch.nn.Module:
     return model.eval()
 
 
+REFERENCE_DIR = "reference"
+"""Where a compile output directory keeps its reference ANN when the model was compiled from a
+Python object (``spikec.compile(model_object)``), as ``save_weights`` writes it."""
+
+
+def save_weights(model: torch.nn.Module, directory: Path) -> None:
+    """Write ``model`` (a transformers model) to ``directory`` (created): ``config.json`` and
+    ``model.safetensors`` (tied tensors once), which ``load_cached`` reads back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    # not save_pretrained: transformers refuses it for a model loaded from GGUF
+    model.config.save_pretrained(str(directory))
+    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
 def store(model: torch.nn.Module, source: Path, prefix: str) -> Path | None:
     """Save ``model`` (a transformers model) as the cache entry of ``source``; the entry, or
     None when the cache is not usable (not private, disk full): caching is best effort."""
@@ -108,9 +122,7 @@ def store(model: torch.nn.Module, source: Path, prefix: str) -> Path | None:
         entry = root / entry_name(source, prefix)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
         try:
-            # not save_pretrained: transformers refuses it for a model loaded from GGUF
-            model.config.save_pretrained(str(tmp))
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_weights(model, tmp)
             os.rename(tmp, entry)
         except (OSError, ValueError):
             shutil.rmtree(tmp, ignore_errors=True)
