@@ -11,6 +11,7 @@ import torch
 from spikec.core.errors import UsageError
 
 from . import weight_cache
+from .architectures import architecture_of, supported_text
 from .models import SMOLLM2, SMOLLM2_CONFIG, LoadedModel, as_loaded, gpt2_tokenizer, smollm2_tokenizer
 
 
@@ -32,15 +33,20 @@ def describe_spec(spec: dict[str, Any]) -> str:
 
 
 def loaded_from_object(model: torch.nn.Module, tokenizer: Any = None) -> LoadedModel:
-    """A ``LoadedModel`` for a model object: a transformers causal LM, or any ``torch.nn.Module``
-    with a transformers ``config`` whose ``model_type`` spikec supports and a ``forward(input_ids=...)``
-    that returns ``.logits``. ``tokenizer`` defaults to GPT-2's for ``gpt2`` models and SmolLM2's
+    """A ``LoadedModel`` for a model object: an instance of a supported transformers causal LM
+    class (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...; spikec.frontend.architectures), with
+    any weights (trained, fine-tuned, random). The frontend captures it by its class and module
+    names, so a module wrapping one is refused (``UsageError`` naming ``model``). ``tokenizer`` defaults to GPT-2's for ``gpt2`` models and SmolLM2's
     for ``llama`` models of its vocabulary; other families need one. The model is put in eval mode,
     float32; its spec is marked ``object`` (it cannot be reloaded by name)."""
     config = getattr(model, "config", None)
     if not isinstance(model, torch.nn.Module) or getattr(config, "model_type", None) is None:
         raise UsageError(f"model: expected a model name, a directory or a torch.nn.Module with a transformers "
                          f"config (model.config.model_type), got {type(model).__name__}")
+    if architecture_of(model) is None:
+        raise UsageError(f"model: a {type(model).__name__} is not a model class spikec converts "
+                         f"(model type {config.model_type!r}); spikec converts {supported_text()} models",
+                         hint="pass the transformers model itself, not a module wrapping it")
     family = str(config.model_type)
     if tokenizer is None:
         if family == "gpt2":
