@@ -142,10 +142,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from spikec.evaluate import describe_reference
 
     compiled = load_compiled(a.dir, a.model)
-    print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
     if a.backend == "lava":
         return _eval_lava(a, compiled)
     results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device)
+    # on stderr, once it worked: stdout stays the figures, and a failure stays one line
+    print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
     # the figures are shown first: a directory that cannot take eval.json must not lose them
     if a.json:
         print(json.dumps(results[0] if len(results) == 1 else {"curve": results}, indent=2))

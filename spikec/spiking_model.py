@@ -200,6 +200,21 @@ class SpikingModel:
             summary = export_lava(self.graph, tmp, timesteps=t, positions=int(self.compile_report["seq_len"]))
         return summary
 
+    def run_lava(self, inputs: str | torch.Tensor, timesteps: int | None = None, *,
+                 precision: str = "floating_pt") -> dict[str, Any]:
+        """Run the Lava export (``DIR/lava``, or one made on the fly) in the Lava environment
+        (``.venv-lava`` or ``SPIKEC_LAVA_PYTHON``, docs/lava.md) on ``inputs`` (text or ids
+        ``[1, positions]``, at most the compile's ``seq_len``) and compare with the reference
+        simulator, as ``spikec eval --backend lava`` does: ``spike_agreement`` (share of equal
+        spikes), ``spike_agreement_per_layer``, ``logits_max_abs_diff``, ``lava_seconds``.
+        ``ResourceError`` when there is no Lava environment."""
+        from spikec.backends.lava.compare import evaluate_lava
+
+        ids = self.encode(inputs) if isinstance(inputs, str) else inputs
+        if timesteps is not None:
+            check_range("timesteps", timesteps, 1, 4096)
+        return evaluate_lava(self.path, ids, timesteps=timesteps or self.timesteps, precision=precision)
+
     def save(self, directory: str | Path, *, force: bool = False) -> SpikingModel:
         """Copy the compile output directory to ``directory`` (``force`` replaces one that
         spikec wrote) and return the model there; ``spikec.load(directory)`` reads it back."""
