@@ -18,7 +18,7 @@ from tqdm import tqdm
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
 from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
-from spikec.core.errors import InputError, ModelNotFoundError, UsageError, one_line
+from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError, one_line
 from spikec.frontend.model_objects import describe_spec, loaded_from_directory
 from spikec.frontend.models import LoadedModel, load_from_spec, load_model
 from spikec.frontend.weight_cache import REFERENCE_DIR
@@ -213,7 +213,7 @@ def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timestep
         try:
             model = compiled.loaded.model.to(dev)
             steps["ann"] = lambda ids: model(input_ids=ids, use_cache=False).logits
-        except (InputError, ModelNotFoundError) as e:
+        except (InputError, ModelNotFoundError, ResourceError) as e:  # moved, deleted, not installed
             continuations["ann_unavailable"] = str(e)
     for label, step in steps.items():
         ids = prompt_ids
