@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import torch
 from safetensors.torch import save_model
 
-from spikec.backends.simulator.native_build import unsafe_reason
+from spikec.backends.simulator.native_build import make_private_dir, unsafe_reason
 
 
 def weights_dir() -> Path:
@@ -51,11 +51,7 @@ def entry_name(source: Path, prefix: str) -> str:
 def _private(path: Path, *, create: bool) -> bool:
     """Whether ``path`` is a directory we may trust (created 0700 when ``create``)."""
     if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
+        make_private_dir(path)
     try:
         st = os.lstat(path)
     except OSError:
