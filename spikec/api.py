@@ -17,7 +17,7 @@ import torch
 from spikec.core.errors import UsageError
 from spikec.spiking_model import SpikingModel, check_range
 
-ARGUMENT_NAMES = {"timesteps": "timesteps", "calib_samples": "calib_samples", "seq_len": "seq_len"}
+ARGUMENT_NAMES = {"timesteps": "timesteps", "calib_samples": "calib_samples", "seq_len": "seq_len", "options": "options:"}
 """How compile errors name the options: by their Python argument names."""
 
 

@@ -41,7 +41,7 @@ from spikec.text import CALIBRATION_TEXT, cut_samples, leading_tokens, text_labe
 from spikec.verify import compare_fx_and_simulator
 
 TARGETS = ("nir", "sim", "lava")
-CLI_FLAGS = {"timesteps": "-T", "calib_samples": "--calib-samples", "seq_len": "--seq-len"}
+CLI_FLAGS = {"timesteps": "-T", "calib_samples": "--calib-samples", "seq_len": "--seq-len", "options": "--option"}
 """How ``CompileOptions.validate`` names the options it checks, by default."""
 
 
@@ -101,7 +101,7 @@ def resolve_pipeline(names: list[str], default: list[str] | None = None) -> list
     return resolved
 
 
-def check_option_keys(options: dict[str, Any], pipeline: list[str]) -> None:
+def check_option_keys(options: dict[str, Any], pipeline: list[str], flag: str = "--option") -> None:
     """Refuse ``--option`` keys that no pass of ``pipeline`` reads (a typo would otherwise be
     ignored). A pipeline with a plugin pass may read any key, so it is not checked."""
     if any(get_pass(name).source != "builtin" for name in pipeline):
@@ -109,7 +109,7 @@ def check_option_keys(options: dict[str, Any], pipeline: list[str]) -> None:
     valid = builtin_passes.option_keys(pipeline)
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise UsageError(f"--option {', '.join(unknown)}: not read by any pass of this pipeline "
+        raise UsageError(f"{flag} {', '.join(unknown)}: not read by any pass of this pipeline "
                          f"({', '.join(pipeline)})", hint=f"valid keys: {', '.join(sorted(valid))}")
 
 
@@ -147,7 +147,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
     load_plugins(opts.plugins)
     mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate)
     pipeline = resolve_pipeline(opts.passes, mode_passes)
-    check_option_keys(opts.options, pipeline)
+    check_option_keys(opts.options, pipeline, {**CLI_FLAGS, **(names or {})}["options"])
     start = time.perf_counter()
     torch.manual_seed(opts.seed)
     out_dir = opts.output_dir

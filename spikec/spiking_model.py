@@ -15,6 +15,7 @@ from typing import Any
 import nir
 import torch
 
+from spikec.compiled_checks import check_positions
 from spikec.core.errors import UsageError
 from spikec.evaluate import Compiled, describe_reference, evaluate, generate, load_compiled, save_eval
 from spikec.outputs import atomic_directory
@@ -149,6 +150,8 @@ class SpikingModel:
         check_range("max_new_tokens", max_new_tokens, 1, 4096)
         if timesteps is not None:
             check_range("timesteps", timesteps, 1, 4096)
+        check_positions(self.graph, self.encode(prompt).shape[1] + max_new_tokens - 1, str(self.path / "model.nir"),
+                        "the prompt and max_new_tokens")
         return generate(self._compiled, prompt, max_new_tokens, timesteps, device=device, compare=compare,
                         progress=progress)
 

@@ -120,6 +120,8 @@ def test_a_moved_source_directory_still_runs_and_eval_names_reference(hf_model, 
     (lambda: spikec.compile("gpt2", calib_samples=0), "calib_samples must be at least 1"),
     (lambda: spikec.compile(3), "model: expected"),
     (lambda: spikec.compile("gpt2", tokenizer=object()), "tokenizer: "),
+    (lambda: spikec.compile("gpt2", random_weights=True, config=TINY, options={"burst": 2}, **QUICK),
+     "options: burst: not read by any pass"),
 ])
 def test_compile_errors_name_arguments(call, message: str) -> None:
     with pytest.raises(UsageError, match=message) as e:
@@ -138,6 +140,11 @@ def test_method_errors_name_arguments(by_name: spikec.SpikingModel) -> None:
     ]:
         with pytest.raises(UsageError, match=message):
             call()
+
+
+def test_a_prompt_longer_than_the_position_table_names_the_arguments(by_name: spikec.SpikingModel) -> None:
+    with pytest.raises(InputError, match="fewer than the 2000 of the prompt and max_new_tokens"):
+        by_name.generate("x", max_new_tokens=2000)
 
 
 def test_load_refuses_a_directory_that_is_not_a_compile_output(tmp_path: Path) -> None:
