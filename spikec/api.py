@@ -49,10 +49,10 @@ def compile(
 
     model: a name spikec knows (``gpt2``, ``smollm2-135m``, ``llama``, ...: ``spikec compile
     --help``), a Hugging Face id, a local directory saved with ``save_pretrained``, or a model
-    object: a transformers causal LM, or any ``torch.nn.Module`` of a supported family that
-    carries a transformers ``config`` (``model.config.model_type``) and whose
-    ``forward(input_ids=...)`` returns ``.logits``. A model object's weights are kept in
-    ``DIR/reference`` (safetensors) so that ``evaluate`` can compare with it later.
+    object: a ``torch.nn.Module`` that is an instance of a supported transformers class
+    (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...), with any weights; a module wrapping one
+    is refused. A model object's weights are kept in ``DIR/reference`` (safetensors) so that
+    ``evaluate`` can compare with it later.
     tokenizer: for a model object (default: GPT-2's for ``gpt2``, SmolLM2's for its ``llama``).
     output: the directory to write (default: a new temporary directory; ``save`` keeps it).
     timesteps: T, timesteps per window (1..4096). seq_len: positions per calibration sample
