@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_results  # noqa: E402
 
-from spikec.compile import CompileOptions, compile_model  # noqa: E402
+from spikec.compiler import CompileOptions, compile_model  # noqa: E402
 from spikec.evaluate import evaluate, load_compiled  # noqa: E402
 
 VARIANTS = {  # name -> (passes, preset)

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_results  # noqa: E402
 
-from spikec.compile import CompileOptions, compile_model  # noqa: E402
+from spikec.compiler import CompileOptions, compile_model  # noqa: E402
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from spikec.analysis.counts import combine_results, count_operations  # noqa: E4
 from spikec.analysis.energy_models import MODEL_NAMES, builtin_model  # noqa: E402
 from spikec.analysis.estimate import estimate  # noqa: E402
 from spikec.backends.simulator import simulate  # noqa: E402
-from spikec.compile import CompileOptions, compile_model  # noqa: E402
+from spikec.compiler import CompileOptions, compile_model  # noqa: E402
 from spikec.passes.pipelines import ATTENTION_MODES, TOKEN_ENCODINGS, build_pipeline  # noqa: E402
 from spikec.energy import token_chunks  # noqa: E402
 from spikec.evaluate import load_compiled, metrics  # noqa: E402

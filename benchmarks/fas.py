@@ -30,7 +30,7 @@ from results_file import write_results
 from spikec.passes import DEFAULT_PIPELINE
 
 from spikec.arguments import pass_options
-from spikec.compile import CompileOptions, compile_model
+from spikec.compiler import CompileOptions, compile_model
 from spikec.evaluate import evaluate, load_compiled
 
 PREPARE = DEFAULT_PIPELINE[:-1]  # fold-norm-affine, calibrate, burst-all

@@ -36,7 +36,7 @@ import nir  # noqa: E402
 
 from spikec.backends import interop, nirio, portable  # noqa: E402
 from spikec.backends.simulator import simulate  # noqa: E402
-from spikec.compile import CompileOptions, compile_model  # noqa: E402
+from spikec.compiler import CompileOptions, compile_model  # noqa: E402
 from spikec.evaluate import evaluate, heldout_ids, load_compiled  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from results_file import write_results  # noqa: E402
 
 from spikec.backends import nirio  # noqa: E402
 from spikec.backends.lava import compare, export  # noqa: E402
-from spikec.compile import CompileOptions, compile_model  # noqa: E402
+from spikec.compiler import CompileOptions, compile_model  # noqa: E402
 from spikec.text import HELDOUT_TEXT, embedded_text  # noqa: E402
 
 T = 8

@@ -81,7 +81,7 @@ def gpt2_section(directory: str | None, repeats: int, positions: int = 128) -> d
 
     with tempfile.TemporaryDirectory() as tmp:
         if directory is None:
-            from spikec.compile import CompileOptions, compile_model
+            from spikec.compiler import CompileOptions, compile_model
 
             directory = f"{tmp}/gpt2"
             print("compiling gpt2 (random weights, -T 8) ...", flush=True)

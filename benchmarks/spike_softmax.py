@@ -32,7 +32,7 @@ import spikec.passes  # noqa: F401
 from results_file import write_results
 from spikec.passes.spike_softmax import PIPELINE, PIPELINE_WITH_TOKENS
 
-from spikec.compile import CompileOptions, compile_model
+from spikec.compiler import CompileOptions, compile_model
 from spikec.core import streaming
 from spikec.core.passes import PassContext, run_passes
 from spikec.evaluate import evaluate, load_compiled

@@ -2,7 +2,8 @@
 
 1. as a plugin:  spikec compile gpt2 --random-weights --config n_layer=2,n_embd=128,n_head=4 \\
                      --plugin examples/custom_pass.py --passes fold-norm-affine,calibrate,finer-lm-head,spike-encode
-2. as a script:  python examples/custom_pass.py   (compiles a tiny GPT-2 and prints what the pass recorded)
+2. as a script:  python examples/custom_pass.py   (compiles a tiny GPT-2 with spikec.compile and prints what the
+   passes recorded); examples/custom_pass.ipynb is the same as a notebook
 
 ``finer-lm-head`` gives the LM head's input neurons burst capacity so they represent
 rare large activations without clipping; ``spiking-census`` (run after conversion)
@@ -42,15 +43,12 @@ def spiking_census(gm: torch.fx.GraphModule, ctx: spikec.PassContext) -> None:
 
 
 if __name__ == "__main__":
-    from spikec.compile import CompileOptions, compile_model
-
     with tempfile.TemporaryDirectory() as tmp:
-        report = compile_model(
-            CompileOptions(
-                model="gpt2", random_weights=True, config_overrides={"n_layer": "2", "n_embd": "128", "n_head": "4"},
-                output=f"{tmp}/tiny", timesteps=8, calib_samples=4, seq_len=32,
-                passes=["fold-norm-affine", "calibrate", "finer-lm-head", "spike-encode", "spiking-census"],
-            )
+        snn = spikec.compile(
+            "gpt2", random_weights=True, config={"n_layer": 2, "n_embd": 128, "n_head": 4},
+            output=f"{tmp}/tiny", timesteps=8, calib_samples=4, seq_len=32,
+            passes=["fold-norm-affine", "calibrate", "finer-lm-head", "spike-encode", "spiking-census"],
         )
+        report = snn.compile_report
     for record in report["passes"]:
         print(f"{record['name']:<18} {record['seconds']:.3f} s  {record['stats']}")

@@ -16,6 +16,10 @@ from spikec.arguments import (
 from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
 
 
+REFERENCE_HELP = ("the original model to compare with (default: the source recorded by compile, "
+                  "e.g. when its directory has moved)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="spikec", description="Compile transformer language models into spiking networks.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", choices=("sim", "lava"), default="sim",
                    help="sim (default), or lava: also run the Lava export on the first --seq-len tokens and compare")
     e.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
+    e.add_argument("--model", metavar="NAME_OR_DIR", help=REFERENCE_HELP)
 
     r = sub.add_parser("run", help="generate text with the spiking network (and the original beside it)")
     r.add_argument("dir")
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     r.add_argument("--backend", choices=("sim", "lava"), default="sim", help="sim (default) or lava")
     r.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
+    r.add_argument("--model", metavar="NAME_OR_DIR", help=REFERENCE_HELP)
 
     ps = sub.add_parser("passes", help="list the registered passes")
     ps.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
@@ -108,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_compile(a: argparse.Namespace) -> int:
-    from spikec.compile import CompileOptions, compile_model
+    from spikec.compiler import CompileOptions, compile_model
 
     passes = [s.strip() for s in a.passes.split(",") if s.strip()]
     if not passes:
@@ -133,10 +139,14 @@ def _cmd_compile(a: argparse.Namespace) -> int:
 def _cmd_eval(a: argparse.Namespace) -> int:
     from spikec.evaluate import evaluate, load_compiled, save_eval
 
-    compiled = load_compiled(a.dir)
+    from spikec.evaluate import describe_reference
+
+    compiled = load_compiled(a.dir, a.model)
     if a.backend == "lava":
         return _eval_lava(a, compiled)
     results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device)
+    # on stderr, once it worked: stdout stays the figures, and a failure stays one line
+    print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
     # the figures are shown first: a directory that cannot take eval.json must not lose them
     if a.json:
         print(json.dumps(results[0] if len(results) == 1 else {"curve": results}, indent=2))
@@ -180,11 +190,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from spikec.evaluate import generate, load_compiled
 
     if a.backend == "lava":
-        return _run_lava(a, load_compiled(a.dir))
-    out = generate(load_compiled(a.dir), a.prompt, a.max_new_tokens, a.timesteps, device=a.device)
+        return _run_lava(a, load_compiled(a.dir, a.model))
+    out = generate(load_compiled(a.dir, a.model), a.prompt, a.max_new_tokens, a.timesteps, device=a.device,
+                   progress=True)
     print(f"prompt: {a.prompt}")
     print(f"SNN:    {out['snn']}")
-    print(f"ANN:    {out['ann']}")
+    print(f"ANN:    {out['ann'] if out['ann'] is not None else '(not run: ' + out['ann_unavailable'] + ')'}")
     return 0
 
 
@@ -193,7 +204,7 @@ def _run_lava(a: argparse.Namespace, compiled) -> int:
 
     from spikec.backends.lava.compare import generate_lava
 
-    tok = compiled.loaded.tokenizer
+    tok = compiled.tokenizer
     ids = torch.tensor([tok(a.prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
     if ids.numel() == 0:
         raise UsageError("--prompt is empty", hint="give some text to continue")
@@ -207,7 +218,7 @@ def _run_lava(a: argparse.Namespace, compiled) -> int:
 
 def _cmd_passes(a: argparse.Namespace) -> int:
     import spikec.passes as builtin
-    from spikec.compile import load_plugins
+    from spikec.compiler import load_plugins
     from spikec.core.passes import registered_passes
 
     load_plugins(a.plugin)
@@ -232,30 +243,19 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def _cmd_export_nir(a: argparse.Namespace) -> int:
-    import shutil
     from pathlib import Path
 
-    from spikec.backends import nirio, portable
-    from spikec.core.errors import InputError
-    from spikec.outputs import atomic_directory, check_output_target
+    from spikec.spiking_model import export_nir_directory
 
-    check_output_target(Path(a.output), a.force)  # before the NIR file is read
     src = Path(a.dir)
     source = src if src.is_file() else src / "model.nir"
-    if not source.is_file():
-        raise InputError(f"{str(source)!r} does not exist", hint="pass a `spikec compile` output directory or a .nir file")
-    graph = nirio.read(source)
-    if a.profile == "portable":
-        portable.check_portable(graph, str(source))  # fail before creating anything
-    with atomic_directory(a.output, force=a.force) as tmp:
-        if a.profile == "full":
-            shutil.copyfile(source, tmp / "model.nir")
-            print(f"wrote {a.output}/model.nir (full profile: standard NIR + spikec extension nodes)")
-            return 0
-        manifest = portable.write_portable(graph, tmp, source=source.name, importer=a.importer)
+    manifest = export_nir_directory(source, a.output, profile=a.profile, importer=a.importer, force=a.force)
+    if manifest is None:
+        print(f"wrote {a.output}/model.nir (full profile: standard NIR + spikec extension nodes)")
+        return 0
     neurons = sum(len(s["neurons"]) for s in manifest["subgraphs"])
     print(f"wrote {len(manifest['subgraphs'])} standard NIR subgraphs ({neurons} neuron layers) and "
-          f"{portable.MANIFEST} to {a.output} (docs/interop.md)")
+          f"manifest.json to {a.output} (docs/interop.md)")
     return 0
 
 

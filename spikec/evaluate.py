@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nir
 import torch
@@ -18,24 +18,49 @@ from tqdm import tqdm
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
 from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
-from spikec.core.errors import InputError, UsageError, one_line
-from spikec.frontend.models import LoadedModel, load_from_spec
-from spikec.outputs import check_compile_report, write_result
+from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError, one_line
+from spikec.frontend.model_objects import describe_spec, loaded_from_directory
+from spikec.frontend.models import LoadedModel, load_from_spec, load_model
+from spikec.frontend.weight_cache import REFERENCE_DIR
+from spikec.outputs import check_compile_report, load_tokenizer, write_result
+from spikec.progress import progress_steps
 from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
 
 
 @dataclass
 class Compiled:
-    """A compile output directory, loaded: the report, the NIR graph and the original model."""
+    """A compile output directory, loaded: the report, the NIR graph, its tokenizer and (on first
+    use of ``loaded``) the original model, the reference ANN.
+
+    ``reference`` (a model name or directory) replaces the source recorded in report.json,
+    e.g. when that directory has moved; ``reference_flag`` is how a message names it."""
 
     path: Path
     report: dict[str, Any]
     graph: nir.NIRGraph
-    loaded: LoadedModel
+    reference: str | None = None
+    reference_flag: str = "--model"
+    _loaded: LoadedModel | None = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The reference ANN with its tokenizer, loaded on first use (``load_reference``)."""
+        if self._loaded is None:
+            self._loaded = load_reference(self)
+        return self._loaded
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer saved in ``DIR/tokenizer`` (the source model's when there is none)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path) if (self.path / "tokenizer").is_dir() else self.loaded.tokenizer
+        return self._tokenizer
 
 
-def load_compiled(path: str | Path) -> Compiled:
-    """Read ``path`` (a ``spikec compile`` output directory) and reload its source model."""
+def load_compiled(path: str | Path, reference: str | None = None, reference_flag: str = "--model") -> Compiled:
+    """Read ``path`` (a ``spikec compile`` output directory) and check it against its tokenizer.
+    The reference ANN (``reference``, or the source model in report.json) loads on first use."""
     p = Path(path)
     report_file = p / "report.json"
     if not p.is_dir() or not report_file.is_file() or not (p / "model.nir").is_file():
@@ -49,12 +74,39 @@ def load_compiled(path: str | Path) -> Compiled:
         raise InputError(f"{str(report_file)!r} is not valid JSON: {one_line(e)}") from None
     graph = nirio.read(p / "model.nir")
     check_compiled(p, report, graph)
+    compiled = Compiled(p, report, graph, reference, reference_flag)
+    check_vocabulary(graph, compiled.tokenizer, str(p / "model.nir"))
+    return compiled
+
+
+def load_reference(compiled: Compiled) -> LoadedModel:
+    """The reference ANN of ``compiled``: ``compiled.reference`` when given, else the model kept
+    in ``DIR/reference``, else the source model recorded in report.json (reloaded; a moved source
+    directory is an ``InputError`` that names ``compiled.reference_flag``)."""
+    report_file = compiled.path / "report.json"
+    if compiled.reference is not None:
+        return load_model(compiled.reference)
+    kept = compiled.path / REFERENCE_DIR
+    if kept.is_dir():
+        return loaded_from_directory(kept, compiled.report["source"], lambda: compiled.tokenizer)
+    spec = compiled.report["source"]
+    name = str(spec.get("name", ""))
+    if Path(name).is_absolute() and not Path(name).exists():
+        raise InputError(f"the source model directory {name!r} of {str(compiled.path)!r} no longer exists",
+                         hint=f"point {compiled.reference_flag} at the model's new place")
     try:
-        loaded = load_from_spec(report["source"])
+        return load_from_spec(spec)
     except UsageError as e:  # the report's config overrides: a damaged file, not the command line
         raise InputError(f"{str(report_file)!r}: its source model cannot be built: {e}") from None
-    check_vocabulary(graph, loaded.tokenizer, str(p / "model.nir"))
-    return Compiled(p, report, graph, loaded)
+
+
+def describe_reference(compiled: Compiled) -> str:
+    """Where the reference ANN of ``compiled`` comes from, in words (for a status line)."""
+    if compiled.reference is not None:
+        return f"{compiled.reference} (from {compiled.reference_flag})"
+    if (compiled.path / REFERENCE_DIR).is_dir():
+        return f"{compiled.path / REFERENCE_DIR} (saved with the compiled model)"
+    return describe_spec(compiled.report["source"])
 
 
 def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len: int | None = None) -> torch.Tensor:
@@ -63,7 +115,7 @@ def heldout_ids(compiled: Compiled, text_path: str | None, tokens: int, seq_len:
     at most the model's maximum positions long."""
     config = compiled.loaded.config
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
-    stream = leading_tokens(compiled.loaded.tokenizer, text_path, HELDOUT_TEXT, tokens)
+    stream = leading_tokens(compiled.tokenizer, text_path, HELDOUT_TEXT, tokens)
     ids = cut_sequences(stream, tokens, min(seq_len or tokens, max_pos))
     check_positions(compiled.graph, int(ids.shape[1]), str(compiled.path / "model.nir"), "a sequence (--seq-len)")
     return ids
@@ -139,27 +191,33 @@ def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
 
 @torch.no_grad()
 def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None,
-             device: str = "cpu") -> dict[str, str]:
-    """Greedy continuations of ``prompt`` by the spiking network and by the original model (on ``device``)."""
+             device: str = "cpu", compare: bool = True, progress: bool = False) -> dict[str, str | None]:
+    """Greedy continuations of ``prompt`` by the spiking network (``snn``) and, with ``compare``,
+    by the original model (``ann``), on ``device``. When the original model cannot be loaded
+    (its source moved away), ``ann`` is None and ``ann_unavailable`` says why; with ``progress``,
+    a progress bar (plain lines when stderr is not a terminal) counts the tokens."""
     if not prompt.strip():
         raise UsageError("--prompt is empty", hint="give some text to continue")
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    tok = compiled.loaded.tokenizer
+    tok = compiled.tokenizer
     t = timesteps or int(compiled.report["timesteps"])
     dev = resolve_device(device)
     prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64, device=dev)
     check_positions(compiled.graph, prompt_ids.shape[1] + max_new_tokens - 1, str(compiled.path / "model.nir"),
                     "the prompt and --max-new-tokens")
     sim = Simulator(compiled.graph, device=dev)
-    model = compiled.loaded.model.to(dev)
-    continuations = {}
-    for label, step in (
-        ("snn", lambda ids: sim.run(ids, t).output),
-        ("ann", lambda ids: model(input_ids=ids, use_cache=False).logits),
-    ):
+    steps: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"snn": lambda ids: sim.run(ids, t).output}
+    continuations: dict[str, str | None] = {"snn": None, "ann": None}
+    if compare:
+        try:
+            model = compiled.loaded.model.to(dev)
+            steps["ann"] = lambda ids: model(input_ids=ids, use_cache=False).logits
+        except (InputError, ModelNotFoundError, ResourceError) as e:  # moved, deleted, not installed
+            continuations["ann_unavailable"] = str(e)
+    for label, step in steps.items():
         ids = prompt_ids
-        for _ in range(max_new_tokens):
+        for _ in progress_steps(max_new_tokens, f"generating ({label.upper()})", enabled=progress):
             nxt = step(ids)[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
         continuations[label] = tok.decode(ids[0, prompt_ids.shape[1]:].tolist())

@@ -104,7 +104,7 @@ def checkpoint_path(output_dir: Path) -> Path:
 def run(a: argparse.Namespace) -> int:
     """The ``finetune`` command: check the method and settings, compile, print a summary."""
     import spikec.passes as builtin
-    from spikec.compile import CompileOptions, compile_model, load_plugins
+    from spikec.compiler import CompileOptions, compile_model, load_plugins
     from spikec.core.passes import registered_passes
 
     method = METHODS[a.method]

@@ -379,7 +379,7 @@ def test_a_full_disk_during_compile_is_exit_5_and_leaves_nothing(tmp_path: Path,
     def full(path, graph, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("spikec.compile.nirio.write", full)
+    monkeypatch.setattr("spikec.compiler.nirio.write", full)
     assert compile_cli(tmp_path / "out", TINY_GPT2) == 5
     assert "No space left" in one_error_line(capsys)
     assert os.listdir(tmp_path) == []

@@ -304,7 +304,7 @@ def test_non_causal_attention_is_unsupported():
 def test_compile_reports_the_mode_the_spiking_parts_and_an_exact_simulator_check(tmp_path):
     from spikec.passes.spike_softmax import PIPELINE_WITH_TOKENS
 
-    from spikec.compile import CompileOptions, compile_model
+    from spikec.compiler import CompileOptions, compile_model
     from spikec.evaluate import evaluate, load_compiled
 
     tiny = {"num_hidden_layers": "2", "hidden_size": "64", "num_attention_heads": "4", "num_key_value_heads": "2",

@@ -380,7 +380,7 @@ def test_finetune_command_errors(tmp_path: Path, capsys, monkeypatch):
 
 
 def test_finetune_command_maps_its_settings_to_the_qcfs_pass_options(tmp_path: Path, monkeypatch, capsys):
-    import spikec.compile
+    import spikec.compiler
 
     seen = {}
 
@@ -389,7 +389,7 @@ def test_finetune_command_maps_its_settings_to_the_qcfs_pass_options(tmp_path: P
         return {"passes": [{"name": "qcfs-finetune", "stats": {}, "seconds": 1.0}], "node_counts": {"Affine": 1},
                 "simulator_check": {"identical_layers": 1, "neuron_layers": 1}}
 
-    monkeypatch.setattr(spikec.compile, "compile_model", fake_compile)
+    monkeypatch.setattr(spikec.compiler, "compile_model", fake_compile)
     assert main(["finetune", *TINY, "--method", "qcfs", "--steps", "2", "--lr", "1e-5", "-o", str(tmp_path / "q")]) == 0
     opts = seen["opts"]
     assert opts.passes.index("qcfs-finetune") == opts.passes.index("spike-encode") - 1

@@ -65,14 +65,20 @@ def unsafe_reason(st: os.stat_result, uid: int, *, directory: bool) -> str | Non
     return None
 
 
-def _open_private_dir(path: Path) -> int:
-    """An fd of the cache directory ``path``, created 0700 if missing; ``UnsafeCacheError`` when
-    it is a symlink, not ours, or writable by others."""
+def make_private_dir(path: Path) -> None:
+    """Create the directory ``path`` with mode 0700 (its parents as usual) unless it exists;
+    whether an existing one may be trusted is the caller's check (``unsafe_reason``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+
+
+def _open_private_dir(path: Path) -> int:
+    """An fd of the cache directory ``path``, created 0700 if missing; ``UnsafeCacheError`` when
+    it is a symlink, not ours, or writable by others."""
+    make_private_dir(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as e:

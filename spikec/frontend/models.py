@@ -18,10 +18,12 @@ Every model comes back in eval mode, float32, with sdpa attention (what the fron
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import functools
 import importlib.metadata
+import io
 import json
 import os
 import socket
@@ -36,6 +38,7 @@ import torch
 from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError
 
 from .family_models import FAMILY_MODELS
+from . import weight_cache
 
 GPT2_SHAPES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
@@ -155,30 +158,30 @@ def load_model(
     if key in GPT2_SHAPES:
         if random_weights:
             model = _random_model(builtin_config(key, overrides), seed, canonical)
-            return _loaded(model, canonical, spec, gpt2_tokenizer)
+            return as_loaded(model, canonical, spec, gpt2_tokenizer)
         model, tok_factory = _load_pretrained(_GPT2_HUB_IDS[key], display=canonical, aliases=[key])
-        return _loaded(model, canonical, spec, tok_factory)
+        return as_loaded(model, canonical, spec, tok_factory)
 
     if key in (SMOLLM2, LLAMA_ALIAS):
         if random_weights:
             model = _random_model(builtin_config(key, overrides), seed, canonical)
-            return _loaded(model, canonical, spec, smollm2_tokenizer)
+            return as_loaded(model, canonical, spec, smollm2_tokenizer)
         model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
-        return _loaded(model, canonical, spec, smollm2_tokenizer)
+        return as_loaded(model, canonical, spec, smollm2_tokenizer)
 
     if key in FAMILY_MODELS:
         model = _random_model(builtin_config(key, overrides), seed, canonical)
         tokenizer = {"gpt2": gpt2_tokenizer, "smollm2": smollm2_tokenizer}[FAMILY_MODELS[key].tokenizer]
-        return _loaded(model, canonical, spec, tokenizer)
+        return as_loaded(model, canonical, spec, tokenizer)
 
     if random_weights:
         base = _load_config(canonical)
         cls = type(base)
         config = _config_with_overrides(cls, base.to_dict(), overrides, canonical)
         model = _random_model(config, seed, canonical)
-        return _loaded(model, canonical, spec, lambda: _load_tokenizer(canonical))
+        return as_loaded(model, canonical, spec, lambda: _load_tokenizer(canonical))
     model, tok_factory = _load_pretrained(canonical, display=canonical)
-    return _loaded(model, canonical, spec, tok_factory)
+    return as_loaded(model, canonical, spec, tok_factory)
 
 
 # ---------------------------------------------------------------------------- tokenizers
@@ -231,14 +234,20 @@ def _load_smollm2_tokenizer(gguf: str):
 
 @functools.lru_cache(maxsize=1)
 def _load_smollm2_model(gguf: str) -> torch.nn.Module:
-    # Cached per process: de-quantizing the GGUF file takes ~15-20 s; callers get a deep copy.
+    # Cached per process, and its de-quantised weights per machine (weight_cache): de-quantizing
+    # the GGUF file takes ~20-30 s; callers get a deep copy.
     from transformers import AutoModelForCausalLM
 
-    directory, filename = os.path.split(gguf)
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=filename, dtype=torch.float32, attn_implementation="sdpa"
-    )
-    return model.eval()
+    def dequantise() -> torch.nn.Module:
+        directory, filename = os.path.split(gguf)
+        with weight_cache.quiet_loading(), contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion's own tqdm bar
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, gguf_file=filename, dtype=torch.float32, attn_implementation="sdpa"
+            )
+        return model.eval()
+
+    with weight_cache.quiet_loading():
+        return weight_cache.load_through_cache(Path(gguf), "smollm2-135m-q4_1", dequantise)
 
 
 # ---------------------------------------------------------------------------- configs and models
@@ -345,7 +354,9 @@ def _random_model(config, seed: int, name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _loaded(model: torch.nn.Module, name: str, spec: dict[str, Any], tokenizer_factory) -> LoadedModel:
+def as_loaded(model: torch.nn.Module, name: str, spec: dict[str, Any], tokenizer_factory: Callable) -> LoadedModel:
+    """``model`` (a transformers causal LM), float32 and in eval mode, as a ``LoadedModel`` named
+    ``name`` with ``spec`` and a tokenizer made by ``tokenizer_factory()`` on first use."""
     model = model.to(torch.float32).eval()
     config = model.config
     return LoadedModel(
@@ -372,6 +383,7 @@ def _canonical_path_or_id(name: str) -> str:
     return name
 
 
+@weight_cache.quiet_loading()
 def _load_pretrained(name: str, *, display: str, aliases: list[str] = ()) -> tuple[torch.nn.Module, Callable]:
     """Real weights from a directory, the local HF cache, or (if reachable) the hub -- in
     that order, failing within seconds when offline rather than after minutes of retries."""
@@ -492,3 +504,4 @@ def _hub_reachable() -> bool:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+

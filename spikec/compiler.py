@@ -31,7 +31,8 @@ from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
-from spikec.frontend.models import load_model
+from spikec.frontend.models import LoadedModel, load_model
+from spikec.frontend.weight_cache import REFERENCE_DIR, save_weights
 from spikec.lower import lower_to_nir
 from spikec.outputs import atomic_directory
 from spikec.plugins import load_entry_point_plugins, load_plugin_file
@@ -40,6 +41,8 @@ from spikec.text import CALIBRATION_TEXT, cut_samples, leading_tokens, text_labe
 from spikec.verify import compare_fx_and_simulator
 
 TARGETS = ("nir", "sim", "lava")
+CLI_FLAGS = {"timesteps": "-T", "calib_samples": "--calib-samples", "seq_len": "--seq-len", "options": "--option"}
+"""How ``CompileOptions.validate`` names the options it checks, by default."""
 
 
 @dataclass
@@ -66,17 +69,20 @@ class CompileOptions:
     token_encoding: str = "none"  # none | rate | binary
     calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
 
-    def validate(self) -> None:
+    def validate(self, names: dict[str, str] | None = None) -> None:
+        """Raise ``UsageError`` for a value out of range, naming the option as ``names`` maps it
+        (default: the CLI's flags; the Python API passes its argument names)."""
+        n = {**CLI_FLAGS, **(names or {})}
         if self.timesteps < 1 or self.timesteps > 4096:
-            raise UsageError(f"-T must be between 1 and 4096, got {self.timesteps}")
+            raise UsageError(f"{n['timesteps']} must be between 1 and 4096, got {self.timesteps}")
         if self.target not in TARGETS:
             raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if self.calib_samples < 1:
-            raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+            raise UsageError(f"{n['calib_samples']} must be at least 1, got {self.calib_samples}")
         if self.preset not in builtin_passes.PRESETS:
             raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(builtin_passes.PRESETS)}")
         if not 2 <= self.seq_len <= 8192:
-            raise UsageError(f"--seq-len must be between 2 and 8192, got {self.seq_len}")
+            raise UsageError(f"{n['seq_len']} must be between 2 and 8192, got {self.seq_len}")
         resolve_device(self.device)
 
     @property
@@ -95,7 +101,7 @@ def resolve_pipeline(names: list[str], default: list[str] | None = None) -> list
     return resolved
 
 
-def check_option_keys(options: dict[str, Any], pipeline: list[str]) -> None:
+def check_option_keys(options: dict[str, Any], pipeline: list[str], flag: str = "--option") -> None:
     """Refuse ``--option`` keys that no pass of ``pipeline`` reads (a typo would otherwise be
     ignored). A pipeline with a plugin pass may read any key, so it is not checked."""
     if any(get_pass(name).source != "builtin" for name in pipeline):
@@ -103,7 +109,7 @@ def check_option_keys(options: dict[str, Any], pipeline: list[str]) -> None:
     valid = builtin_passes.option_keys(pipeline)
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise UsageError(f"--option {', '.join(unknown)}: not read by any pass of this pipeline "
+        raise UsageError(f"{flag} {', '.join(unknown)}: not read by any pass of this pipeline "
                          f"({', '.join(pipeline)})", hint=f"valid keys: {', '.join(sorted(valid))}")
 
 
@@ -114,15 +120,34 @@ def load_plugins(paths: list[str]) -> None:
         load_plugin_file(p)
 
 
+@dataclass
+class CompileResult:
+    """What ``compile_network`` produced: the report (as in report.json), the fx module after
+    the passes (the spiking network as torch ops, on CPU) and the NIR graph written."""
+
+    report: dict[str, Any]
+    module: torch.fx.GraphModule
+    graph: Any
+
+
 def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[str, Any]:
     """Compile ``opts.model`` into ``opts.output_dir``; returns the report (also written
     to report.json). Nothing is left behind on failure or interruption."""
+    return compile_network(opts, console).report
+
+
+def compile_network(opts: CompileOptions, console: Console | None = None, loaded: LoadedModel | None = None,
+                    names: dict[str, str] | None = None) -> CompileResult:
+    """``compile_model``, returning the fx module and the graph too. ``loaded`` (a model given
+    as an object) replaces loading ``opts.model``; its weights are then kept in
+    ``DIR/reference`` so that the directory can be evaluated later. ``names``: how errors name
+    the options (``CompileOptions.validate``)."""
     console = console or Console(stderr=True)
-    opts.validate()
+    opts.validate(names)
     load_plugins(opts.plugins)
     mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate)
     pipeline = resolve_pipeline(opts.passes, mode_passes)
-    check_option_keys(opts.options, pipeline)
+    check_option_keys(opts.options, pipeline, {**CLI_FLAGS, **(names or {})}["options"])
     start = time.perf_counter()
     torch.manual_seed(opts.seed)
     out_dir = opts.output_dir
@@ -135,11 +160,14 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
 
     with atomic_directory(out_dir, force=opts.force) as tmp:
         t0 = time.perf_counter()
-        with console.status(f"loading {opts.model}"):
-            loaded = load_model(
-                opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
-                seed=opts.seed,
-            )
+        if loaded is None:
+            with console.status(f"loading {opts.model}"):
+                loaded = load_model(
+                    opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
+                    seed=opts.seed,
+                )
+        else:
+            save_weights(loaded.model, tmp / REFERENCE_DIR)
         calib_stream = leading_tokens(loaded.tokenizer, opts.calib_text, CALIBRATION_TEXT,
                                       opts.calib_samples * opts.seq_len)
         calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
@@ -206,7 +234,7 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         with console.status("writing report.html"):
             write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer)
-    return report
+    return CompileResult(report, gm, graph)
 
 
 def _json_default(o: Any) -> Any:

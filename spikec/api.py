@@ -1,0 +1,108 @@
+"""The Python API: ``spikec.compile`` and ``spikec.load`` (docs/api.md).
+
+``compile`` runs the same pipeline as ``spikec compile`` (spikec/compiler.py) on a model name, a
+local directory or a model object and returns a :class:`~spikec.spiking_model.SpikingModel`;
+``load`` reads a compile output directory back. Errors are spikec's exceptions (``UsageError``
+and the others of ``spikec.core.errors``), and name the Python arguments, not CLI flags.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikec.core.errors import UsageError
+from spikec.spiking_model import SpikingModel, check_range
+
+ARGUMENT_NAMES = {"timesteps": "timesteps", "calib_samples": "calib_samples", "seq_len": "seq_len", "options": "options:"}
+"""How compile errors name the options: by their Python argument names."""
+
+
+def compile(
+    model: str | Path | torch.nn.Module,
+    *,
+    output: str | Path | None = None,
+    timesteps: int = 16,
+    tokenizer: Any = None,
+    target: str = "nir",
+    preset: str = "balanced",
+    attention: str = "softmax",
+    token_encoding: str = "none",
+    calibrate: str = "none",
+    passes: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+    calib_text: str | None = None,
+    calib_samples: int = 16,
+    seq_len: int = 128,
+    random_weights: bool = False,
+    config: dict[str, Any] | None = None,
+    plugins: list[str] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    force: bool = False,
+    quiet: bool = True,
+) -> SpikingModel:
+    """Compile a transformer language model into a spiking network.
+
+    model: a name spikec knows (``gpt2``, ``smollm2-135m``, ``llama``, ...: ``spikec compile
+    --help``), a Hugging Face id, a local directory saved with ``save_pretrained``, or a model
+    object: a ``torch.nn.Module`` that is an instance of a supported transformers class
+    (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...), with any weights; a module wrapping one
+    is refused. A model object's weights are kept in ``DIR/reference`` (safetensors) so that
+    ``evaluate`` can compare with it later.
+    tokenizer: for a model object (default: GPT-2's for ``gpt2``, SmolLM2's for its ``llama``).
+    output: the directory to write (default: a new temporary directory; ``save`` keeps it).
+    timesteps: T, timesteps per window (1..4096). seq_len: positions per calibration sample
+    (2..8192), also the longest sequence the network takes when it has learned positions.
+    calib_text: a text file (or ``embedded:NAME``) for calibration, calib_samples of it.
+    preset, attention, token_encoding, calibrate, passes, options (pass options such as
+    ``{"burst_spikes": 8}``), plugins (files of passes), random_weights and config (field
+    overrides, with random weights), seed, target (``nir``, ``sim``, ``lava``), device: as the
+    options of ``spikec compile``. quiet: no status lines on stderr.
+
+    Returns a :class:`SpikingModel` holding the fx module (``to_torch``) besides the files.
+    """
+    from rich.console import Console
+
+    from spikec.compiler import CompileOptions, compile_network
+    from spikec.evaluate import load_compiled
+    from spikec.frontend.model_objects import loaded_from_object
+
+    check_range("timesteps", timesteps, 1, 4096)
+    check_range("calib_samples", calib_samples, 1)
+    check_range("seq_len", seq_len, 2, 8192)
+    loaded = None
+    if isinstance(model, torch.nn.Module):
+        loaded = loaded_from_object(model, tokenizer)
+        name = loaded.name
+    elif isinstance(model, (str, Path)):
+        name = str(model)
+        if tokenizer is not None:
+            raise UsageError("tokenizer: only for a model object; a named model brings its own")
+    else:
+        raise UsageError(f"model: expected a model name, a directory or a torch.nn.Module, got {type(model).__name__}")
+    out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="spikec-")) / "model"
+    opts = CompileOptions(
+        model=name, output=str(out), timesteps=timesteps, target=target, calib_text=calib_text,
+        calib_samples=calib_samples, seq_len=seq_len, passes=list(passes or ["default"]), plugins=list(plugins or []),
+        random_weights=random_weights, config_overrides={str(k): str(v) for k, v in (config or {}).items()},
+        seed=seed, force=force, options=dict(options or {}), preset=preset, device=device, attention=attention,
+        token_encoding=token_encoding, calibrate=calibrate,
+    )
+    console = Console(stderr=True, quiet=quiet)
+    result = compile_network(opts, console, loaded, names=ARGUMENT_NAMES)
+    return SpikingModel(load_compiled(out, reference_flag="reference"), result.module)
+
+
+def load(directory: str | Path, *, reference: str | None = None) -> SpikingModel:
+    """Read a compile output directory (``spikec compile ... -o DIR`` or ``SpikingModel.save``).
+
+    reference: the original model to compare with in ``evaluate``/``generate`` (a name or a
+    directory), when the source recorded at compile time has moved; by default that source
+    (or the copy kept in ``DIR/reference`` for a model compiled from an object)."""
+    from spikec.evaluate import load_compiled
+
+    return SpikingModel(load_compiled(directory, reference, reference_flag="reference"))
