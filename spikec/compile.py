@@ -205,7 +205,7 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
         report["compile_seconds"] = time.perf_counter() - start
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         with console.status("writing report.html"):
-            write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer)
+            write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer, shown_as=out_dir)
     return report
 
 
