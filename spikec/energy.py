@@ -24,15 +24,13 @@ from spikec.analysis.estimate import estimate
 from spikec.analysis.formatting import format_estimate
 from spikec.analysis.loihi_fit import fit_graph, format_fit
 from spikec.analysis.operations import OperationCounts
+from spikec.arguments import ENERGY_TOKENS
 from spikec.backends.simulator import SimResult, simulate
 from spikec.compiled_checks import check_vocabulary
 from spikec.core import ir
 from spikec.core.errors import UsageError
 from spikec.outputs import load_tokenizer, read_compiled, write_result
 from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens, text_label
-
-ENERGY_TOKENS = 1024
-"""Held-out tokens ``spikec energy`` measures by default, and the report when there is no energy.json."""
 
 ENERGY_FILE = "energy.json"
 """What ``spikec energy`` writes in the compile output directory: the text, the per-layer
