@@ -258,6 +258,7 @@ def _cmd_passes(a: argparse.Namespace) -> int:
         origin = "" if p.source == "builtin" else f"  [{p.source}]"
         print(f"{p.name:<{width}}  {p.summary}{origin}")
     print(f"\ndefault = {','.join(builtin.DEFAULT_PIPELINE)}")
+    print(f"--option keys the default pipeline reads: {', '.join(sorted(builtin.option_keys(builtin.DEFAULT_PIPELINE)))}")
     return 0
 
 
