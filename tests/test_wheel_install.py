@@ -47,6 +47,7 @@ def test_a_wheel_installed_with_pip_alone_compiles_evaluates_runs_and_estimates(
     where = run([str(python), "-c", "import spikec, spikec.backends.lava.env as e; print(spikec.__file__); "
                  "print(e.is_checkout())"], work, 300).split()
     assert where[0].startswith(str(venv)) and where[1] == "False"
+    run([str(python), "-c", "import accelerate, gguf"], work, 300)  # what transformers needs to read SmolLM2's GGUF
     assert run([str(spikec), "--version"], work, 300).startswith("spikec 0.1.0")
     tiny = ["gpt2", "--random-weights", "--config", "n_layer=1,n_embd=32,n_head=2", "-T", "4", "--calib-samples", "2",
             "--seq-len", "16"]
