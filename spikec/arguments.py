@@ -17,6 +17,8 @@ MAX_TIMESTEPS = 4096  # -T: as CompileOptions.validate allows
 MAX_SEQ_LEN = 8192  # --seq-len
 MAX_SEED = 2**32 - 1  # numpy's and torch's seed range
 MAX_COUNT = 2**31 - 1  # --tokens, --max-new-tokens, --calib-samples ...: index range of the kernels
+ENERGY_TOKENS = 1024
+"""Held-out tokens ``spikec energy`` simulates by default, and the report when there is no energy.json."""
 
 
 class OneLineParser(argparse.ArgumentParser):

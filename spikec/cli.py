@@ -4,16 +4,38 @@ exit code (see spikec/core/errors.py); ``--debug`` shows the traceback instead."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import traceback
+from pathlib import Path
 from typing import Sequence
 
 from spikec.arguments import (
-    OneLineParser, energy_seq_len_arg, key_values, new_tokens_arg, pass_options, samples_arg, seed_arg, seq_len_arg,
+    ENERGY_TOKENS, OneLineParser, energy_seq_len_arg, key_values, new_tokens_arg, pass_options, samples_arg, seed_arg, seq_len_arg,
     timesteps_arg, timesteps_list_arg, tokens_arg,
 )
 from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
+
+EMBEDDED_TEXTS = ("embedded:calibration_gpl3.txt (the GPL-3 licence, compile's default), "
+                  "embedded:heldout_docstrings.txt (Python docstrings, eval's and energy's default), "
+                  "embedded:finetune_numpy_docstrings.txt (NumPy docstrings, finetune's)")
+DIR_HELP = "a `spikec compile` output directory"
+
+
+def version() -> str:
+    """The installed spikec's version (``unknown`` when run from a tree that is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("spikec")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+LAVA_PRECISION = ("floating_pt (default): Lava's floating-point models, spike for spike the simulator's; fixed_pt: "
+                  "Loihi's integer arithmetic (8-bit weights), docs/lava.md")
 
 
 REFERENCE_HELP = ("the original model to compare with (default: the source recorded by compile, "
@@ -22,7 +44,8 @@ REFERENCE_HELP = ("the original model to compare with (default: the source recor
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="spikec", description="Compile transformer language models into spiking networks.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors (also after the command)")
+    p.add_argument("--version", action="version", version=f"spikec {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="convert a model into a spiking network (NIR) in an output directory")
@@ -30,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output directory (default: build/<model>)")
     c.add_argument("-T", "--timesteps", type=timesteps_arg, default=16, help="timesteps per window (default 16)")
     c.add_argument("--target", default="nir", help="nir (default), sim, or lava (also writes DIR/lava/, docs/lava.md)")
-    c.add_argument("--calib-text", help="calibration text file, or embedded:NAME for a shipped text "
-                   "(default: the embedded GPL-3 text)")
+    c.add_argument("--calib-text", help="calibration text file, or embedded:NAME for a shipped text: " + EMBEDDED_TEXTS
+                   + " (default: embedded:calibration_gpl3.txt)")
     c.add_argument("--calib-samples", type=samples_arg, default=16, help="calibration samples (default 16)")
     c.add_argument("--seq-len", type=seq_len_arg, default=128, help="positions per calibration sample (default 128)")
     c.add_argument("--passes", default="default", help="comma list of passes; 'default' is the built-in pipeline")
@@ -48,39 +71,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
     c.add_argument("--calibrate", default="none", choices=("none", "coarse", "fine"),
                    help="FAS stage-2 calibration of thresholds (coarse) and initial membranes (fine), docs/fas.md")
-    c.add_argument("--option", type=key_values, default={}, metavar="KEY=VALUE,...", help="pass options, e.g. range=percentile,burst_spikes=8")
-    c.add_argument("--seed", type=seed_arg, default=0)
+    c.add_argument("--option", type=key_values, default={}, metavar="KEY=VALUE,...",
+                   help="pass options, e.g. range=percentile,burst_spikes=8; `spikec passes` lists the keys the "
+                        "default pipeline reads (docs/passes.md)")
+    c.add_argument("--seed", type=seed_arg, default=0, help="seed of random weights and calibration sampling (default 0)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     c.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where calibration runs")
 
     e = sub.add_parser("eval", help="compare the original model and its spiking network on held-out text")
-    e.add_argument("dir")
-    e.add_argument("--text", help="evaluation text (default: embedded Python docstrings, disjoint from calibration)")
-    e.add_argument("--tokens", type=tokens_arg, default=1024)
+    e.add_argument("dir", help=DIR_HELP)
+    e.add_argument("--text", help="evaluation text file or embedded:NAME (default: embedded:heldout_docstrings.txt, "
+                                  "disjoint from calibration); " + EMBEDDED_TEXTS)
+    e.add_argument("--tokens", type=tokens_arg, default=1024, help="held-out tokens to evaluate (default 1024)")
     e.add_argument("-T", "--timesteps", type=timesteps_list_arg, help="timesteps, or a comma list for a curve (default: the compile's)")
     e.add_argument("--seq-len", type=seq_len_arg, help="positions per sequence (default: all tokens, up to the model's maximum)")
-    e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument("--json", action="store_true",
+                   help="print JSON: the first T's figures at the top level and \"curve\", a list with every T's "
+                        "(one shape for any number of T)")
     e.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the model and simulator run")
     e.add_argument("--backend", choices=("sim", "lava"), default="sim",
                    help="sim (default), or lava: also run the Lava export on the first --seq-len tokens and compare")
-    e.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
+    e.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt", help=LAVA_PRECISION)
     e.add_argument("--model", metavar="NAME_OR_DIR", help=REFERENCE_HELP)
 
     r = sub.add_parser("run", help="generate text with the spiking network (and the original beside it)")
-    r.add_argument("dir")
-    r.add_argument("--prompt", required=True)
-    r.add_argument("--max-new-tokens", type=new_tokens_arg, default=20)
-    r.add_argument("-T", "--timesteps", type=timesteps_arg)
+    r.add_argument("dir", help=DIR_HELP)
+    r.add_argument("--prompt", required=True, help="the text to continue (greedy decoding)")
+    r.add_argument("--max-new-tokens", type=new_tokens_arg, default=20, help="tokens to generate (default 20)")
+    r.add_argument("-T", "--timesteps", type=timesteps_arg, help="timesteps (default: the compile's)")
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     r.add_argument("--backend", choices=("sim", "lava"), default="sim", help="sim (default) or lava")
-    r.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt")
+    r.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt", help=LAVA_PRECISION)
     r.add_argument("--model", metavar="NAME_OR_DIR", help=REFERENCE_HELP)
 
     ps = sub.add_parser("passes", help="list the registered passes")
-    ps.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    ps.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                    help="also import passes from a file (repeatable)")
 
     i = sub.add_parser("inspect", help="summarize a NIR file")
-    i.add_argument("file")
+    i.add_argument("file", help="a .nir file (e.g. DIR/model.nir)")
+    i.add_argument("--json", action="store_true", help="print the summary and portability as JSON")
+    i.add_argument("--all", action="store_true", help="list every node's parameter shapes (default: the first 200)")
 
     xn = sub.add_parser("export-nir", help="export DIR/model.nir for other NIR tools (docs/interop.md)")
     xn.add_argument("dir", help="a spikec compile output directory, or a .nir file")
@@ -92,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="portable files to the NIR definition (default), or adjusted for one importer's reading")
 
     en = sub.add_parser("energy", help="estimate energy per token, ANN vs SNN, per layer, on held-out text")
-    en.add_argument("dir")
-    en.add_argument("--text", help="text to run (default: embedded Python docstrings, disjoint from calibration)")
-    en.add_argument("--tokens", type=tokens_arg, default=1024)
+    en.add_argument("dir", help=DIR_HELP)
+    en.add_argument("--text", help="text file or embedded:NAME to run (default: embedded:heldout_docstrings.txt, "
+                                   "disjoint from calibration); " + EMBEDDED_TEXTS)
+    en.add_argument("--tokens", type=tokens_arg, default=ENERGY_TOKENS,
+                    help=f"held-out tokens to simulate (default {ENERGY_TOKENS}, the report's too)")
     en.add_argument("--seq-len", type=energy_seq_len_arg, help="positions per sequence (default: all tokens, up to the maximum)")
     en.add_argument("-T", "--timesteps", type=timesteps_arg, help="timesteps (default: the compile's)")
     en.add_argument("--model", default="45nm", metavar="MODEL",
@@ -102,14 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                     help="arithmetic precision of the ANN and of real-valued ops (default fp32)")
     en.add_argument("--per-op", action="store_true", help="one row per layer operation instead of per block")
-    en.add_argument("--json", action="store_true", help="print JSON")
+    en.add_argument("--json", action="store_true", help="print JSON (with the Loihi 2 fit under \"loihi_fit\")")
 
-    rp = sub.add_parser("report", help="write DIR/report.html (passes, accuracy, energy, plots) again")
-    rp.add_argument("dir")
+    rp = sub.add_parser("report", help="write DIR/report.html (passes, accuracy, energy, Loihi 2 fit, plots) again")
+    rp.add_argument("dir", help=DIR_HELP)
+
+    lv = sub.add_parser("lava-env", help="create or check the Python 3.10 environment that runs Lava (docs/lava.md)")
+    lv.add_argument("--python", metavar="PATH", help="the Python 3.10 to build it from (default: pyenv's 3.10.x or "
+                                                    "python3.10 on PATH)")
+    lv.add_argument("--dir", metavar="DIR", help="where to build it (default: $SPIKEC_LAVA_VENV, a clone's .venv-lava, "
+                                                 "else ~/.local/share/spikec/lava-env)")
+    lv.add_argument("--check", action="store_true", help="only check the environment spikec would use; build nothing")
 
     from spikec import finetune  # light: the compile machinery is imported when the command runs
 
     finetune.add_parser(sub)  # spikec finetune MODEL --method ssa|qcfs (spikec/finetune.py)
+    for command in sub.choices.values():  # --debug also after the command; SUPPRESS keeps one given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
     return p
 
 
@@ -149,7 +191,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
     # the figures are shown first: a directory that cannot take eval.json must not lose them
     if a.json:
-        print(json.dumps(results[0] if len(results) == 1 else {"curve": results}, indent=2))
+        print(json.dumps({**results[0], "curve": results}, indent=2))
     else:
         print(f"{'T':>5} {'ANN ppl':>9} {'SNN ppl':>9} {'ratio':>7} {'cosine':>7} {'top-1':>7}")
         for r in results:
@@ -227,6 +269,7 @@ def _cmd_passes(a: argparse.Namespace) -> int:
         origin = "" if p.source == "builtin" else f"  [{p.source}]"
         print(f"{p.name:<{width}}  {p.summary}{origin}")
     print(f"\ndefault = {','.join(builtin.DEFAULT_PIPELINE)}")
+    print(f"--option keys the default pipeline reads: {', '.join(sorted(builtin.option_keys(builtin.DEFAULT_PIPELINE)))}")
     return 0
 
 
@@ -236,10 +279,19 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     from spikec.analysis.summary import format_summary, summarize
 
     graph = nirio.read(a.file)
-    print(format_summary(summarize(graph)))
+    summary, port = summarize(graph), portability(graph)
+    if a.json:
+        port_dict = {**dataclasses.asdict(port), "portable": port.portable, "splittable": port.splittable}
+        print(json.dumps({**summary, "portability": port_dict}, indent=2, default=_jsonable))
+        return 0
+    print(format_summary(summary, max_nodes=len(summary["shapes"]) if a.all else 200))
     print()
-    print(format_portability(portability(graph)))
+    print(format_portability(port))
     return 0
+
+
+def _jsonable(o):
+    return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
 def _cmd_export_nir(a: argparse.Namespace) -> int:
@@ -265,6 +317,24 @@ def _cmd_energy(a: argparse.Namespace) -> int:
     return run(a)
 
 
+def _cmd_lava_env(a: argparse.Namespace) -> int:
+    from spikec.backends.lava import env
+
+    if a.check:
+        python = env.lava_python(check=False)
+    else:
+        target = env.default_env_dir() if a.dir is None else Path(a.dir)
+        python = target / "bin" / "python"
+        if not python.exists() or a.python:
+            print(f"building the Lava environment at {target} ({', '.join(env.REQUIREMENTS)})", flush=True)
+            python = env.create_lava_env(target, a.python)
+    versions = env.probe(str(python))
+    print(f"Lava environment: {python} ({', '.join(f'{k} {v}' for k, v in versions.items())})")
+    if env.find_lava_python() != python:
+        print(f"spikec looks elsewhere first: set {env.VENV_VAR}={python.parent.parent} (or {env.ENV_VAR}={python})")
+    return 0
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from spikec.report import report_from_directory
 
@@ -279,7 +349,8 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compile": _cmd_compile, "eval": _cmd_eval, "run": _cmd_run, "passes": _cmd_passes, "inspect": _cmd_inspect,
-            "energy": _cmd_energy, "report": _cmd_report, "export-nir": _cmd_export_nir, "finetune": _cmd_finetune}
+            "energy": _cmd_energy, "report": _cmd_report, "export-nir": _cmd_export_nir, "finetune": _cmd_finetune,
+            "lava-env": _cmd_lava_env}
 
 
 class _Interrupts:

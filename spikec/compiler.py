@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from rich.console import Console
@@ -130,6 +131,23 @@ class CompileResult:
     graph: Any
 
 
+@contextmanager
+def status(console: Console, text: str) -> Iterator[Callable[[str], None]]:
+    """A step's status: rich's spinner on a terminal; elsewhere (a log, a pipe), where the
+    spinner shows nothing, plain lines on stdout (stderr keeps errors alone: docs/errors.md).
+    Yields a function that changes the text."""
+    if console.is_terminal:
+        with console.status(text) as spinner:
+            yield spinner.update
+        return
+
+    def line(t: str) -> None:
+        print(f"{t} ...", flush=True)
+
+    line(text)
+    yield line
+
+
 def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[str, Any]:
     """Compile ``opts.model`` into ``opts.output_dir``; returns the report (also written
     to report.json). Nothing is left behind on failure or interruption."""
@@ -161,7 +179,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
     with atomic_directory(out_dir, force=opts.force) as tmp:
         t0 = time.perf_counter()
         if loaded is None:
-            with console.status(f"loading {opts.model}"):
+            with status(console, f"loading {opts.model}"):
                 loaded = load_model(
                     opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
                     seed=opts.seed,
@@ -172,20 +190,20 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
                                       opts.calib_samples * opts.seq_len)
         calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
         t0 = step_done("load", t0)
-        with console.status("capturing with torch.export and canonicalizing"):
+        with status(console, "capturing with torch.export and canonicalizing"):
             gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16))
         t0 = step_done("capture", t0)
         ctx = PassContext(
             options={"timesteps": opts.timesteps, **builtin_passes.PRESETS[opts.preset], **mode_options, **opts.options},
             calibration=calibration, config=loaded.config,
         )
-        with console.status("running passes") as status:
+        with status(console, "running passes") as update:
             gm = gm.to(resolve_device(opts.device))
-            gm, records = run_passes(gm, pipeline, ctx, on_pass=lambda n: status.update(f"pass {n}"))
+            gm, records = run_passes(gm, pipeline, ctx, on_pass=lambda n: update(f"pass {n}"))
             gm = gm.to("cpu")
         t0 = step_done("passes", t0)
         example = calibration[:1]
-        with console.status("lowering to NIR"):
+        with status(console, "lowering to NIR"):
             metadata = {
                 "spikec_version": "0.1.0", "profile": "full", "dt": 1.0, "timesteps": opts.timesteps,
                 "model": loaded.name, "positions": opts.seq_len,
@@ -196,11 +214,11 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             t0 = step_done("write", t0)
         lava_summary = None
         if opts.target == "lava":
-            with console.status("exporting to Lava"):
+            with status(console, "exporting to Lava"):
                 lava_summary = {**export_lava(graph, tmp / "lava", timesteps=opts.timesteps, positions=opts.seq_len),
                                 "folder": "lava"}
             t0 = step_done("lava_export", t0)
-        with console.status("checking the simulator against the fx module on calibration text"):
+        with status(console, "checking the simulator against the fx module on calibration text"):
             agreement = compare_fx_and_simulator(gm, graph, example, opts.timesteps)
         t0 = step_done("simulator_check", t0)
         loaded.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -232,8 +250,8 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
         report.update(attention=parts["attention"], token_encoding=parts["token_encoding"], spiking_parts=parts)
         report["compile_seconds"] = time.perf_counter() - start
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
-        with console.status("writing report.html"):
-            write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer)
+        with status(console, "writing report.html"):
+            write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer, shown_as=out_dir)
     return CompileResult(report, gm, graph)
 
 

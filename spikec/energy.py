@@ -3,7 +3,7 @@
 ``measure_operations`` runs the reference simulator on token sequences and counts what the
 ANN and the SNN spend per layer (:mod:`spikec.analysis.counts`); ``energy_on_text`` does it
 for a compile output directory and writes ``DIR/energy.json`` (which ``spikec report`` shows);
-``run`` is the command. docs/energy.md states what is counted and the constants' sources.
+``run`` is the command, which also prints the Loihi 2 fit (:mod:`spikec.analysis.loihi_fit`). docs/energy.md states what is counted and the constants' sources.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from spikec.analysis.counts import combine_results, count_operations
 from spikec.analysis.energy_models import EnergyModel, builtin_model, resolve_model
 from spikec.analysis.estimate import estimate
 from spikec.analysis.formatting import format_estimate
+from spikec.analysis.loihi_fit import fit_graph, format_fit
 from spikec.analysis.operations import OperationCounts
+from spikec.arguments import ENERGY_TOKENS
 from spikec.backends.simulator import SimResult, simulate
 from spikec.compiled_checks import check_vocabulary
 from spikec.core import ir
@@ -75,7 +77,7 @@ def measure_operations(
 
 
 def measure_energy(
-    directory: str | Path, text_path: str | None = None, tokens: int = 1024, seq_len: int | None = None,
+    directory: str | Path, text_path: str | None = None, tokens: int = ENERGY_TOKENS, seq_len: int | None = None,
     timesteps: int | None = None, model: EnergyModel | None = None, progress: bool = True,
 ) -> tuple[Path, dict[str, Any], OperationCounts]:
     """Operation counts of a compiled network on ``tokens`` tokens of held-out text (default:
@@ -95,6 +97,7 @@ def measure_energy(
     est = estimate(counts, model)
     est["text"] = text_label(text_path, HELDOUT_TEXT)
     est["seconds"] = time.perf_counter() - start
+    est["loihi_fit"] = fit_graph(graph).to_dict()
     return p, est, counts
 
 
@@ -106,7 +109,7 @@ def save_energy(directory: Path, est: dict[str, Any], counts: OperationCounts) -
 
 
 def energy_on_text(
-    directory: str | Path, text_path: str | None = None, tokens: int = 1024, seq_len: int | None = None,
+    directory: str | Path, text_path: str | None = None, tokens: int = ENERGY_TOKENS, seq_len: int | None = None,
     timesteps: int | None = None, model: EnergyModel | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """``measure_energy`` and ``save_energy``: writes ``DIR/energy.json`` and returns the
@@ -121,7 +124,8 @@ def run(a: argparse.Namespace) -> int:
     then save (the figures are shown even when the directory cannot take energy.json)."""
     model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
     p, est, counts = measure_energy(a.dir, a.text, a.tokens, a.seq_len, a.timesteps, model, progress=not a.json)
-    print(json.dumps(est, indent=2) if a.json else format_estimate(est, per_op=a.per_op), flush=True)
+    text = "\n".join([format_estimate(est, per_op=a.per_op), "", *format_fit(est["loihi_fit"])])
+    print(json.dumps(est, indent=2) if a.json else text, flush=True)
     save_energy(p, est, counts)
     if not a.json:
         print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")

@@ -80,7 +80,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     f.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import passes from a file")
     f.add_argument("--random-weights", action="store_true", help="the architecture with seeded random weights")
     f.add_argument("--config", type=key_values, default={}, metavar="KEY=VALUE,...", help="override config fields")
-    f.add_argument("--seed", type=seed_arg, default=0)
+    f.add_argument("--seed", type=seed_arg, default=0, help="seed of random weights and sampling (default 0)")
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the passes run")
     return f

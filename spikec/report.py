@@ -4,8 +4,9 @@
 as base64 PNG data URIs, no script, nothing fetched) that opens offline, with the PNGs
 also written beside it. It shows the passes and their time, the simulator check, the
 accuracy figures of ``spikec eval`` (DIR/eval.json), the energy estimates (from
-DIR/energy.json when ``spikec energy`` was run, else from a short held-out sample) and
-plots of firing rate per layer, energy per block, accuracy against T and a spike raster.
+DIR/energy.json when ``spikec energy`` was run, else measured here on ``spikec energy``'s
+default workload, so that both give the same figure), the Loihi 2 fit of the Lava target
+(:mod:`spikec.analysis.loihi_fit`) and plots of firing rate per layer, energy per block, accuracy against T and a spike raster.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import torch
 
 from spikec.analysis.energy_models import MODEL_NAMES, builtin_model
 from spikec.analysis.estimate import estimate
-from spikec.analysis.formatting import format_energy
+from spikec.analysis.formatting import format_energy, reduction_text
 from spikec.analysis.operations import OperationCounts
 from spikec.core.errors import ResourceError
-from spikec.energy import ENERGY_FILE, measure_operations, token_chunks
+from spikec.analysis.loihi_fit import fit_graph
+from spikec.energy import ENERGY_FILE, ENERGY_TOKENS, measure_operations, token_chunks
 from spikec.outputs import load_tokenizer, read_compiled, read_json, write_atomic
-from spikec.text import HELDOUT_TEXT, read_text, token_stream
+from spikec.text import HELDOUT_TEXT, leading_tokens
 
 REPORT_FILE = "report.html"
-SAMPLE_TOKENS = 128  # held-out tokens simulated (with spike trains recorded) for the report
+SAMPLE_TOKENS = ENERGY_TOKENS  # held-out tokens simulated without energy.json: `spikec energy`'s default
 RASTER_LAYERS = 5
 RASTER_NEURONS = 8  # per layer
 RASTER_POSITIONS = 6
@@ -96,7 +98,7 @@ def plot_energy(estimates: dict[str, dict[str, Any]]) -> bytes:
         ax.set_yscale("log")
         ax.set_ylabel("pJ per token")
         ax.set_title(f"{name}: ANN {format_energy(est['ann_pj_per_token'])}, "
-                     f"SNN {format_energy(est['snn_pj_per_token'])} per token ({_pct(est['reduction'])} reduction)",
+                     f"SNN {format_energy(est['snn_pj_per_token'])} per token ({reduction_text(est['reduction'])})",
                      fontsize=9)
         step = max(1, len(blocks) // 24)
         ax.set_xticks(list(x)[::step], [b["block"] for b in blocks][::step], rotation=60, fontsize=7)
@@ -196,18 +198,36 @@ def _esc(x: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
+    return _raw_table(header, [[_esc(c) for c in r] for r in rows])
+
+
+def _raw_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table of cells that are HTML already."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        return f"[{', '.join(_value(x) for x in v[:4])}, ... {len(v)} values]"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_value(x)}" for k, x in v.items())
+    return str(v)
 
 
-def _stats(stats: dict[str, Any]) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in stats.items())
-    return text if len(text) <= 160 else text[:157] + "..."
+def stats_table(stats: dict[str, Any]) -> str:
+    """A pass's statistics as a two-column HTML table (one row per key; nested dicts one row
+    per entry, ``key.sub``), every value in full but long lists abridged to their head."""
+    rows: list[list[Any]] = []
+    for k, v in stats.items():
+        if isinstance(v, dict) and v and len(v) <= 64:
+            rows.extend([f"{k}.{sub}", _value(x)] for sub, x in v.items())
+        else:
+            rows.append([k, _value(v)])
+    return _table(["statistic", "value"], rows) if rows else "-"
 
 
 _CSS = """
@@ -222,20 +242,25 @@ figure{margin:1rem 0}figcaption{font-size:.8rem;color:#555}img{max-width:100%;he
 
 def write_report(
     directory: str | Path, report: dict[str, Any], graph: nir.NIRGraph, tokenizer: Any,
-    sample_tokens: int = SAMPLE_TOKENS,
+    sample_tokens: int = SAMPLE_TOKENS, shown_as: str | Path | None = None,
 ) -> Path:
     """Render ``DIR/report.html`` and the PNGs beside it (firing_rates.png, energy.png,
     raster.png, and accuracy.png when eval.json holds several T).
 
     report: the compile report (report.json's content). The energy figures come from
     ``DIR/energy.json`` when present, else from ``sample_tokens`` held-out tokens simulated
-    here (with their spike trains recorded for the raster)."""
+    here as ``spikec energy`` does by default (the first sequence's spike trains recorded for
+    the raster). shown_as: the directory named in the page's hints (default ``directory``;
+    compile writes into a temporary directory that is renamed afterwards)."""
     d = Path(directory)
+    shown = Path(shown_as) if shown_as is not None else d
     t = int(report["timesteps"])
-    stream = token_stream(tokenizer, read_text(None, HELDOUT_TEXT))
-    sample = token_chunks(stream, min(sample_tokens, stream.numel()), None, graph)[:1]
+    stream = leading_tokens(tokenizer, None, HELDOUT_TEXT, sample_tokens)
+    sample = token_chunks(stream, min(sample_tokens, stream.numel()), None, graph)
     sample_counts, sample_result = measure_operations(graph, sample, t, record_first=True)
-    counts, energy_source = sample_counts, f"{sample.shape[1]} held-out tokens (embedded docstrings), one sequence"
+    counts, energy_source = sample_counts, (f"{sample.numel()} held-out tokens (embedded docstrings; "
+                                            f"{sample.shape[0]} x {sample.shape[1]} positions), T={t}, "
+                                            f"as 'spikec energy' measures by default")
     if (d / ENERGY_FILE).is_file():
         saved = read_json(d / ENERGY_FILE)
         counts = OperationCounts.from_dict(saved["counts"])
@@ -264,7 +289,11 @@ def write_report(
         write_atomic(d / filename, png)
 
     check = report.get("simulator_check", {})
-    parts = [f"<h1>spikec report: {_esc(report.get('model', '?'))}</h1>",
+    parts = [f"<h1>spikec report: {_esc(report.get('model', '?'))}</h1>"]
+    if (report.get("source") or {}).get("random_weights"):
+        parts.append("<p class='bad'>This network was compiled from <b>seeded random weights</b> (--random-weights): "
+                     "its architecture is the model's, its accuracy and firing rates are not a trained model's.</p>")
+    parts += [
              _table(["model", "family", "T", "positions", "compile time", "nodes", "simulator vs fx"], [[
                  report.get("model"), report.get("family"), t, report.get("seq_len"),
                  f"{report.get('compile_seconds', 0):.1f} s", sum(report.get("node_counts", {}).values()),
@@ -272,33 +301,34 @@ def write_report(
                  f"logits max |diff| {check.get('logits_max_abs_diff', float('nan')):.3g}"]])]
     parts.append("<h2>Passes</h2>")
     passes = report.get("passes", [])
-    parts.append(_table(["pass", "time", "statistics"],
-                        [[p["name"], f"{p['seconds']:.2f} s", _stats(p.get("stats", {}))] for p in passes]))
+    parts.append(_raw_table(["pass", "time", "statistics"],
+                            [[_esc(p["name"]), f"{p['seconds']:.2f} s", stats_table(p.get("stats", {}))]
+                             for p in passes]))
     steps = report.get("step_seconds") or {"capture": report.get("capture_seconds", 0.0),
                                            "passes": sum(p["seconds"] for p in passes)}
     parts.append("<p class='note'>compile steps: " + ", ".join(f"{_esc(k)} {v:.1f} s" for k, v in steps.items())
-                 + f"; calibration: {_esc(report.get('calibration', {}))}</p>")
+                 + "; calibration: " + _esc(_value(report.get("calibration") or {})) + "</p>")
     parts.append("<h2>Accuracy (spikec eval, held-out text)</h2>")
     if evals:
         parts.append(_table(["T", "ANN ppl", "SNN ppl", "ratio", "cosine", "top-1", "tokens"], [
             [r["timesteps"], f"{r['ann_ppl']:.3f}", f"{r['snn_ppl']:.3f}", f"{r['ppl_ratio']:.3f}",
              f"{r['cosine']:.4f}", f"{r['top1_agreement']:.3f}", r["tokens"]] for r in evals]))
     else:
-        parts.append(f"<p class='note'>not evaluated yet: run <code>spikec eval {_esc(d)}</code>, then "
-                     f"<code>spikec report {_esc(d)}</code>.</p>")
+        parts.append(f"<p class='note'>not evaluated yet: run <code>spikec eval {_esc(shown)}</code>, then "
+                     f"<code>spikec report {_esc(shown)}</code>.</p>")
     parts.append("<h2>Energy per token</h2>")
     parts.append(f"<p class='note'>On {_esc(energy_source)}. Estimates, not measurements: see docs/energy.md for "
                  "what is counted and the constants' sources.</p>")
     rows = []
     for name, est in estimates.items():
-        red = est["reduction"]
-        cls = " (SNN spends more)" if red is not None and red < 0 else ""
         rows.append([name, format_energy(est["ann_pj_per_token"]), format_energy(est["snn_pj_per_token"]),
-                     _pct(red) + cls, _pct(est["attention_reduction"]),
+                     reduction_text(est["reduction"]), reduction_text(est["attention_reduction"]),
                      f"{est['firing_rate']:.3f}" if est["firing_rate"] is not None else "-"])
-    parts.append(_table(["model", "ANN", "SNN", "reduction", "attention reduction", "rate/step"], rows))
+    parts.append(_table(["model", "ANN", "SNN", "SNN energy", "attention energy", "rate/step"], rows))
     parts.append("<p class='note'>" + " ".join(f"<b>{_esc(n)}</b>: {_esc(e['model']['description'])}."
                                                for n, e in estimates.items()) + "</p>")
+    parts.append("<h2>Will it fit on Loihi 2? (the Lava target)</h2>")
+    parts.append(fit_graph(graph).to_html())
     parts.append("<h2>Figures</h2>")
     for filename, caption, png in images:
         data = base64.b64encode(png).decode("ascii")

@@ -4,13 +4,14 @@ the one-line errors with their exit codes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from spikec.cli import main
+from spikec.cli import COMMANDS, main
 
 TINY_GPT2 = ["gpt2", "--random-weights", "--config", "n_layer=2,n_embd=64,n_head=4"]
 TINY_LLAMA = ["llama", "--config",
@@ -55,8 +56,10 @@ def test_simulator_reproduces_the_fx_module_spike_for_spike(tiny_gpt2: Path) -> 
     assert check["logits_max_abs_diff"] == 0.0
 
 
-def test_compile_of_a_llama_family_model(tmp_path: Path) -> None:
+def test_compile_of_a_llama_family_model(tmp_path: Path, capsys) -> None:
     assert compile_cli(tmp_path / "llama", TINY_LLAMA) == 0
+    out = capsys.readouterr().out  # not a terminal: the steps are plain lines, on stdout (stderr is for errors)
+    assert "running passes ..." in out and "lowering to NIR ..." in out
     report = json.loads((tmp_path / "llama" / "report.json").read_text())
     assert report["family"] == "llama"
     assert report["simulator_check"]["identical_layers"] == report["simulator_check"]["neuron_layers"] == 9
@@ -68,13 +71,16 @@ def test_eval_json_has_the_documented_keys(tiny_gpt2: Path, capsys) -> None:
     for key in ("ann_ppl", "snn_ppl", "ppl_ratio", "cosine", "top1_agreement", "timesteps", "tokens"):
         assert key in result
     assert result["timesteps"] == 8 and result["tokens"] == 64
+    assert [r["timesteps"] for r in result["curve"]] == [8]  # one shape for any number of T
     assert result["ppl_ratio"] == pytest.approx(result["snn_ppl"] / result["ann_ppl"])
     assert (tiny_gpt2 / "eval.json").is_file()
 
 
 def test_eval_accuracy_improves_with_timesteps(tiny_gpt2: Path, capsys) -> None:
     assert main(["eval", str(tiny_gpt2), "--tokens", "64", "-T", "2,64", "--json"]) == 0
-    coarse, fine = json.loads(capsys.readouterr().out)["curve"]
+    result = json.loads(capsys.readouterr().out)
+    coarse, fine = result["curve"]
+    assert result["timesteps"] == 2 and result["cosine"] == coarse["cosine"]  # the first T at the top level
     assert fine["cosine"] > coarse["cosine"]
     assert fine["cosine"] > 0.99
 
@@ -91,12 +97,21 @@ def test_inspect_summarizes_a_nir_file(tiny_gpt2: Path, capsys) -> None:
     assert "SpikecSignedIF" in out and "spikec extension" in out and "Affine" in out
 
 
+def test_inspect_json_and_all(tiny_gpt2: Path, capsys) -> None:
+    assert main(["inspect", str(tiny_gpt2 / "model.nir"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["types"]["SpikecSignedIF"] == 9 and summary["portability"]["portable"] is False
+    assert main(["inspect", str(tiny_gpt2 / "model.nir"), "--all"]) == 0
+    assert list(summary["shapes"])[-1] in capsys.readouterr().out
+
+
 def test_passes_lists_builtin_and_plugin_passes(capsys) -> None:
     assert main(["passes", "--plugin", str(REPO / "examples" / "custom_pass.py")]) == 0
     out = capsys.readouterr().out
     for name in ("fold-norm-affine", "calibrate", "spike-encode", "burst-all", "finer-lm-head", "spiking-census"):
         assert name in out
     assert "default = fold-norm-affine,calibrate,burst-all,spike-encode" in out
+    assert "--option keys the default pipeline reads:" in out and "burst_spikes" in out
 
 
 def test_a_plugin_pass_runs_in_the_pipeline_and_reports_statistics(tmp_path: Path) -> None:
@@ -183,3 +198,42 @@ def test_two_compiles_give_identical_nir_values(tiny_gpt2: Path, tmp_path: Path)
         for field, value in node.to_dict().items():
             if hasattr(value, "shape"):
                 assert (value == b.nodes[name].to_dict()[field]).all(), (name, field)
+
+
+def test_version_and_python_dash_m() -> None:
+    proc = subprocess.run([sys.executable, "-m", "spikec", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and re.fullmatch(r"spikec \S+\n", proc.stdout), proc
+    proc = subprocess.run([sys.executable, "-m", "spikec", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "lava-env" in proc.stdout
+
+
+def undocumented_options(help_text: str) -> list[str]:
+    """Entries of argparse's help (two-space indented) with no description beside or under them."""
+    lines = [l for l in help_text.splitlines() if l.strip()]
+    missing = []
+    for i, line in enumerate(lines):
+        if not line.startswith("  ") or line.startswith("   "):
+            continue
+        entry = line[2:]
+        beside = "  " in entry.strip()
+        under = i + 1 < len(lines) and lines[i + 1].startswith(" " * 4) and not lines[i + 1].strip().startswith("-")
+        if not (beside or under) and not entry.startswith("{"):
+            missing.append(entry.strip())
+    return missing
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_has_help(command: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert undocumented_options(text) == [], text
+
+
+def test_debug_is_accepted_after_the_command(tmp_path: Path, capsys) -> None:
+    assert main(["inspect", str(tmp_path / "missing.nir"), "--debug"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["--debug", "inspect", str(tmp_path / "missing.nir")]) == 3
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "missing.nir")]) == 3
+    assert "Traceback" not in one_error_line(capsys)

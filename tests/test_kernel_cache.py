@@ -137,7 +137,7 @@ def test_a_failed_build_leaves_no_temporary_files(cache, monkeypatch):
 
 def test_the_simulator_takes_its_torch_path_when_the_cache_is_not_private(tmp_path):
     """End to end, in a fresh process: an unsafe cache means no compiled loops, an explanation
-    in ``compiled_error()``, and simulations that still run (on the torch path)."""
+    in ``compiled_error()``, one warning, and simulations that still run (on the torch path)."""
     cache = tmp_path / "kernels"
     cache.mkdir(mode=0o700)
     os.chmod(cache, 0o777)
@@ -155,4 +155,5 @@ def test_the_simulator_takes_its_torch_path_when_the_cache_is_not_private(tmp_pa
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "writable by group or others" in proc.stdout
+    assert proc.stderr.count("compiled simulator kernels are unavailable") == 1, proc.stderr  # warned once
     assert list(cache.iterdir()) == []

@@ -5,6 +5,7 @@ commands on a compiled tiny GPT-2."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
@@ -63,8 +64,23 @@ def test_report_is_one_offline_file_with_its_plots_embedded_and_beside_it(hand_r
     assert data_images(page) == [(hand_report / f).read_bytes() for f in files]
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # nothing fetched
     assert "<script" not in page
-    for text in ("calibrate", "spike-encode", "45nm-memory", "loihi", "attention reduction", "top-1"):
+    for text in ("calibrate", "spike-encode", "45nm-memory", "loihi", "attention energy", "top-1", "Will it fit on Loihi 2"):
         assert text in page
+
+
+def test_pass_statistics_are_tables_and_reductions_read_as_less_or_more(tmp_path):
+    from spikec.analysis.formatting import reduction_text
+
+    report = fake_report()
+    report["passes"][1]["stats"] = {"neurons": {"qkv": 128, "lm_head": 64}, "skipped": [], "scale": 0.123456,
+                                    "long": list(range(400))}
+    write_report(tmp_path, report, tiny_transformer(), CharTokenizer(), sample_tokens=8)
+    page = (tmp_path / "report.html").read_text()
+    assert "<td>neurons.qkv</td><td>128</td>" in page and "<td>scale</td><td>0.1235</td>" in page
+    assert "... 400 values]" in page and "..." not in page.replace("... 400 values]", "")
+    assert "seeded random weights" not in page
+    assert reduction_text(-14.592) == "15.6x more" and reduction_text(0.936) == "93.6% less"
+    assert reduction_text(None) == "-"
 
 
 def test_report_without_eval_results_says_how_to_get_them_and_has_no_accuracy_plot(tmp_path):
@@ -161,6 +177,29 @@ def test_compile_writes_report_html_inside_its_output_directory(compiled):
     assert not list(compiled.parent.glob(".tiny.tmp-*"))
 
 
+def test_the_compile_report_names_the_output_directory_not_the_temporary_one(compiled):
+    page = (compiled / "report.html").read_text()
+    assert ".tmp-" not in page
+    assert f"spikec eval {compiled}" in html.unescape(page)
+    assert "seeded random weights" in page  # compiled with --random-weights
+
+
+def energy_cells(page: str, model: str) -> tuple[str, str]:
+    ann, snn = re.search(rf"<td>{model}</td><td>([^<]+)</td><td>([^<]+)</td>", page).groups()
+    return ann, snn
+
+
+def test_the_report_and_spikec_energy_agree_by_default(compiled, capsys):
+    from spikec.analysis.formatting import format_energy
+
+    page = (compiled / "report.html").read_text()  # written by compile, before any energy.json
+    assert main(["energy", str(compiled), "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert est["workload"]["tokens"] == 1024
+    assert energy_cells(page, "45nm") == (format_energy(est["ann_pj_per_token"]), format_energy(est["snn_pj_per_token"]))
+    assert est["loihi_fit"]["neurons"] > 0 and est["loihi_fit"]["cores"] >= 1
+
+
 def test_energy_command_prints_json_with_the_documented_keys_and_writes_energy_json(compiled, capsys):
     assert main(["energy", str(compiled), "--tokens", "64", "--seq-len", "32", "--json"]) == 0
     est = json.loads(capsys.readouterr().out)
@@ -171,6 +210,7 @@ def test_energy_command_prints_json_with_the_documented_keys_and_writes_energy_j
     assert main(["energy", str(compiled), "--tokens", "32", "--model", "loihi", "--per-op"]) == 0
     out = capsys.readouterr().out
     assert "h_0_attn_qkv" in out and "total" in out and "attention" in out
+    assert "Loihi 2 fit (Lava target" in out and "neurocores" in out
 
 
 def test_report_command_rewrites_the_report_with_eval_and_energy(compiled, capsys):

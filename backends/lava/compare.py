@@ -120,7 +120,8 @@ def run_export(lava_dir: str | Path, inputs: Any, *, timesteps: int | None = Non
             cmd.append("--teacher")
         start = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp,
+                                  env=env.child_environment())
         except subprocess.TimeoutExpired:
             raise LavaRunError(f"the Lava run timed out after {timeout} s") from None
         seconds = time.perf_counter() - start

@@ -29,6 +29,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 from .native_source import SOURCE
@@ -195,9 +196,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.to_spikes.restype = i64
 
 
+class KernelsUnavailable(RuntimeWarning):
+    """Warned once per process when the compiled loops cannot be built or loaded."""
+
+
 def compiled_library() -> ctypes.CDLL | None:
     """The compiled loops, built on first use; None when disabled (``SPIKEC_KERNELS=torch``),
-    when the cache is not private, or when no compiler works (``compiled_error()`` says why)."""
+    when the cache is not private, or when no compiler works (``compiled_error()`` says why,
+    and a ``KernelsUnavailable`` warning says so once)."""
     global _lib, _lib_error
     if os.environ.get("SPIKEC_KERNELS", "").lower() == "torch":
         return None
@@ -207,6 +213,9 @@ def compiled_library() -> ctypes.CDLL | None:
                 _lib = load_library(cache_dir())
             except (RuntimeError, OSError) as e:
                 _lib_error = str(e)
+                warnings.warn(f"the compiled simulator kernels are unavailable ({_lib_error}); the simulator "
+                              "takes its slower torch path (same results; SPIKEC_KERNELS=torch silences this)",
+                              KernelsUnavailable, stacklevel=2)
         return _lib
 
 

@@ -14,8 +14,12 @@ def format_energy(pj: float) -> str:
     return f"{pj:.3g} pJ"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def reduction_text(x: float | None) -> str:
+    """A reduction ``1 - SNN/ANN`` as read: ``"93.6% less"``, or ``"15.6x more"`` when the SNN
+    spends more (``x < 0``, so SNN/ANN = ``1 - x``)."""
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}% less" if x >= 0 else f"{1 - x:.1f}x more"
 
 
 def format_estimate(est: Mapping[str, Any], per_op: bool = False) -> str:
@@ -25,18 +29,18 @@ def format_estimate(est: Mapping[str, Any], per_op: bool = False) -> str:
     lines = [f"energy model {m['name']} ({m['precision']}): {m['description']}",
              f"workload: {w['tokens']} tokens ({w['sequences']} x {w['positions']} positions), T={w['timesteps']}", ""]
     rows = [(r["name"] if per_op else r["block"], r) for r in (est["layers"] if per_op else est["blocks"])]
-    header = ("layer" if per_op else "block", "ANN/token", "SNN/token", "reduction", "rate/step", "spikes/window")
+    header = ("layer" if per_op else "block", "ANN/token", "SNN/token", "SNN energy", "rate/step", "spikes/window")
     table = []
     for label, r in rows:
         rate = r.get("firing_rate")
-        table.append((label, format_energy(r["ann_pj"]), format_energy(r["snn_pj"]), _pct(r["reduction"]),
+        table.append((label, format_energy(r["ann_pj"]), format_energy(r["snn_pj"]), reduction_text(r["reduction"]),
                       "-" if rate is None else f"{rate:.3f}", "-" if rate is None else f"{rate * w['timesteps']:.2f}"))
     rate = est["firing_rate"]
     table.append(("total", format_energy(est["ann_pj_per_token"]), format_energy(est["snn_pj_per_token"]),
-                  _pct(est["reduction"]), "-" if rate is None else f"{rate:.3f}",
+                  reduction_text(est["reduction"]), "-" if rate is None else f"{rate:.3f}",
                   "-" if rate is None else f"{est['spikes_per_neuron_per_window']:.2f}"))
     table.append(("attention", format_energy(est["attention_ann_pj_per_token"]),
-                  format_energy(est["attention_snn_pj_per_token"]), _pct(est["attention_reduction"]), "", ""))
+                  format_energy(est["attention_snn_pj_per_token"]), reduction_text(est["attention_reduction"]), "", ""))
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     def fmt(r: tuple[str, ...]) -> str:
         return "  ".join(c.ljust(wd) if i == 0 else c.rjust(wd) for i, (c, wd) in enumerate(zip(r, widths)))
