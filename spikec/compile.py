@@ -64,6 +64,7 @@ class CompileOptions:
     attention: str = "softmax"  # softmax | spike-softmax | ssa (spikec.passes.pipelines)
     token_encoding: str = "none"  # none | rate | binary
     calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
+    coding: str = "rate"  # rate | binary (spikec.passes.pipelines.CODINGS)
 
     def validate(self) -> None:
         if self.timesteps < 1 or self.timesteps > 4096:
@@ -107,7 +108,7 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
     console = console or Console(stderr=True)
     opts.validate()
     load_plugins(opts.plugins)
-    mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate)
+    mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate, opts.coding)
     pipeline = resolve_pipeline(opts.passes, mode_passes)
     start = time.perf_counter()
     torch.manual_seed(opts.seed)
@@ -179,6 +180,7 @@ def compile_model(opts: CompileOptions, console: Console | None = None) -> dict[
                                 "logits_max_abs_diff": agreement.logits_max_abs_diff},
             "preset": opts.preset,
             "calibrate": opts.calibrate,
+            "coding": opts.coding,
             "options": opts.options,
             "environment": {"python": platform.python_version(), "torch": torch.__version__},
         }

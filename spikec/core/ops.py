@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .few_spike import FewSpikeParams, few_spike_encode, weighted_count
 from .neurons import SignedIFParams, nir_if_encode, signed_if_encode
 
 ACTIVATIONS = {
@@ -84,6 +85,20 @@ def rate_readout_affine(
     ``[..., out]``.
     """
     return readout_from_counts(spikes.sum(0, dtype=torch.float64), weight, bias, spikes.shape[0])
+
+
+def binary_readout_affine(
+    spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The Horner readout of a few-spike train: ``sum_k 2^-k affine(spikes[k])`` without the
+    bias, plus the bias once (``spikec.core.few_spike``).
+
+    spikes: ``[T, ..., in]`` in {-1, 0, 1}; weight ``[out, in]`` already holds the folded
+    first-step weights (thresholds). By linearity this is ``affine`` of the weighted count
+    ``sum_k 2^-k spikes[k]``, computed as ``readout_from_counts`` with T = 1 (float64, one
+    rounding to float32), so every backend that accumulates in float64 agrees. Returns ``[..., out]``.
+    """
+    return readout_from_counts(weighted_count(spikes), weight, bias, 1)
 
 
 def readout_from_counts(
@@ -174,6 +189,14 @@ def signed_if(
     the threshold as a ``get_attr`` tensor (and ``v_init``, when it is per neuron ``[F]``)."""
     params = SignedIFParams(threshold, max_spikes=max_spikes, signed=signed, v_init=v_init)
     return signed_if_encode(x, params, timesteps)
+
+
+def few_spike(
+    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, signed_digits: bool = False
+) -> torch.Tensor:
+    """Graph form of ``few_spike.few_spike_encode``: real current ``[..., F]`` -> spike train
+    ``[T, ..., F]`` (int8, -1/0/1, step k weighted 2^-k)."""
+    return few_spike_encode(x, FewSpikeParams(threshold, signed_digits=signed_digits), timesteps)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
