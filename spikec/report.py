@@ -266,8 +266,8 @@ def write_report(
 
     check = report.get("simulator_check", {})
     parts = [f"<h1>spikec report: {_esc(report.get('model', '?'))}</h1>",
-             _table(["model", "family", "T", "positions", "compile time", "nodes", "simulator vs fx"], [[
-                 report.get("model"), report.get("family"), t, report.get("seq_len"),
+             _table(["model", "family", "coding", "T", "positions", "compile time", "nodes", "simulator vs fx"], [[
+                 report.get("model"), report.get("family"), report.get("coding", "rate"), t, report.get("seq_len"),
                  f"{report.get('compile_seconds', 0):.1f} s", sum(report.get("node_counts", {}).values()),
                  f"{check.get('identical_layers', '?')}/{check.get('neuron_layers', '?')} neuron layers identical, "
                  f"logits max |diff| {check.get('logits_max_abs_diff', float('nan')):.3g}"]])]
