@@ -116,6 +116,13 @@ def format_portability(p: Portability, max_names: int = 6) -> str:
 def check_portable(graph: nir.NIRGraph, where: str = "the graph") -> Portability:
     """``portability(graph)``, raising ``UnsupportedError`` naming the non-portable nodes."""
     p = portability(graph)
+    few_spike = [n for n, kind in p.non_portable.items() if kind == "SpikecFewSpike"]
+    if few_spike:
+        raise UnsupportedError(
+            f"{where} uses the few-spike (binary) code, which has no standard NIR form: its {len(few_spike)} "
+            "SpikecFewSpike layers weigh step k by 2^-k, and NIR's IF has one threshold, one reset and "
+            "unweighted spikes",
+            hint="compile with --coding rate for a portable model, or export it with --profile full")
     if not p.splittable:
         names = list(p.non_portable)
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")

@@ -22,7 +22,8 @@ Two digit sets (``signed_digits``):
   ``n = min(floor(|v_0| * 2^(T-1)), 2^T - 1)``: the code of ``round(u * 2^(T-1))`` (half away
   from zero), saturating at ``|u| = 2 - 2^(1-T)``.
 * signed (True): ``v_0 = u``, ``l_k = fl32(2/3) * w_k`` for ``k < T-1`` and ``l_(T-1) = w_(T-1) / 2``:
-  greedy non-adjacent signed digits (a spike is never followed by one on the next step;
+  greedy non-adjacent signed digits (a spike is never followed by one on the next step but the
+  last, which rounds;
   about a third fewer spikes than binary at the same step), rounding to the nearest
   multiple of ``2^(1-T)`` on the last step, saturating at ``|u| = 4/3``.
 
