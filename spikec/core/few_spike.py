@@ -22,9 +22,8 @@ Two digit sets (``signed_digits``):
   ``n = min(floor(|v_0| * 2^(T-1)), 2^T - 1)``: the code of ``round(u * 2^(T-1))`` (half away
   from zero), saturating at ``|u| = 2 - 2^(1-T)``.
 * signed (True): ``v_0 = u``, ``l_k = fl32(2/3) * w_k`` for ``k < T-1`` and ``l_(T-1) = w_(T-1) / 2``:
-  greedy non-adjacent signed digits (a spike is never followed by one on the next step but the
-  last, which rounds;
-  about a third fewer spikes than binary at the same step), rounding to the nearest
+  greedy non-adjacent signed digits (no two spikes on consecutive steps, but for the last
+  step, which rounds; about a third fewer spikes than binary at the same step), rounding to the nearest
   multiple of ``2^(1-T)`` on the last step, saturating at ``|u| = 4/3``.
 
 The value the spikes stand for is ``theta * sum_k 2^-k s_k`` (``weighted_count``); the
@@ -38,6 +37,7 @@ step weights and levels are exact float32 numbers, so the spikes agree bit for b
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,16 +123,32 @@ def binary_code(x: torch.Tensor, threshold: torch.Tensor, timesteps: int) -> tup
     """Closed form of the binary digit set (not signed digits): ``(weighted count float64
     [..., F], spikes per neuron int64 [..., F])`` for the constant current ``x`` over
     ``timesteps`` steps, equal to ``weighted_count(few_spike_encode(...))`` and its
-    ``|spikes|`` sum (the spikes are the bits of ``n``; module docstring)."""
+    ``|spikes|`` sum (the spikes are the bits of ``n``; module docstring). ``|v_0|`` is computed
+    as ``|u| + 2^-T``, the same float32 number (rounding to nearest is symmetric)."""
     check_steps(timesteps)
     u = x.float() / threshold.float()
-    v0 = initial_membrane(u, timesteps, False)
-    n = torch.clamp(torch.floor(v0.abs() * 2.0 ** (timesteps - 1)), max=2 ** timesteps - 1).to(torch.int64)
-    bits = torch.zeros_like(n)
-    for k in range(timesteps):
-        bits += (n >> k) & 1
-    value = torch.sign(u).to(torch.float64) * n.to(torch.float64) * 2.0 ** (1 - timesteps)
-    return value, bits
+    n = u.abs().add_(2.0 ** -timesteps).mul_(2.0 ** (timesteps - 1)).floor_().clamp_(max=2 ** timesteps - 1)
+    value = (torch.sign(u) * n).double().mul_(2.0 ** (1 - timesteps))
+    return value, popcount(n.to(torch.int64), timesteps)
+
+
+def popcount(n: torch.Tensor, bits: int) -> torch.Tensor:
+    """Set bits of each non-negative integer ``n < 2^bits`` (int64, same shape)."""
+    if bits <= POPCOUNT_TABLE_BITS:
+        return popcount_table(bits).to(n.device)[n]
+    out = torch.zeros_like(n)
+    for k in range(bits):
+        out += (n >> k) & 1
+    return out
+
+
+POPCOUNT_TABLE_BITS = 12
+
+
+@functools.lru_cache(maxsize=None)
+def popcount_table(bits: int) -> torch.Tensor:
+    """``[2^bits]`` int64: the set bits of every integer below ``2^bits``."""
+    return torch.tensor([bin(i).count("1") for i in range(2 ** bits)], dtype=torch.int64)
 
 
 def few_spike_value(x: torch.Tensor, params: FewSpikeParams, timesteps: int) -> torch.Tensor:
