@@ -6,8 +6,6 @@ by the portable profile."""
 
 from __future__ import annotations
 
-import os
-
 import nir
 import numpy as np
 import pytest
@@ -17,11 +15,11 @@ import spikec.passes
 from canonical_models import gpt2_like, llama_like, token_ids
 from spikec.analysis.counts import count_operations
 from spikec.backends import nirio, portable
-from spikec.backends.lava import compare, env, export
+from spikec.backends.lava import compare, export
 from spikec.backends.simulator import simulate
 from spikec.cli import build_parser
 from spikec.core import few_spike, ir, ops
-from spikec.core.errors import NIRFormatError, ResourceError, UnsupportedError, UsageError
+from spikec.core.errors import NIRFormatError, UnsupportedError, UsageError
 from spikec.core.passes import PassContext, run_passes
 from spikec.lower import lower_to_nir
 from spikec.passes.pipelines import build_pipeline
@@ -193,16 +191,6 @@ def test_the_portable_profile_refuses_the_few_spike_code_in_one_line():
 
 
 # --- Lava --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lava_python():
-    try:
-        return env.lava_python()
-    except ResourceError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"the Lava environment is missing on CI: {e}")
-        pytest.skip(f"no Lava environment: {e}")
 
 
 @pytest.mark.parametrize("family,digits", [("gpt2", "binary"), ("llama", "signed")])
