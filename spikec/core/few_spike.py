@@ -129,14 +129,14 @@ def binary_code(x: torch.Tensor, threshold: torch.Tensor, timesteps: int) -> tup
     u = x.float() / threshold.float()
     n = u.abs().add_(2.0 ** -timesteps).mul_(2.0 ** (timesteps - 1)).floor_().clamp_(max=2 ** timesteps - 1)
     value = (torch.sign(u) * n).double().mul_(2.0 ** (1 - timesteps))
-    return value, popcount(n.to(torch.int64), timesteps)
+    return value, popcount(n.to(torch.int32), timesteps)
 
 
 def popcount(n: torch.Tensor, bits: int) -> torch.Tensor:
-    """Set bits of each non-negative integer ``n < 2^bits`` (int64, same shape)."""
+    """Set bits of each non-negative integer ``n < 2^bits`` (integer tensor; int64, same shape)."""
     if bits <= POPCOUNT_TABLE_BITS:
         return popcount_table(bits).to(n.device)[n]
-    out = torch.zeros_like(n)
+    out = torch.zeros_like(n, dtype=torch.int64)
     for k in range(bits):
         out += (n >> k) & 1
     return out
