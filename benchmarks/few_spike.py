@@ -114,14 +114,15 @@ def main() -> None:
             compile_model(CompileOptions(**LAVA_MODEL, output=lava_dir, coding="binary", target="lava"))
             ids = heldout_ids(load_compiled(lava_dir), None, 16)
             out["lava"] = {}
-            for precision in ("floating_pt", "fixed_pt"):
-                r = evaluate_lava(lava_dir, ids, precision=precision)
-                out["lava"][precision] = {k: r.get(k) for k in ("spike_agreement", "spike_agreement_per_layer",
-                                                                  "logits_max_abs_diff", "next_token_agreement",
-                                                                  "layerwise")}
-                per_layer = r["spike_agreement_per_layer"]
-                print(f"Lava {precision}: spike agreement {r['spike_agreement']:.6f} (lowest layer "
-                      f"{min(per_layer.values()):.6f}), logits max |diff| {r['logits_max_abs_diff']:.3g}")
+            for t in (7, 16):  # 16: the compile's default T
+                for precision in ("floating_pt", "fixed_pt"):
+                    r = evaluate_lava(lava_dir, ids, timesteps=t, precision=precision)
+                    out["lava"][f"T{t}_{precision}"] = {
+                        k: r.get(k) for k in ("spike_agreement", "spike_agreement_per_layer", "logits_max_abs_diff",
+                                              "next_token_agreement", "layerwise")}
+                    per_layer = r["spike_agreement_per_layer"]
+                    print(f"Lava T={t} {precision}: spike agreement {r['spike_agreement']:.6f} (lowest layer "
+                          f"{min(per_layer.values()):.6f}), logits max |diff| {r['logits_max_abs_diff']:.3g}")
     for bar, value in out["bars"].items():
         print(f"  {bar}: {value}")
     write_results("few_spike", out)

@@ -86,7 +86,12 @@ def test_the_closed_form_equals_the_spike_train_and_its_popcount():
     theta = torch.rand(33) + 0.2
     train = few_spike.few_spike_encode(x, few_spike.FewSpikeParams(theta), T)
     value, spikes = few_spike.binary_code(x, theta, T)
-    assert torch.equal(value, few_spike.weighted_count(train))
+    assert torch.equal(value, few_spike.group_counts(train)) and value.shape[0] == 1
+    assert torch.equal(spikes, train.abs().sum(0, dtype=torch.int64))
+    train = few_spike.few_spike_encode(x, few_spike.FewSpikeParams(theta), 19)  # readout groups of 8, 8, 3
+    value, spikes = few_spike.binary_code(x, theta, 19)
+    assert torch.equal(value, few_spike.group_counts(train)) and value.shape[0] == 3
+    assert torch.equal(value.sum(0), few_spike.weighted_count(train))
     assert torch.equal(spikes, train.abs().sum(0, dtype=torch.int64))
 
 
@@ -115,21 +120,23 @@ def test_leading_steps_give_outlier_channels_range_and_keep_the_others_resolutio
     assert lead.tolist() == [0, 0, 1, 4]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("digits", ["binary", "signed"])
-def test_fx_module_and_simulator_agree_spike_for_spike(family, digits):
-    gm, graph, ids, records = converted(family, digits)
+@pytest.mark.parametrize("family,digits,timesteps", [("gpt2", "binary", T), ("gpt2", "signed", T),
+                                                     ("llama", "binary", T), ("llama", "signed", T),
+                                                     ("gpt2", "binary", 16)])
+def test_fx_module_and_simulator_agree_spike_for_spike(family, digits, timesteps):
+    gm, graph, ids, records = converted(family, digits, timesteps)
     assert records[-1].stats["digits"] == digits
     assert sum(isinstance(n, ir.SpikecFewSpike) for n in graph.nodes.values()) == 9
-    agreement = compare_fx_and_simulator(gm, graph, ids, T)
+    agreement = compare_fx_and_simulator(gm, graph, ids, timesteps)
     assert agreement.identical_layers == agreement.layers == 9
     assert agreement.logits_max_abs_diff == 0.0
-    fast = simulate(graph, ids, T, record=True)
-    reference = simulate(graph, ids, T, mode="reference", record=True)
-    assert fast.spike_counts == reference.spike_counts
+    fast = simulate(graph, ids, timesteps, record=True)
+    reference = simulate(graph, ids, timesteps, mode="reference", record=True)
+    assert fast.spike_counts == reference.spike_counts and fast.firing_rates == reference.firing_rates
     assert all(torch.equal(fast.spikes[k], reference.spikes[k]) for k in reference.spikes)
     assert torch.equal(fast.output, reference.output)
-    assert torch.equal(simulate(graph, ids, T).output, reference.output)  # counts only, nothing recorded
+    counted = simulate(graph, ids, timesteps)  # counts only, nothing recorded
+    assert torch.equal(counted.output, reference.output) and counted.firing_rates == reference.firing_rates
 
 
 def test_a_nir_file_round_trips_and_is_validated(tmp_path):

@@ -275,7 +275,9 @@ class Simulator:
             value = values[name]
             if is_spiking(node) and value.series:
                 counts[name] = value.total if value.total is not None else _count(value.data)
-                neurons_steps = value.data.numel() * (timesteps if value.count else 1)
+                neurons = value.data[0].numel() if value.count and isinstance(node, ir.SpikecFewSpike) \
+                    else value.data.numel()  # few-spike counts are [readout groups, ...]
+                neurons_steps = neurons * (timesteps if value.count else 1)
                 rates[name] = counts[name] / max(neurons_steps, 1)
                 if record:
                     recorded[name] = value.train if value.count else value.dense()

@@ -3,8 +3,8 @@
 
 The neuron calls ``spikec.core.ops.few_spike``, the very function of the converted fx module.
 Fast mode, binary digits, every consumer a fused readout affine: no spike train is made; the
-closed form ``few_spike.binary_code`` gives each neuron's weighted count ``sum_k 2^-k s_k``
-(exact in float64) and its spike count (the popcount of its code), the same numbers the
+closed form ``few_spike.binary_code`` gives each neuron's weighted counts ``sum_k 2^-k s_k`` per
+readout group of 8 steps (exact in float64) and its spike count (the popcount of its code), the same numbers the
 train would give (tests/test_few_spike.py checks it against the reference mode).
 """
 
@@ -32,7 +32,7 @@ def _few_spike(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     train = ops.few_spike(x.data, thr, ctx.timesteps, signed_digits)
     if counts_only:
         total = int(train.abs().sum(dtype=torch.int64))
-        return Value(few_spike.weighted_count(train), True, count=True, total=total, train=train)
+        return Value(few_spike.group_counts(train), True, count=True, total=total, train=train)
     return Value(train, True)
 
 
@@ -49,7 +49,7 @@ def readout_affine(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Valu
     weight = ctx.double(name, node, "weight")
     bias = ctx.double(name, node, "bias") if isinstance(node, nir.Affine) else None
     if x.count:
-        return Value(ops.readout_from_counts(x.data, weight, bias, 1).float(), False)
+        return Value(ops.readout_from_group_counts(x.data, weight, bias).float(), False)
     return Value(ops.binary_readout_affine(x.data, weight, bias).float(), False)
 
 

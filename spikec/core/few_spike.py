@@ -107,6 +107,26 @@ def few_spike_encode(x: torch.Tensor, params: FewSpikeParams, timesteps: int) ->
     return out
 
 
+READOUT_GROUP = 8
+"""Steps the readout sums exactly in one float64 accumulator (Horner). A longer code is read in
+groups of 8 steps, each group's sum rounded once and the groups added in order: with a 24-bit
+weight and 8 steps a group's products need 32 bits, so float64 holds its sums exactly in any
+order (a 16-step Horner sum does not), and Loihi's 24-bit accumulator keeps its headroom."""
+
+
+def step_groups(timesteps: int) -> list[range]:
+    """The steps of each readout group: ``range(0, 8)``, ``range(8, 16)``, ... up to T."""
+    return [range(g, min(g + READOUT_GROUP, timesteps)) for g in range(0, timesteps, READOUT_GROUP)]
+
+
+def group_counts(spikes: torch.Tensor) -> torch.Tensor:
+    """``[G, ...]`` float64: per readout group ``sum_(k in group) 2^-k s_k`` of a spike train
+    ``[T, ...]`` (exact); their sum is ``weighted_count``."""
+    w = step_weights(spikes.shape[0], spikes.device)
+    return torch.stack([torch.tensordot(w[g.start:g.stop], spikes[g.start:g.stop].to(torch.float64), dims=1)
+                        for g in step_groups(spikes.shape[0])])
+
+
 def step_weights(timesteps: int, device=None) -> torch.Tensor:
     """``[T]`` float64 ``2^-k``: the readout's weight of each step."""
     return torch.tensor([step_weight(k) for k in range(timesteps)], dtype=torch.float64, device=device)
@@ -120,16 +140,23 @@ def weighted_count(spikes: torch.Tensor) -> torch.Tensor:
 
 
 def binary_code(x: torch.Tensor, threshold: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed form of the binary digit set (not signed digits): ``(weighted count float64
-    [..., F], spikes per neuron int64 [..., F])`` for the constant current ``x`` over
-    ``timesteps`` steps, equal to ``weighted_count(few_spike_encode(...))`` and its
-    ``|spikes|`` sum (the spikes are the bits of ``n``; module docstring). ``|v_0|`` is computed
-    as ``|u| + 2^-T``, the same float32 number (rounding to nearest is symmetric)."""
+    """Closed form of the binary digit set (not signed digits): ``(group counts float64
+    [G, ..., F], spikes per neuron int64 [..., F])`` for the constant current ``x`` over
+    ``timesteps`` steps, equal to ``group_counts(few_spike_encode(...))`` and its ``|spikes|``
+    sum (the spikes are the bits of ``n``; module docstring). ``|v_0|`` is computed as
+    ``|u| + 2^-T``, the same float32 number (rounding to nearest is symmetric)."""
     check_steps(timesteps)
     u = x.float() / threshold.float()
     n = u.abs().add_(2.0 ** -timesteps).mul_(2.0 ** (timesteps - 1)).floor_().clamp_(max=2 ** timesteps - 1)
-    value = (torch.sign(u) * n).double().mul_(2.0 ** (1 - timesteps))
-    return value, popcount(n.to(torch.int32), timesteps)
+    sign = torch.sign(u)
+    groups = step_groups(timesteps)
+    if len(groups) == 1:
+        values = (sign * n).double().mul_(2.0 ** (1 - timesteps))[None]
+    else:
+        whole = n.to(torch.int64)
+        values = torch.stack([(sign.double() * ((whole >> (timesteps - g.stop)) & ((1 << len(g)) - 1)).double())
+                              .mul_(2.0 ** (1 - g.stop)) for g in groups])
+    return values, popcount(n.to(torch.int32), timesteps)
 
 
 def popcount(n: torch.Tensor, bits: int) -> torch.Tensor:

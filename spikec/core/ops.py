@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .few_spike import FewSpikeParams, few_spike_encode, weighted_count
+from .few_spike import FewSpikeParams, few_spike_encode, group_counts
 from .neurons import SignedIFParams, nir_if_encode, signed_if_encode
 
 ACTIVATIONS = {
@@ -94,11 +94,27 @@ def binary_readout_affine(
     bias, plus the bias once (``spikec.core.few_spike``).
 
     spikes: ``[T, ..., in]`` in {-1, 0, 1}; weight ``[out, in]`` already holds the folded
-    first-step weights (thresholds). By linearity this is ``affine`` of the weighted count
-    ``sum_k 2^-k spikes[k]``, computed as ``readout_from_counts`` with T = 1 (float64, one
-    rounding to float32), so every backend that accumulates in float64 agrees. Returns ``[..., out]``.
+    first-step weights (thresholds). By linearity each readout group of 8 steps is ``affine`` of
+    its weighted count (``few_spike.group_counts``); see ``readout_from_group_counts``.
+    Returns ``[..., out]``.
     """
-    return readout_from_counts(weighted_count(spikes), weight, bias, 1)
+    return readout_from_group_counts(group_counts(spikes), weight, bias)
+
+
+def readout_from_group_counts(
+    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``sum_g W counts[g] + b`` for the group counts ``[G, ..., in]`` of a few-spike train:
+    each group's product in float64 (exact: 8 steps of 24-bit weights, so a backend's
+    Horner sum ``acc = 2 acc + W s_k`` over the group gives the same number), the groups
+    added in order, the bias last, rounded once to ``weight.dtype``."""
+    w = weight.to(torch.float64)
+    out = F.linear(counts[0].to(torch.float64), w)
+    for g in range(1, counts.shape[0]):
+        out = out + F.linear(counts[g].to(torch.float64), w)
+    if bias is not None:
+        out = out + bias.to(torch.float64)
+    return out.to(weight.dtype)
 
 
 def readout_from_counts(
