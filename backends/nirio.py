@@ -39,8 +39,8 @@ import numpy as np
 from nir.serialization import read_node
 
 from spikec.core.errors import InputError, NIRFormatError, ResourceError, UsageError
-from spikec.core.ir import (EXTENSION_TYPES, SpikecActivation, SpikecAdd, SpikecAttention, SpikecEmbedding,
-                            SpikecGatedActivation, SpikecLayerNorm, SpikecNode, SpikecRateReadout, SpikecRMSNorm,
+from spikec.core.ir import (EXTENSION_TYPES, SpikecActivation, SpikecAdd, SpikecAttention, SpikecBinaryReadout,
+                            SpikecEmbedding, SpikecFewSpike, SpikecGatedActivation, SpikecLayerNorm, SpikecNode, SpikecRateReadout, SpikecRMSNorm,
                             SpikecSignedIF)
 
 # Standard node types nir's reader knows, with the datasets it reads unconditionally.
@@ -445,6 +445,12 @@ class _Reader:
             if np.ndim(node.v_init) and np.shape(node.v_init) != threshold.shape:
                 raise bad(f"has v_init {list(np.shape(node.v_init))} and threshold {list(threshold.shape)}; "
                           "expected one float or one value per neuron")
+        elif isinstance(node, SpikecFewSpike):
+            threshold = float_array("threshold", 1)
+            if not (threshold > 0).all() or not np.isfinite(threshold).all():
+                raise bad("has a threshold <= 0 or not finite; thresholds must be positive")
+            if not isinstance(node.signed_digits, (bool, np.bool_)):
+                raise bad(f"has signed_digits {node.signed_digits!r}; expected a bool")
         elif isinstance(node, SpikecAttention):
             for field in ("num_heads", "num_kv_heads", "head_dim"):
                 if not 1 <= getattr(node, field) <= _MAX_COUNT:
@@ -468,7 +474,7 @@ class _Reader:
                 raise bad(f"has weight {list(weight.shape)} and bias {list(np.shape(node.bias))}; expected equal")
             if node.eps < 0:
                 raise bad(f"has eps {node.eps}; expected >= 0")
-        elif isinstance(node, (SpikecActivation, SpikecGatedActivation, SpikecAdd, SpikecRateReadout)):
+        elif isinstance(node, (SpikecActivation, SpikecGatedActivation, SpikecAdd, SpikecRateReadout, SpikecBinaryReadout)):
             if not 1 <= node.features <= _MAX_COUNT:
                 raise bad(f"has features {node.features}; expected a positive count below 2**31")
             activation = getattr(node, "activation", None)

@@ -128,6 +128,13 @@ def check_portable(graph: nir.NIRGraph, where: str = "the graph") -> Portability
             f"{where} cannot be exported with the portable profile: the graph is recurrent "
             f"(cycle {' -> '.join(p.cycle)}) and the portable profile supports feed-forward graphs only",
             hint="export it with --profile full: a standard NIR file is portable as it is")
+    few_spike = [n for n, kind in p.non_portable.items() if kind == "SpikecFewSpike"]
+    if few_spike:
+        raise UnsupportedError(
+            f"{where} uses the few-spike (binary) code, which has no standard NIR form: its {len(few_spike)} "
+            "SpikecFewSpike layers weigh step k by 2^-k, and NIR's IF has one threshold, one reset and "
+            "unweighted spikes",
+            hint="compile with --coding rate for a portable model, or export it with --profile full")
     if not p.splittable:
         names = list(p.non_portable)
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from spikec.core.options import option_specs
 
 from . import (
+    binary_encode,  # few-spike coding (docs/few-spike.md)
     calibrate,
     encode,
     fas_calibrate,  # FAS stage 2 (docs/fas.md)
@@ -24,13 +25,14 @@ from . import (
     token_encoding,
 )
 
-PASS_MODULES = (calibrate, encode, fold, outliers, ssa, ssa_finetune, portable_encode, qcfs_finetune,
+PASS_MODULES = (calibrate, encode, binary_encode, fold, outliers, ssa, ssa_finetune, portable_encode, qcfs_finetune,
                 fas_calibrate, spike_softmax, token_encoding)
 """The modules defining the built-in passes (``spikec passes`` lists what they register)."""
 
 OPTION_RECORDS: dict[str, type] = {
     "calibrate": calibrate.CalibrateOptions,
     "spike-encode": encode.EncodeOptions,
+    "binary-encode": binary_encode.BinaryEncodeOptions,
     "portable-encode": portable_encode.PortableOptions,
     "qcfs-finetune": qcfs_finetune.QCFSOptions,
     "fas-calibrate": fas_calibrate.FASOptions,

@@ -18,28 +18,39 @@ ssa: spiking self-attention without softmax (docs/ssa.md; fine-tune it with
 ``spikec finetune --method ssa``)."""
 
 TOKEN_ENCODINGS = ("none", "rate", "binary")
+CODINGS = ("rate", "binary")
+"""rate: SignedIF neurons, about T |x| / theta spikes per value (the default); binary: few-spike
+neurons, one spike per set bit, step k weighted 2^-k (docs/few-spike.md)."""
 CALIBRATION_MODES = ("none", "coarse", "fine")
 
 _BASE = ["fold-norm-affine", "calibrate", "burst-all"]
 
 
 def build_pipeline(attention: str = "softmax", token_encoding: str = "none",
-                   calibrate: str = "none") -> tuple[list[str], dict[str, Any]]:
+                   calibrate: str = "none", coding: str = "rate") -> tuple[list[str], dict[str, Any]]:
     """Pass names and pass options for a conversion mode.
 
     softmax: ``fold-norm-affine, calibrate, burst-all, [token-encode,] spike-encode,
     [fas-calibrate]``; spike-softmax: ``..., burst-all, [token-encode,] spike-softmax``;
-    ssa: the softmax pipeline followed by ``ssa``. Raises ``UsageError`` for an unknown
+    ssa: the softmax pipeline followed by ``ssa``. ``coding="binary"`` (softmax attention, no
+    FAS calibration): ``fold-norm-affine, calibrate, [token-encode,] binary-encode``. Raises ``UsageError`` for an unknown
     mode or a combination that does not exist (FAS calibration tunes SignedIF neurons,
     which spike-softmax replaces).
     """
     for value, known, flag in ((attention, ATTENTION_MODES, "--attention"),
                                (token_encoding, TOKEN_ENCODINGS, "--token-encoding"),
-                               (calibrate, CALIBRATION_MODES, "--calibrate")):
+                               (calibrate, CALIBRATION_MODES, "--calibrate"),
+                               (coding, CODINGS, "--coding")):
         if value not in known:
             raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(known)}")
     tokens = [] if token_encoding == "none" else ["token-encode"]
     options: dict[str, Any] = {} if token_encoding == "none" else {"token_encoding": token_encoding}
+    if coding == "binary":
+        if attention != "softmax" or calibrate != "none":
+            raise UsageError("--coding binary converts the affines of the softmax pipeline; "
+                             f"--attention {attention} and --calibrate {calibrate} apply to the rate code",
+                             hint="drop --attention/--calibrate, or use --coding rate")
+        return ["fold-norm-affine", "calibrate", *tokens, "binary-encode"], options
     if attention == "spike-softmax":
         if calibrate != "none":
             raise UsageError("--calibrate (FAS stage 2) tunes the rate-coded SignedIF neurons; "

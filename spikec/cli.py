@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "no softmax (fine-tune it with `spikec finetune --method ssa`, docs/ssa.md)")
     c.add_argument("--token-encoding", default="none", choices=("none", "rate", "binary"),
                    help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
+    c.add_argument("--coding", default="rate", choices=("rate", "binary"),
+                   help="spike code: rate (default) or binary (few-spike neurons, -T steps per token; docs/few-spike.md)")
     c.add_argument("--calibrate", default="none", choices=("none", "coarse", "fine"),
                    help="FAS stage-2 calibration of thresholds (coarse) and initial membranes (fine), docs/fas.md")
     c.add_argument("--option", type=key_values, default={}, metavar="KEY=VALUE,...",
@@ -166,7 +168,7 @@ def _cmd_compile(a: argparse.Namespace) -> int:
         calib_samples=a.calib_samples, seq_len=a.seq_len, passes=passes,
         plugins=a.plugin, random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
         options=pass_options(a.option), device=a.device, preset=a.preset,
-        attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate,
+        attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate, coding=a.coding,
     )
     report = compile_model(opts)
     check = report["simulator_check"]

@@ -69,6 +69,7 @@ class CompileOptions:
     attention: str = "softmax"  # softmax | spike-softmax | ssa (spikec.passes.pipelines)
     token_encoding: str = "none"  # none | rate | binary
     calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
+    coding: str = "rate"  # rate | binary (spikec.passes.pipelines.CODINGS)
 
     def validate(self, names: dict[str, str] | None = None) -> None:
         """Raise ``UsageError`` for a value out of range, naming the option as ``names`` maps it
@@ -163,7 +164,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
     console = console or Console(stderr=True)
     opts.validate(names)
     load_plugins(opts.plugins)
-    mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate)
+    mode_passes, mode_options = build_pipeline(opts.attention, opts.token_encoding, opts.calibrate, opts.coding)
     pipeline = resolve_pipeline(opts.passes, mode_passes)
     check_option_keys(opts.options, pipeline, {**CLI_FLAGS, **(names or {})}["options"])
     start = time.perf_counter()
@@ -241,6 +242,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
                                 "logits_max_abs_diff": agreement.logits_max_abs_diff},
             "preset": opts.preset,
             "calibrate": opts.calibrate,
+            "coding": opts.coding,
             "options": opts.options,
             "environment": {"python": platform.python_version(), "torch": torch.__version__},
         }

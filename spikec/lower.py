@@ -1,7 +1,7 @@
 """Lowering: a converted canonical GraphModule -> a ``nir.NIRGraph``.
 
-Each canonical operator maps to one NIR node (``rate_readout_affine`` to two: a
-standard ``Affine`` followed by ``SpikecRateReadout``). Standard NIR nodes are used
+Each canonical operator maps to one NIR node (a readout affine to two: a standard
+``Affine`` followed by its readout, ``READOUT_AFFINES``). Standard NIR nodes are used
 wherever the semantics match (Affine); the rest are spikec extension nodes
 (``spikec.core.ir``), built by the builders of ``spikec.lowering``. Node names are the
 graph's ``spikec_name`` with dots replaced by underscores.
@@ -18,7 +18,7 @@ import torch
 from torch.fx.passes.shape_prop import ShapeProp
 
 from spikec.core import ir, ops
-from spikec.lowering import canonical, ssa, streaming
+from spikec.lowering import canonical, few_spike, ssa, streaming
 from spikec.lowering.fields import Builder
 
 
@@ -43,9 +43,18 @@ def _fetch_attr(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
     return obj
 
 
-LOWERINGS: dict[Callable, Builder] = {**canonical.BUILDERS, **ssa.BUILDERS, **streaming.BUILDERS}
-"""fx operator -> builder of its NIR node (``rate_readout_affine`` is handled apart): the canonical
-ops of ``spikec.core.ops``, spiking self-attention, and the spike-softmax / token-encoding ops."""
+LOWERINGS: dict[Callable, Builder] = {**canonical.BUILDERS, **ssa.BUILDERS, **streaming.BUILDERS,
+                                       **few_spike.BUILDERS}
+"""fx operator -> builder of its NIR node (readout affines are handled apart): the canonical
+ops of ``spikec.core.ops``, spiking self-attention, the spike-softmax / token-encoding ops and
+the few-spike neuron."""
+
+READOUT_AFFINES: dict[Callable, type[ir.SpikecNode]] = {
+    ops.rate_readout_affine: ir.SpikecRateReadout,
+    ops.binary_readout_affine: ir.SpikecBinaryReadout,
+}
+"""Readout affine operator -> the readout node that follows its ``Affine``: the mean over T
+(rate code) or the Horner sum with step weights 2^-k (few-spike code)."""
 
 
 class LoweringError(Exception):
@@ -84,10 +93,10 @@ def lower_to_nir(
             args = _bound(node, gm)
             sources = [a for a in node.all_input_nodes if a.op != "get_attr"]
             name = name_of(node)
-            if node.target is ops.rate_readout_affine:
+            if node.target in READOUT_AFFINES:
                 nodes[name] = canonical.affine(args, node)
                 readout = f"{name}_readout"
-                nodes[readout] = ir.SpikecRateReadout(features=nodes[name].weight.shape[0])
+                nodes[readout] = READOUT_AFFINES[node.target](features=nodes[name].weight.shape[0])
                 edges.append((name, readout))
                 out_name[node] = readout
             elif node.target in LOWERINGS:

@@ -294,8 +294,8 @@ def write_report(
         parts.append("<p class='bad'>This network was compiled from <b>seeded random weights</b> (--random-weights): "
                      "its architecture is the model's, its accuracy and firing rates are not a trained model's.</p>")
     parts += [
-             _table(["model", "family", "T", "positions", "compile time", "nodes", "simulator vs fx"], [[
-                 report.get("model"), report.get("family"), t, report.get("seq_len"),
+             _table(["model", "family", "coding", "T", "positions", "compile time", "nodes", "simulator vs fx"], [[
+                 report.get("model"), report.get("family"), report.get("coding", "rate"), t, report.get("seq_len"),
                  f"{report.get('compile_seconds', 0):.1f} s", sum(report.get("node_counts", {}).values()),
                  f"{check.get('identical_layers', '?')}/{check.get('neuron_layers', '?')} neuron layers identical, "
                  f"logits max |diff| {check.get('logits_max_abs_diff', float('nan')):.3g}"]])]

@@ -14,7 +14,7 @@ from spikec.core import ssa
 from spikec.core import streaming
 
 
-SPIKE_OPS = {ops.signed_if, ssa.spiking_self_attention, ops.nir_if}
+SPIKE_OPS = {ops.signed_if, ssa.spiking_self_attention, ops.nir_if, ops.few_spike}
 """Canonical ops whose output is a spike train: ``SpikeRecorder`` keeps their values."""
 
 

@@ -5,16 +5,23 @@
   OpenMP contention on a busy 2-core machine, tens of times slower).
 - ``interrupt``: ``with interrupt(module, "name", after=n): ...`` makes the call after the n-th of
   ``module.name`` raise inside the block (a run killed part-way) and requires that it did.
+- ``lava_python`` (module scope): the Lava environment's interpreter (``require_lava``): the Lava
+  tests skip without one, and FAIL when the environment variable ``CI`` is set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from spikec.backends.lava import env
+from spikec.core.errors import ResourceError
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +67,18 @@ class Interruption:
 @pytest.fixture
 def interrupt(monkeypatch: pytest.MonkeyPatch) -> Interruption:
     return Interruption(monkeypatch)
+
+
+def require_lava() -> Path:
+    """The Lava interpreter; skip without one, or fail when running on CI."""
+    try:
+        return env.lava_python()
+    except ResourceError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"the Lava environment is missing on CI: {e}")
+        pytest.skip(f"no Lava environment: {e}")
+
+
+@pytest.fixture(scope="module")
+def lava_python() -> Path:
+    return require_lava()

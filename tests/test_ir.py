@@ -60,6 +60,8 @@ EXAMPLES: dict[type, Callable[[], ir.SpikecNode]] = {
     ir.SpikecTokenEncoder: lambda: ir.SpikecTokenEncoder(threshold=_positive(D), max_spikes=1, signed=True,
                                                          v_init=0.5, scheme="binary", bits=8),
     ir.SpikecSpikeDecode: lambda: ir.SpikecSpikeDecode(weight=_positive(D), scheme="rate", bits=8),
+    ir.SpikecFewSpike: lambda: ir.SpikecFewSpike(threshold=_positive(D), signed_digits=True),
+    ir.SpikecBinaryReadout: lambda: ir.SpikecBinaryReadout(features=D),
 }
 """Extension node type -> a function making one example of it."""
 

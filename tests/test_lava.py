@@ -23,6 +23,7 @@ import torch
 
 import spikec.passes
 from canonical_models import gpt2_like, llama_like, token_ids
+from conftest import require_lava
 from spikec.backends import nirio
 from spikec.backends.lava import compare, env, export
 from spikec.backends.lava.runtime import fixed_point, network, numpy_ops
@@ -49,21 +50,6 @@ def converted(family: str) -> tuple[nir.NIRGraph, torch.Tensor]:
     return graph, ids
 
 
-def require_lava() -> Path:
-    """The Lava interpreter; skip without one, or fail when running on CI."""
-    try:
-        return env.lava_python()
-    except ResourceError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"the Lava environment is missing on CI: {e}")
-        pytest.skip(f"no Lava environment: {e}")
-
-
-@pytest.fixture(scope="module")
-def lava_python() -> Path:
-    return require_lava()
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Lava exports of the tiny models, by family."""
@@ -82,7 +68,8 @@ def test_export_folder_is_self_contained_and_the_runtime_imports_only_lava_nir_n
     assert export.runtime_files(folder) == export.runtime_files(export.RUNNER_SOURCE.parent)
     assert not list((folder / "runtime").rglob("__pycache__"))
     assert {p.parent.name for p in (folder / "runtime" / "proc").glob("*/models.py")} == {
-        "embedding", "host_value", "positional_dense", "rate_readout", "real_op", "signed_if", "spiking_self_attention"}
+        "binary_readout", "embedding", "few_spike", "host_value", "positional_dense", "rate_readout", "real_op",
+        "signed_if", "spiking_self_attention"}
     desc = json.loads((folder / "network.json").read_text())
     assert desc["format"] == network.FORMAT and desc["meta"]["timesteps"] == T
     assert desc["meta"]["positions"] == POSITIONS

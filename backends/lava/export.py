@@ -4,7 +4,7 @@ The folder holds everything a host with only lava-nc, numpy (and nir) needs:
 
 * ``network.json``  the graph in the runtime's terms (node types ``Input, Embedding,
   LayerNorm, RMSNorm, Attention, Activation, GatedActivation, Add, Affine, SignedIF, SSA,
-  Dense, RateReadout, Output``), edges in NIR order (fan-in sums in that order), metadata;
+  FewSpike, Dense, RateReadout, BinaryReadout, Output``), edges in NIR order (fan-in sums in that order), metadata;
 * ``weights.npz``   arrays by ``<node>/<field>``: float32 parameters, and for every Dense
   its fixed-point weights ``weight_int`` (int16), ``weight_exp`` and ``synapses``;
 * ``quantization.json``  what the fixed-point model applies, per layer;
@@ -14,7 +14,8 @@ The folder holds everything a host with only lava-nc, numpy (and nir) needs:
 Mapping from spikec's NIR (docs/nir-extensions.md): an ``Affine`` fed by a
 ``SpikecSignedIF`` and read by a ``SpikecRateReadout`` becomes a ``Dense`` (weights with the
 thresholds folded in) whose bias moves to the readout; an ``Affine``/``Linear`` on real
-values stays a real-valued ``Affine``; a readout of a real value is the identity (``Add``
+values stays a real-valued ``Affine``; the few-spike code maps the same way (``SpikecFewSpike``
+-> ``FewSpike``, ``SpikecBinaryReadout`` -> ``BinaryReadout``, T <= ``MAX_FEW_SPIKE_STEPS``); a readout of a real value is the identity (``Add``
 with one input). Anything else (standard neurons, convolutions, nested graphs) raises
 ``UnsupportedError``.
 """
@@ -45,11 +46,12 @@ RUNTIME_SOURCE = Path(__file__).resolve().parent / RUNTIME_NAME
 RUNNER_SOURCE = Path(__file__).resolve().parent / RUNNER_NAME
 """The installed entry point, written into every export as ``run_lava.py``."""
 QUANTIZATION_FILE = "quantization.json"
+MAX_FEW_SPIKE_STEPS = 21  # the fixed-point FewSpike membrane holds 2^21 per threshold in 24 bits
 DEFAULT_SYNAPSES = 1
 
 
 def _spiking(graph: nir.NIRGraph, name: str) -> bool:
-    return isinstance(graph.nodes[name], (ir.SpikecSignedIF, SpikecSSA))
+    return isinstance(graph.nodes[name], (ir.SpikecSignedIF, SpikecSSA, ir.SpikecFewSpike))
 
 
 def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -122,13 +124,17 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
             add(name, "SignedIF", {"features": int(node.threshold.shape[0]), "max_spikes": int(node.max_spikes),
                                    "signed": bool(node.signed), "v_init": float(node.v_init)},
                 threshold=f32(node.threshold))
-        elif isinstance(node, ir.SpikecRateReadout):
+        elif isinstance(node, ir.SpikecFewSpike):
+            add(name, "FewSpike", {"features": int(node.threshold.shape[0]), "signed_digits": bool(node.signed_digits)},
+                threshold=f32(node.threshold))
+        elif isinstance(node, (ir.SpikecRateReadout, ir.SpikecBinaryReadout)):
             if preds[name] and all(_spiking(graph, p) for p in preds[name]):
                 raise UnsupportedError(f"readout {name!r} reads spikes directly",
                                        hint="the Lava export needs an Affine between neurons and a readout")
             fed_by_dense = len(preds[name]) == 1 and isinstance(graph.nodes[preds[name][0]], (nir.Affine, nir.Linear)) \
                 and any(_spiking(graph, p) for p in preds[preds[name][0]])
-            add(name, "RateReadout" if fed_by_dense else "Add", {"features": int(node.features)})
+            kind = "RateReadout" if isinstance(node, ir.SpikecRateReadout) else "BinaryReadout"
+            add(name, kind if fed_by_dense else "Add", {"features": int(node.features)})
         elif isinstance(node, (nir.Affine, nir.Linear)):
             weight = f32(node.weight)
             if weight.ndim != 2:
@@ -157,6 +163,9 @@ def network_description(graph: nir.NIRGraph, *, timesteps: int | None = None, po
     meta = dict(graph.metadata or {})
     T = int(timesteps or meta.get("timesteps") or 16)
     nodes, arrays = _convert(graph, synapses)
+    if T > MAX_FEW_SPIKE_STEPS and any(n["type"] == "FewSpike" for n in nodes):
+        raise UnsupportedError(f"the Lava export runs few-spike neurons for at most {MAX_FEW_SPIKE_STEPS} steps, "
+                               f"not T={T}", hint=f"compile with -T {MAX_FEW_SPIKE_STEPS} or fewer")
     desc = {
         "format": network.FORMAT,
         "nodes": nodes,
@@ -203,6 +212,9 @@ def quantization_report(desc: dict[str, Any], arrays: dict[str, np.ndarray], tim
             B = int(node.attrs["max_spikes"])
             neurons[name] = {enc: fixed_point.signed_if_encoding(B, timesteps, enc) for enc in fixed_point.CURRENT_ENCODINGS}
             neurons[name]["max_spikes"] = B
+        elif node.type == "FewSpike":
+            neurons[name] = {"membrane_units_per_threshold": 2**21, "signed_digits": bool(node.attrs["signed_digits"]),
+                             "step_weights": "2^(21-k) membrane units, k = 0..T-1"}
     return {
         "timesteps": timesteps,
         "scheme": {
@@ -210,6 +222,9 @@ def quantization_report(desc: dict[str, Any], arrays: dict[str, np.ndarray], tim
                        "held by 8-bit synapse groups: one group (|w_int| <= 127) or two, a high group shifted "
                        "by 7 bits plus a low group (|w_int| <= 16319); Lava's Dense stores each mixed-sign 8-bit "
                        "mantissa as 2*m",
+            "few_spike": "FewSpike layers: a 24-bit membrane of 2^21 units per threshold, the float32 initial "
+                         "membrane truncated toward zero; BinaryReadout: the 24-bit accumulator doubles (a shift) "
+                         "and adds each step, the bias enters on the first step; value = acc * unit / 2^(T-1)",
             "readout": "24-bit saturating integer accumulator; the Affine bias is a Loihi bias per step "
                        "(13-bit mantissa << readout_bias_exp) in units of 2**weight_exp; value = sum * unit / T",
             "neurons": "threshold = vth << 6 (17-bit vth), 24-bit membrane; the current x/threshold clipped to "

@@ -29,8 +29,9 @@ Semantics
   module calls, so results agree bit for bit. An ``Affine`` (or ``Linear``) whose input
   is a time series and whose only consumer is a ``SpikecRateReadout`` fed by nothing
   else is computed as ``ops.rate_readout_affine(spikes, W, b)`` (mean over T of the
-  affine) and the readout passes the real result on. A ``SpikecRateReadout`` of a real
-  value is that value. Real-valued extension ops given a time series apply at every
+  affine) and the readout passes the real result on; one consumed by a
+  ``SpikecBinaryReadout`` likewise as ``ops.binary_readout_affine`` (the few-spike code's
+  Horner sum, ``W sum_k 2^-k s_k + b``). A readout of a real value is that value. Real-valued extension ops given a time series apply at every
   step independently.
 * Memory: a node's value is freed as soon as all its consumers have run; only Output
   values and, with ``record=True``, the spike trains of spiking nodes are kept.
@@ -39,7 +40,8 @@ Semantics
 Layout
 ------
 ``values`` (what flows on edges, the kernels' shared context), one module of kernels per
-node family (``standard`` NIR nodes, ``rate``-coded extension nodes, ``ssa``, ``streaming``),
+node family (``standard`` NIR nodes, ``rate``-coded extension nodes, ``ssa``, ``streaming``,
+``few_spike``),
 ``engine`` (the kernel table and the graph execution) and the compiled loops
 (``native_loops``, built from ``native_source`` by ``native_build``).
 
@@ -54,6 +56,9 @@ the same spikes, bit for bit, and the same values (see docs/simulator.md):
   pair needs no more (``rate_readout_affine`` is ``W (sum_t s_t / T) + b``), so no
   ``[T, ...]`` tensor exists. The neuron loop runs fused over T in a compiled kernel
   (``native_loops``; torch in-place ops on CUDA or without a C compiler).
+* A ``SpikecFewSpike`` layer (binary digits) feeding only fused Affine -> BinaryReadout pairs
+  emits only its weighted counts ``sum_k 2^-k s_k`` and its spike total, from the closed form
+  ``few_spike.binary_code`` (the bits of the rounded value and their popcount).
 * NIR ``IF`` runs in a fused compiled kernel and its 0/1 spikes are kept as int8 (4x
   smaller than float32); they become the membrane's dtype wherever a value is read out.
 * An Affine/Linear on a spike train (int8, or a float time series whose values are all

@@ -19,7 +19,7 @@ from spikec.core.errors import InputError, NIRFormatError, UnsupportedError, Usa
 from spikec.core.graph import topology
 from spikec.core.ir import is_spiking
 
-from . import rate, ssa, standard, streaming
+from . import few_spike, rate, ssa, standard, streaming
 from .values import Context, Kernel, Value
 
 MODES = ("fast", "reference")
@@ -58,7 +58,7 @@ class SimResult:
 
 
 KERNELS: dict[type, Kernel] = {
-    **standard.KERNELS, **rate.KERNELS, **ssa.KERNELS, **streaming.KERNELS,
+    **standard.KERNELS, **rate.KERNELS, **ssa.KERNELS, **streaming.KERNELS, **few_spike.KERNELS,
     # the shared kernels that streaming values reach, wrapped to take them (``streaming``)
     nir.Affine: streaming.spike_driven_affine(standard.KERNELS[nir.Affine]),
     nir.Linear: streaming.spike_driven_affine(standard.KERNELS[nir.Linear]),
@@ -66,6 +66,14 @@ KERNELS: dict[type, Kernel] = {
     nir.Output: streaming.stream_output(standard.KERNELS[nir.Output]),
 }
 """Node class -> kernel, for every node family. Input nodes are handled by ``Simulator.run`` itself."""
+
+FUSED_READOUTS: dict[type, Kernel] = {ir.SpikecRateReadout: standard.readout_affine, **few_spike.FUSED_READOUTS}
+"""Readout class -> kernel of an Affine/Linear fused with the readout it feeds alone."""
+
+COUNTING_NEURONS: dict[type, type] = {ir.SpikecSignedIF: ir.SpikecRateReadout,
+                                      ir.SpikecFewSpike: ir.SpikecBinaryReadout}
+"""Neuron class -> the readout whose fused affine takes its (weighted) spike counts instead of a
+train in fast mode (spike counts for the mean, ``sum_k 2^-k s_k`` for the Horner readout)."""
 
 
 def _kernel_for(name: str, node: nir.NIRNode) -> Kernel:
@@ -138,13 +146,16 @@ def _fused_readout(name: str, node: nir.NIRNode, graph: nir.NIRGraph, preds: dic
     if not isinstance(node, (nir.Affine, nir.Linear)) or len(succs[name]) != 1:
         return False
     (consumer,) = succs[name]
-    return isinstance(graph.nodes[consumer], ir.SpikecRateReadout) and preds[consumer] == [name]
+    return type(graph.nodes[consumer]) in FUSED_READOUTS and preds[consumer] == [name]
 
 
-def _count_only(name: str, node: nir.NIRNode, fused: set[str], preds: dict, succs: dict) -> bool:
-    """Whether ``name`` is a SignedIF whose every consumer is a fused readout affine fed by it alone."""
-    return (isinstance(node, ir.SpikecSignedIF) and bool(succs[name])
-            and all(c in fused and preds[c] == [name] for c in succs[name]))
+def _count_only(name: str, graph: nir.NIRGraph, fused: dict, preds: dict, succs: dict) -> bool:
+    """Whether ``name`` is a counting neuron whose every consumer is a fused readout affine fed by
+    it alone, reading out with the neuron's own readout (``COUNTING_NEURONS``)."""
+    readout = COUNTING_NEURONS.get(type(graph.nodes[name]))
+    return (readout is not None and bool(succs[name])
+            and all(c in fused and preds[c] == [name] and type(graph.nodes[succs[c][0]]) is readout
+                    for c in succs[name]))
 
 
 def _count(spikes: torch.Tensor) -> int:
@@ -192,11 +203,12 @@ class Simulator:
         self.order, self.preds, self.succs = topo.order, topo.preds, topo.succs
         self.kernels = {n: _kernel_for(n, graph.nodes[n]) for n in self.order
                         if not isinstance(graph.nodes[n], nir.Input)}
-        self.fused = {n for n in self.order if _fused_readout(n, graph.nodes[n], graph, self.preds, self.succs)}
+        self.fused = {n: FUSED_READOUTS[type(graph.nodes[self.succs[n][0]])] for n in self.order
+                      if _fused_readout(n, graph.nodes[n], graph, self.preds, self.succs)}
         self.ctx = Context(resolve_device(device), mode, sparse)
         if self.ctx.fast:
             self.ctx.count_only = {n for n in self.order
-                                   if _count_only(n, graph.nodes[n], self.fused, self.preds, self.succs)}
+                                   if _count_only(n, graph, self.fused, self.preds, self.succs)}
 
     def _reusable(self, name: str, x: Value, values: dict[str, Value], remaining: dict[str, int],
                   held: list[torch.Tensor]) -> bool:
@@ -248,7 +260,7 @@ class Simulator:
                                          hint="connect it or remove it")
                 x = _fan_in([values[p] for p in preds[name]])
                 if x.series and name in self.fused:
-                    values[name] = standard.readout_affine(ctx, name, node, x)
+                    values[name] = self.fused[name](ctx, name, node, x)
                 else:
                     if x.count:  # only readout affines take counts (see _count_only)
                         raise AssertionError(f"spike counts reached {name!r}, which is not a readout affine")
@@ -266,7 +278,9 @@ class Simulator:
             value = values[name]
             if is_spiking(node) and value.series:
                 counts[name] = value.total if value.total is not None else _count(value.data)
-                neurons_steps = value.data.numel() * (timesteps if value.count else 1)
+                neurons = value.data[0].numel() if value.count and isinstance(node, ir.SpikecFewSpike) \
+                    else value.data.numel()  # few-spike counts are [readout groups, ...]
+                neurons_steps = neurons * (timesteps if value.count else 1)
                 rates[name] = counts[name] / max(neurons_steps, 1)
                 if record:
                     recorded[name] = value.train if value.count else value.dense()

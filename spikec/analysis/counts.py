@@ -10,7 +10,9 @@ docs/energy.md states every rule and constant with its source; in short:
 * ``Affine`` fed by spiking neurons (spike-driven): the ANN does ``in * out`` MACs; the
   SNN does ``(sum of |spikes| of its input neurons) * out`` synaptic operations (a graded
   spike of value k counts k times), plus its readout: one scale by ``1/T`` and one bias
-  add per output and window.
+  add per output and window (rate code), or, for the few-spike code's Horner readout, a
+  shift and an add per output and step (both priced as additions: a shift costs less) and
+  one bias add per output and window.
 * Spiking neurons: ``neurons * T`` neuron updates per token (SNN only).
 * Everything else is real-valued in both networks and costs the same in both: attention
   scores and weighted sums as MACs (causal: ``P (P+1) / 2`` query-key pairs per head and
@@ -42,6 +44,9 @@ from spikec.core.ir import SpikecSpikeAttention, SpikecSpikeDecode, SpikecSSA
 
 from .attention_counts import ann_attention_counts, spike_attention_counts, ssa_counts
 from .operations import OPS_PER_ELEMENT, LayerCount, OpCounts, OperationCounts, Workload
+
+READOUTS = (ir.SpikecRateReadout, ir.SpikecBinaryReadout)
+"""Nodes that turn a time series into a window value (mean over T; Horner sum with weights 2^-k)."""
 
 ATTENTION_CORES = (ir.SpikecAttention, SpikecSpikeAttention, SpikecSSA)
 """Nodes that compute causal self-attention (softmax, spike-softmax, spiking self-attention);
@@ -78,7 +83,7 @@ def _features(node: nir.NIRNode) -> int:
     """Output features of a node (last axis of its output type)."""
     if isinstance(node, (nir.Affine, nir.Linear)):
         return int(node.weight.shape[0])
-    if isinstance(node, ir.SpikecSignedIF):
+    if isinstance(node, (ir.SpikecSignedIF, ir.SpikecFewSpike)):
         return int(node.threshold.shape[0])
     if isinstance(node, ir.SpikecEmbedding):
         return int(node.weight.shape[1])
@@ -109,7 +114,7 @@ class _Graph:
             node = self.nodes[n]
             if ir.is_spiking(node):
                 self.series[n] = True
-            elif isinstance(node, (nir.Input, ir.SpikecRateReadout)):
+            elif isinstance(node, (nir.Input, *READOUTS)):
                 self.series[n] = False
             else:
                 self.series[n] = self.input_series(n)
@@ -123,7 +128,7 @@ class _Graph:
     def fused_readout(self, name: str) -> str | None:
         """The readout an affine feeds alone (the simulator fuses the pair), if any."""
         succ = self.succs[name]
-        if len(succ) == 1 and isinstance(self.nodes[succ[0]], ir.SpikecRateReadout) and self.preds[succ[0]] == [name]:
+        if len(succ) == 1 and isinstance(self.nodes[succ[0]], READOUTS) and self.preds[succ[0]] == [name]:
             return succ[0]
         return None
 
@@ -141,7 +146,7 @@ class _Graph:
                 if isinstance(node, (nir.Affine, nir.Linear)):
                     marked.add(n)
                     marked.update(p for p in self.preds[n] if self.spiking(p))
-                elif isinstance(node, ir.SpikecRateReadout) or self.spiking(n):  # readouts, q|k|v neurons
+                elif isinstance(node, READOUTS) or self.spiking(n):  # readouts, q|k|v neurons
                     marked.add(n)
                     stack.extend(self.preds[n])
             stack = list(self.succs[core])
@@ -186,12 +191,24 @@ def _affine(
         readout = g.fused_readout(name)
         if readout is not None:
             members.append(readout)
-            snn = snn + OpCounts(ops=OPS_PER_ELEMENT["readout"] * n_out, adds=n_out if bias else 0,
-                                 weight_reads=n_out if bias else 0, state_accesses=n_out, activation_accesses=n_out)
+            snn = snn + _readout_counts(g.nodes[readout], n_out, bias, w)
         return "affine", tuple(members), ann, snn, neurons
     # Real-valued input: not spike-driven; on a time series it runs at every step.
     steps = w.timesteps if g.input_series(name) else 1
     return "affine-real", tuple(members), ann, ann.scaled(steps), 0
+
+
+def _readout_counts(readout: nir.NIRNode, n_out: int, bias: bool, w: Workload) -> OpCounts:
+    """The readout of a spike-driven affine per token: the rate code's ``1/T`` scale per output,
+    or the Horner readout's shift and add per output and step (``acc = 2 acc + y_k``, both
+    counted as additions, the accumulator read and written each step); the bias add either way."""
+    b = n_out if bias else 0
+    if isinstance(readout, ir.SpikecBinaryReadout):
+        steps = n_out * w.timesteps
+        return OpCounts(adds=2 * steps + b, weight_reads=b, state_accesses=2 * steps + n_out,
+                        activation_accesses=n_out)
+    return OpCounts(ops=OPS_PER_ELEMENT["readout"] * n_out, adds=b, weight_reads=b, state_accesses=n_out,
+                    activation_accesses=n_out)
 
 
 def _neuron_counts(g: _Graph, name: str, counts: Mapping[str, int], w: Workload) -> OpCounts:
@@ -219,7 +236,7 @@ def _real(g: _Graph, name: str) -> tuple[str, OpCounts]:
     if isinstance(node, ir.SpikecAdd):
         k = len(g.preds[name])
         return "residual", OpCounts(adds=(k - 1) * f, activation_accesses=(k + 1) * f if k > 1 else 0)
-    if isinstance(node, ir.SpikecRateReadout):  # a readout not fused with an affine: sum over T, scale
+    if isinstance(node, READOUTS):  # a readout not fused with an affine: sum over T, scale
         return "readout", OpCounts()
     if isinstance(node, SpikecSpikeDecode):  # the ANN has no such synapses; the SNN's are counted apart
         return "decode", OpCounts()
@@ -278,7 +295,7 @@ def count_operations(graph: nir.NIRGraph, result: SimResult, positions: int, seq
             elif isinstance(node, SpikecSpikeDecode):  # one synapse per channel: an accumulate per spike
                 synops = sum(counts.get(p, 0) for p in g.preds[name]) / w.tokens
                 snn = OpCounts(synops=synops, weight_reads=synops, activation_accesses=_features(node) * w.timesteps)
-            elif isinstance(node, ir.SpikecRateReadout) and g.input_series(name):
+            elif isinstance(node, READOUTS) and g.input_series(name):
                 f = _features(node)
                 snn = OpCounts(adds=f * w.timesteps, ops=f, activation_accesses=f * (w.timesteps + 1))
             else:

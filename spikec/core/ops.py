@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .few_spike import FewSpikeParams, few_spike_encode, group_counts
 from .neurons import SignedIFParams, nir_if_encode, signed_if_encode
 
 ACTIVATIONS = {
@@ -89,6 +90,36 @@ def rate_readout_affine(
 READOUT_BLOCK = 1 << 17
 """Weight elements ``readout_from_counts`` widens to float64 at a time (1 MiB of float64:
 small enough that glibc keeps little of it around, large enough for full-speed matmuls)."""
+
+
+def binary_readout_affine(
+    spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The Horner readout of a few-spike train: ``sum_k 2^-k affine(spikes[k])`` without the
+    bias, plus the bias once (``spikec.core.few_spike``).
+
+    spikes: ``[T, ..., in]`` in {-1, 0, 1}; weight ``[out, in]`` already holds the folded
+    first-step weights (thresholds). By linearity each readout group of 8 steps is ``affine`` of
+    its weighted count (``few_spike.group_counts``); see ``readout_from_group_counts``.
+    Returns ``[..., out]``.
+    """
+    return readout_from_group_counts(group_counts(spikes), weight, bias)
+
+
+def readout_from_group_counts(
+    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``sum_g W counts[g] + b`` for the group counts ``[G, ..., in]`` of a few-spike train:
+    each group's product in float64 (exact: 8 steps of 24-bit weights, so a backend's
+    Horner sum ``acc = 2 acc + W s_k`` over the group gives the same number), the groups
+    added in order, the bias last, rounded once to ``weight.dtype``."""
+    w = weight.to(torch.float64)
+    out = F.linear(counts[0].to(torch.float64), w)
+    for g in range(1, counts.shape[0]):
+        out = out + F.linear(counts[g].to(torch.float64), w)
+    if bias is not None:
+        out = out + bias.to(torch.float64)
+    return out.to(weight.dtype)
 
 
 def readout_from_counts(
@@ -234,6 +265,14 @@ def signed_if(
     the threshold as a ``get_attr`` tensor (and ``v_init``, when it is per neuron ``[F]``)."""
     params = SignedIFParams(threshold, max_spikes=max_spikes, signed=signed, v_init=v_init)
     return signed_if_encode(x, params, timesteps)
+
+
+def few_spike(
+    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, signed_digits: bool = False
+) -> torch.Tensor:
+    """Graph form of ``few_spike.few_spike_encode``: real current ``[..., F]`` -> spike train
+    ``[T, ..., F]`` (int8, -1/0/1, step k weighted 2^-k)."""
+    return few_spike_encode(x, FewSpikeParams(threshold, signed_digits=signed_digits), timesteps)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,11 @@ DENSE = "Dense"
 READOUT = "RateReadout"
 REAL_OPS = ("Embedding", "LayerNorm", "RMSNorm", "Attention", "Activation", "GatedActivation", "Add", "Affine")
 SSA = "SSA"  # spiking self-attention: real q|k|v in, spikes out, like a SignedIF layer
-NEURON_TYPES = (SPIKING, SSA)
-NODE_TYPES = ("Input", "Output", SPIKING, SSA, DENSE, READOUT, *REAL_OPS)
+FEW_SPIKE = "FewSpike"  # few-spike neurons (binary code), scheduled like a SignedIF layer
+BINARY_READOUT = "BinaryReadout"  # the Horner readout of a Dense fed by FewSpike neurons
+NEURON_TYPES = (SPIKING, SSA, FEW_SPIKE)
+READOUTS = (READOUT, BINARY_READOUT)
+NODE_TYPES = ("Input", "Output", SPIKING, SSA, FEW_SPIKE, DENSE, *READOUTS, *REAL_OPS)
 
 
 class NetworkError(ValueError):

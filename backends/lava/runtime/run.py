@@ -28,9 +28,11 @@ from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 
 from runtime.fixed_point import PRECISIONS, dense_fixed, signed_if_encoding
-from runtime.network import DENSE, READOUT, SPIKING, SSA, Network, NetworkError, features
+from runtime.network import BINARY_READOUT, DENSE, FEW_SPIKE, READOUT, SPIKING, SSA, Network, NetworkError, features
 from runtime.numpy_ops import F32, SSA_PARAMS, TORCH_VEC_WIDTH, from_lava, real_op, to_lava
+from runtime.proc.binary_readout.process import BinaryReadout
 from runtime.proc.embedding.process import Embedding
+from runtime.proc.few_spike.process import FewSpike
 from runtime.proc.host_value.process import HostValue
 from runtime.proc.positional_dense.process import PositionalDense
 from runtime.proc.rate_readout.process import RateReadout
@@ -114,6 +116,13 @@ def build_process(net: Network, sched: Schedule, seg: Segment, name: str, state:
                         encoding=signed_if_encoding(int(node.attrs["max_spikes"]), T, state.current) if fixed
                         else None,
                         name=name)
+    if node.type == FEW_SPIKE:
+        f = features(net, name)
+        record = shared_array((T, f, n), np.int8)
+        state.spikes[name] = record
+        return FewSpike(shape=(f, n), threshold=net.array(name, "threshold").astype(F32),
+                        signed_digits=bool(node.attrs["signed_digits"]), start=sched.window[name] - seg.offset,
+                        timesteps=T, record=record, name=name)
     if node.type == SSA:
         f, a = features(net, name), node.attrs
         record = shared_array((T, f, n), np.int8)
@@ -134,23 +143,24 @@ def build_process(net: Network, sched: Schedule, seg: Segment, name: str, state:
     record = shared_array((features(net, name), n), np.float32) if keep else None
     if record is not None:
         state.values[name] = record
-    if node.type == READOUT:
+    if node.type in (READOUT, BINARY_READOUT):
         dense = node.preds[0]
         f = features(net, name)
+        process = RateReadout if node.type == READOUT else BinaryReadout
         if fixed:
             q = dense_fixed(net, dense)
             unit, bias = q["unit"] / 2.0, q["bias_int"] * 2  # the Dense sums 2 * w_int * s
             stats = shared_array((2,), np.float64)
             state.readout_stats[name] = stats
-            return RateReadout(shape=(f, n), bias=bias.astype(np.int64), start=sched.window[dense] - seg.offset,
-                               timesteps=T, unit=unit, record=record, stats=stats, name=name)
+            return process(shape=(f, n), bias=bias.astype(np.int64), start=sched.window[dense] - seg.offset,
+                           timesteps=T, unit=unit, record=record, stats=stats, name=name)
         if state.quantized:
             q = dense_fixed(net, dense)
             bias = (q["bias_int"] * q["unit"]).astype(np.float32).astype(np.float64)
         else:
             bias = net.array(dense, "bias").astype(np.float64)
-        return RateReadout(shape=(f, n), bias=bias,
-                           start=sched.window[dense] - seg.offset, timesteps=T, record=record, name=name)
+        return process(shape=(f, n), bias=bias,
+                       start=sched.window[dense] - seg.offset, timesteps=T, record=record, name=name)
     if node.type == "Embedding":
         if ids is None:
             raise NetworkError("the network starts with an Embedding: give token ids")

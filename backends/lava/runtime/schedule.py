@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .network import DENSE, NEURON_TYPES, READOUT, Network, NetworkError
+from .network import DENSE, NEURON_TYPES, READOUTS, Network, NetworkError
 
 
 @dataclass
@@ -53,12 +53,12 @@ def schedule(net: Network, timesteps: int) -> Schedule:
         elif kind == DENSE:
             if len(preds) != 1 or net.nodes[preds[0]].type not in NEURON_TYPES:
                 raise NetworkError(f"Dense {name!r} must be fed by exactly one SignedIF or SSA layer")
-            if len(node.succs) != 1 or net.nodes[node.succs[0]].type != READOUT:
-                raise NetworkError(f"Dense {name!r} must feed exactly one RateReadout")
+            if len(node.succs) != 1 or net.nodes[node.succs[0]].type not in READOUTS:
+                raise NetworkError(f"Dense {name!r} must feed exactly one RateReadout or BinaryReadout")
             window[name] = window[preds[0]]
-        elif kind == READOUT:
+        elif kind in READOUTS:
             if len(preds) != 1 or net.nodes[preds[0]].type != DENSE:
-                raise NetworkError(f"RateReadout {name!r} must be fed by exactly one Dense")
+                raise NetworkError(f"{kind} {name!r} must be fed by exactly one Dense")
             ready[name] = window[preds[0]] + T
         else:  # real ops and Output: zero latency, valid once all inputs are
             if not preds:
@@ -74,7 +74,7 @@ def schedule(net: Network, timesteps: int) -> Schedule:
     for name, node in net.nodes.items():
         if name in window:
             stage[name] = index[window[name]]
-        elif node.type == READOUT:
+        elif node.type in READOUTS:
             stage[name] = index[window[node.preds[0]]]
         else:
             stage[name] = ends.get(ready[name], -1)

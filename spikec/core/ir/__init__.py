@@ -2,11 +2,13 @@
 
 ``base``: the ``SpikecNode`` base, ``is_spiking``, ``is_extension``; ``real``: real-valued
 operators; ``rate``: the rate-code neuron and readout; ``ssa``: spiking self-attention;
-``streaming``: the spike-softmax network and token encoding. ``EXTENSION_TYPES`` maps each
+``streaming``: the spike-softmax network and token encoding; ``few_spike``: the few-spike
+(binary) neuron and its Horner readout. ``EXTENSION_TYPES`` maps each
 node's HDF5 ``type`` (its class name) to its class, for reading NIR files.
 """
 
 from .base import STANDARD_SPIKING_TYPES, SpikecNode, is_extension, is_spiking
+from .few_spike import SpikecBinaryReadout, SpikecFewSpike
 from .rate import SpikecRateReadout, SpikecSignedIF
 from .real import (
     SpikecActivation,
@@ -52,6 +54,8 @@ EXTENSION_TYPES: dict[str, type[SpikecNode]] = {
     "SpikecSpikeAttention": SpikecSpikeAttention,
     "SpikecTokenEncoder": SpikecTokenEncoder,
     "SpikecSpikeDecode": SpikecSpikeDecode,
+    "SpikecFewSpike": SpikecFewSpike,
+    "SpikecBinaryReadout": SpikecBinaryReadout,
 }
 """HDF5 type name (the class name) -> class, for every extension node."""
 
@@ -63,7 +67,9 @@ __all__ = [
     "SpikecActivation",
     "SpikecAdd",
     "SpikecAttention",
+    "SpikecBinaryReadout",
     "SpikecEmbedding",
+    "SpikecFewSpike",
     "SpikecGatedActivation",
     "SpikecLayerNorm",
     "SpikecNode",

@@ -1,0 +1,1 @@
+"""The ``BinaryReadout`` process: the real value of a Dense's few-spike output over a window (Horner)."""

@@ -1,0 +1,87 @@
+"""Models of ``FewSpike``: float32 (``floating_pt``) and an integer membrane (``fixed_pt``).
+
+Both follow spikec.core.few_spike's equations in threshold units: ``u = x / theta``,
+``v_0 = u + sgn(u) 2^-T`` (binary digits) or ``u`` (signed digits); each step
+``s = sgn(v) [|v| >= l_k]``, ``v -= s 2^-k``, with ``l_k = 2^-k`` (binary) or ``fl32(2/3) 2^-k``
+(``2^-k / 2`` on the last step; signed digits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from runtime.fixed_point import STATE_MAX
+from runtime.numpy_ops import F32
+from runtime.proc.common import WindowSpikesModel
+from runtime.proc.few_spike.process import FewSpike
+
+TWO_THIRDS = F32(2.0 / 3.0)
+MEMBRANE_SHIFT = 21  # fixed_pt: one threshold = 2^21 membrane units; |v| <= 2 fits 24 bits
+
+
+class FewSpikeModelBase(WindowSpikesModel):
+    """What both models share: the step weights and firing levels (float32, exact)."""
+
+    def __init__(self, proc_params: Any) -> None:
+        super().__init__(proc_params)
+        T, signed_digits = self.p["timesteps"], bool(self.p["signed_digits"])
+        self.weights = [F32(2.0 ** -k) for k in range(T)]
+        self.levels = [F32(self.weights[k] / 2) if signed_digits and k == T - 1
+                       else F32(TWO_THIRDS * self.weights[k]) if signed_digits else self.weights[k]
+                       for k in range(T)]
+
+    def current(self) -> np.ndarray:
+        """``u = x / theta`` in float32, as ``spikec.core.few_spike``."""
+        return self._x.astype(F32) / self.p["threshold"].astype(F32)[:, None]
+
+    def initial(self, u: np.ndarray) -> np.ndarray:
+        """``v_0`` in float32: the rounding offset for binary digits, none for signed digits."""
+        if self.p["signed_digits"]:
+            return u.copy()
+        return u + np.sign(u) * F32(2.0 ** -self.p["timesteps"])
+
+
+@implements(proc=FewSpike, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyFewSpikeModelFloat(FewSpikeModelBase):
+    """float32 arithmetic, operation for operation as ``spikec.core.few_spike``."""
+
+    v: np.ndarray = LavaPyType(np.ndarray, np.float32)
+
+    def step(self, t: int) -> np.ndarray:
+        if t == 0:
+            self.v[:] = self.initial(self.current())
+        v = self.v
+        s = np.where(np.abs(v) >= self.levels[t], np.sign(v), F32(0)).astype(F32)
+        self.v[:] = v - s * self.weights[t]
+        return s
+
+
+@implements(proc=FewSpike, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt", "bit_accurate_loihi")
+class PyFewSpikeModelFixed(FewSpikeModelBase):
+    """A 24-bit integer membrane, one threshold = ``2^MEMBRANE_SHIFT``: step weights are shifts,
+    firing is a comparison. The float32 ``v_0`` (clipped to ``[-2, 2]``, which changes no spike)
+    is truncated toward zero: with binary digits the membrane keeps its sign and every level is a
+    power of two, so the spikes are the float model's; signed-digit levels are rounded up."""
+
+    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def step(self, t: int) -> np.ndarray:
+        scale = float(1 << MEMBRANE_SHIFT)
+        if t == 0:
+            v0 = np.clip(self.initial(self.current()), -2, 2).astype(np.float64)
+            self.v[:] = np.clip(np.trunc(v0 * scale), -STATE_MAX, STATE_MAX).astype(np.int64)
+        v = self.v.astype(np.int64)
+        level = int(np.ceil(float(self.levels[t]) * scale))
+        s = np.where(np.abs(v) >= level, np.sign(v), 0)
+        self.v[:] = v - s * (1 << (MEMBRANE_SHIFT - t))
+        return s

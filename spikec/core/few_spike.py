@@ -1,0 +1,185 @@
+"""The few-spike neuron: a signed binary (bit-plane) code, most significant step first.
+
+Time is the first axis of every time series: ``[T, batch, ..., features]``; dt = 1.
+
+A layer of few-spike neurons (Stöckl & Maass 2021's idea, bit-serial "essential bits")
+is driven by a real current ``x`` that is constant over a window of ``T`` steps. In
+threshold units ``u = x / theta`` (float32 division, as ``SignedIF``) the step weights
+are ``w_k = 2^-k`` (``k = 0 .. T-1``): the first step carries the threshold itself (the
+pass puts the outlier headroom there: ``theta = 2^E * theta_percentile``, the "leading
+steps" of the code), every later step half of the previous one. Each step the neuron
+emits at most one spike of sign ``sgn(v)``:
+
+    fire_k = |v_k| >= l_k                       (l_k: the firing level of step k)
+    s_k    = sgn(v_k) * fire_k                   in {-1, 0, +1}
+    v_k+1  = v_k - s_k * w_k                    (reset by subtraction of the step weight)
+
+Two digit sets (``signed_digits``):
+
+* binary (False): ``v_0 = u + sgn(u) * 2^-T`` (half the last step's weight: the rounding
+  offset sits in the initial membrane, as ``SignedIF``'s ``v_init = 0.5``), ``l_k = w_k``.
+  The membrane never changes sign, the spikes are the sign times the bits of
+  ``n = min(floor(|v_0| * 2^(T-1)), 2^T - 1)``: the code of ``round(u * 2^(T-1))`` (half away
+  from zero), saturating at ``|u| = 2 - 2^(1-T)``.
+* signed (True): ``v_0 = u``, ``l_k = fl32(2/3) * w_k`` for ``k < T-1`` and ``l_(T-1) = w_(T-1) / 2``:
+  greedy non-adjacent signed digits (no two spikes on consecutive steps, but for the last
+  step, which rounds; about a third fewer spikes than binary at the same step), rounding to the nearest
+  multiple of ``2^(1-T)`` on the last step, saturating at ``|u| = 4/3``.
+
+The value the spikes stand for is ``theta * sum_k 2^-k s_k`` (``weighted_count``); the
+readout accumulates the steps' synaptic inputs ``y_k = W s_k`` with Horner's rule
+(``acc = 2 acc + y_k``, value ``acc * 2^-(T-1)``), a shift and an add per output and step.
+
+Exactness: every implementation (the fx op, the simulator, Lava's float and fixed models)
+computes ``u``, ``v_0`` and each update with these float32 operations in this order; the
+step weights and levels are exact float32 numbers, so the spikes agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SPIKE_DTYPE = torch.int8
+TWO_THIRDS = float(np.float32(2.0 / 3.0))
+"""The signed digits' firing fraction, the float32 nearest 2/3 (exact as a Python float)."""
+MAX_STEPS = 24  # step weights 2^-k stay normal float32 numbers with room for the levels
+
+
+@dataclass(frozen=True)
+class FewSpikeParams:
+    """Parameters of a layer of few-spike neurons.
+
+    threshold: ``[features]`` positive, the weight of the first step in units of the input
+    current (the code spans about ``[-2 theta, 2 theta]``, ``[-4/3 theta, 4/3 theta]`` with
+    signed digits). signed_digits: the digit set (module docstring).
+    """
+
+    threshold: torch.Tensor
+    signed_digits: bool = False
+
+
+def check_steps(timesteps: int) -> None:
+    """Raise ``ValueError`` unless ``1 <= timesteps <= MAX_STEPS``."""
+    if not 1 <= int(timesteps) <= MAX_STEPS:
+        raise ValueError(f"a few-spike code has 1..{MAX_STEPS} steps, got {timesteps}")
+
+
+def step_weight(k: int) -> float:
+    """``w_k = 2^-k``, the weight of step ``k`` in threshold units (exact float32)."""
+    return 2.0 ** -k
+
+
+def fire_level(k: int, timesteps: int, signed_digits: bool) -> float:
+    """``l_k``, the membrane magnitude (threshold units) at which step ``k`` fires (exact float32)."""
+    if not signed_digits:
+        return step_weight(k)
+    return step_weight(k) / 2 if k == timesteps - 1 else TWO_THIRDS * step_weight(k)
+
+
+def initial_membrane(u: torch.Tensor, timesteps: int, signed_digits: bool) -> torch.Tensor:
+    """``v_0`` (float32, shaped like ``u``): ``u + sgn(u) 2^-T`` (binary) or ``u`` (signed digits)."""
+    if signed_digits:
+        return u.clone()
+    return u + torch.sign(u) * (2.0 ** -timesteps)
+
+
+def few_spike_step(v: torch.Tensor, level: float, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: spikes ``sgn(v) [|v| >= level]`` (float32 -1/0/1) and the membrane minus
+    ``spikes * weight``. v: ``[..., features]`` in threshold units."""
+    spikes = torch.where(v.abs() >= level, torch.sign(v), torch.zeros_like(v))
+    return spikes, v - spikes * weight
+
+
+def few_spike_encode(x: torch.Tensor, params: FewSpikeParams, timesteps: int) -> torch.Tensor:
+    """Drive few-spike neurons with the constant current ``x [..., features]`` for ``timesteps``
+    steps. Returns the spike train ``[T, ..., features]`` as ``SPIKE_DTYPE`` (-1, 0, 1)."""
+    check_steps(timesteps)
+    u = x.float() / params.threshold.float()
+    v = initial_membrane(u, timesteps, params.signed_digits)
+    out = torch.empty((timesteps, *u.shape), dtype=SPIKE_DTYPE, device=u.device)
+    for k in range(timesteps):
+        spikes, v = few_spike_step(v, fire_level(k, timesteps, params.signed_digits), step_weight(k))
+        out[k] = spikes.to(SPIKE_DTYPE)
+    return out
+
+
+READOUT_GROUP = 8
+"""Steps the readout sums exactly in one float64 accumulator (Horner). A longer code is read in
+groups of 8 steps, each group's sum rounded once and the groups added in order: with a 24-bit
+weight and 8 steps a group's products need 32 bits, so float64 holds its sums exactly in any
+order (a 16-step Horner sum does not), and Loihi's 24-bit accumulator keeps its headroom."""
+
+
+def step_groups(timesteps: int) -> list[range]:
+    """The steps of each readout group: ``range(0, 8)``, ``range(8, 16)``, ... up to T."""
+    return [range(g, min(g + READOUT_GROUP, timesteps)) for g in range(0, timesteps, READOUT_GROUP)]
+
+
+def group_counts(spikes: torch.Tensor) -> torch.Tensor:
+    """``[G, ...]`` float64: per readout group ``sum_(k in group) 2^-k s_k`` of a spike train
+    ``[T, ...]`` (exact); their sum is ``weighted_count``."""
+    w = step_weights(spikes.shape[0], spikes.device)
+    return torch.stack([torch.tensordot(w[g.start:g.stop], spikes[g.start:g.stop].to(torch.float64), dims=1)
+                        for g in step_groups(spikes.shape[0])])
+
+
+def step_weights(timesteps: int, device=None) -> torch.Tensor:
+    """``[T]`` float64 ``2^-k``: the readout's weight of each step."""
+    return torch.tensor([step_weight(k) for k in range(timesteps)], dtype=torch.float64, device=device)
+
+
+def weighted_count(spikes: torch.Tensor) -> torch.Tensor:
+    """``sum_k 2^-k s_k`` over the first axis of a spike train ``[T, ...]`` (float64, exact):
+    the value of the code in threshold units, what the Horner readout accumulates."""
+    w = step_weights(spikes.shape[0], spikes.device)
+    return torch.tensordot(w, spikes.to(torch.float64), dims=1)
+
+
+def binary_code(x: torch.Tensor, threshold: torch.Tensor, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed form of the binary digit set (not signed digits): ``(group counts float64
+    [G, ..., F], spikes per neuron int64 [..., F])`` for the constant current ``x`` over
+    ``timesteps`` steps, equal to ``group_counts(few_spike_encode(...))`` and its ``|spikes|``
+    sum (the spikes are the bits of ``n``; module docstring). ``|v_0|`` is computed as
+    ``|u| + 2^-T``, the same float32 number (rounding to nearest is symmetric)."""
+    check_steps(timesteps)
+    u = x.float() / threshold.float()
+    n = u.abs().add_(2.0 ** -timesteps).mul_(2.0 ** (timesteps - 1)).floor_().clamp_(max=2 ** timesteps - 1)
+    sign = torch.sign(u)
+    groups = step_groups(timesteps)
+    if len(groups) == 1:
+        values = (sign * n).double().mul_(2.0 ** (1 - timesteps))[None]
+    else:
+        whole = n.to(torch.int64)
+        values = torch.stack([(sign.double() * ((whole >> (timesteps - g.stop)) & ((1 << len(g)) - 1)).double())
+                              .mul_(2.0 ** (1 - g.stop)) for g in groups])
+    return values, popcount(n.to(torch.int32), timesteps)
+
+
+def popcount(n: torch.Tensor, bits: int) -> torch.Tensor:
+    """Set bits of each non-negative integer ``n < 2^bits`` (integer tensor; int64, same shape)."""
+    if bits <= POPCOUNT_TABLE_BITS:
+        return popcount_table(bits).to(n.device)[n]
+    out = torch.zeros_like(n, dtype=torch.int64)
+    for k in range(bits):
+        out += (n >> k) & 1
+    return out
+
+
+POPCOUNT_TABLE_BITS = 12
+
+
+@functools.lru_cache(maxsize=None)
+def popcount_table(bits: int) -> torch.Tensor:
+    """``[2^bits]`` int64: the set bits of every integer below ``2^bits``."""
+    return torch.tensor([bin(i).count("1") for i in range(2 ** bits)], dtype=torch.int64)
+
+
+def few_spike_value(x: torch.Tensor, params: FewSpikeParams, timesteps: int) -> torch.Tensor:
+    """The quantizer the neurons implement, in the units of ``x`` (float32): ``theta *
+    weighted_count``. For calibration and tests, not for simulation."""
+    code = weighted_count(few_spike_encode(x, params, timesteps))
+    return (code * params.threshold.double()).float()

@@ -1,0 +1,52 @@
+"""NIR extension nodes of the few-spike (binary) code: the neuron and its Horner readout.
+
+``SpikecFewSpike`` turns a real current ``[batch, positions, features]`` into a spike train
+``[T, batch, positions, features]`` of -1/0/1 spikes, step ``k`` standing for ``2^-k``
+thresholds; ``SpikecBinaryReadout`` turns the time series of its input back into a real value
+with the same step weights. Equations (``spikec.core.few_spike``; docs/nir-extensions.md), in
+threshold units ``u = x / threshold``, ``w_k = 2^-k``, ``k = 0 .. T-1``:
+
+    v_0 = u + sgn(u) 2^-T      (binary digits; signed digits: v_0 = u)
+    s_k = sgn(v_k) [|v_k| >= l_k],  v_k+1 = v_k - s_k w_k
+    l_k = w_k                   (binary; signed digits: fl32(2/3) w_k, and w_k / 2 on the last step)
+
+    readout: acc_0 = 0, acc_k+1 = 2 acc_k + x_k, value = acc_T 2^-(T-1) = sum_k 2^-k x_k
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .base import SpikecNode
+
+
+@dataclass(eq=False)
+class SpikecFewSpike(SpikecNode):
+    """Few-spike neurons: at most one signed spike per step, step ``k`` weighted ``2^-k``
+    thresholds, rounding offset in the initial membrane (module docstring).
+
+    threshold: ``[features]`` float32 > 0, the first step's weight in input units.
+    signed_digits: greedy non-adjacent signed digits instead of binary ones."""
+
+    kind: ClassVar[str] = "spiking"
+    threshold: np.ndarray  # [features]
+    signed_digits: bool
+
+    def __post_init__(self) -> None:
+        self.set_feature_types(self.threshold.shape[0], self.threshold.shape[0])
+
+
+@dataclass(eq=False)
+class SpikecBinaryReadout(SpikecNode):
+    """``sum_k 2^-k x_k`` over the T steps of its time-series input (Horner: double, then add
+    the step's input): a real value per window. A real input (constant over the window) is
+    passed on unchanged, as ``SpikecRateReadout`` does."""
+
+    kind: ClassVar[str] = "readout"
+    features: int
+
+    def __post_init__(self) -> None:
+        self.set_feature_types(self.features, self.features)

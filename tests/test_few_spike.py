@@ -1,0 +1,214 @@
+"""The few-spike (binary) code, ``--coding binary``: a signed neuron with at most one spike per
+step, step k weighted 2^-k thresholds (MSB first), the rounding offset in its initial membrane,
+read out with Horner's rule; the same spikes in the fx module, the simulator (both modes), the
+NIR file and Lava (floating_pt and fixed_pt); its operation counts; its CLI flag; its refusal
+by the portable profile."""
+
+from __future__ import annotations
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+import spikec.passes
+from canonical_models import gpt2_like, llama_like, token_ids
+from spikec.analysis.counts import count_operations
+from spikec.backends import nirio, portable
+from spikec.backends.lava import compare, export
+from spikec.backends.simulator import simulate
+from spikec.cli import build_parser
+from spikec.core import few_spike, ir, ops
+from spikec.core.errors import NIRFormatError, UnsupportedError, UsageError
+from spikec.core.passes import PassContext, run_passes
+from spikec.lower import lower_to_nir
+from spikec.passes.pipelines import build_pipeline
+from spikec.verify import compare_fx_and_simulator
+
+PIPELINE = ["fold-norm-affine", "calibrate", "binary-encode"]
+FAMILIES = {"gpt2": gpt2_like, "llama": llama_like}
+T = 7
+POSITIONS = 16
+
+
+def encode(u: list[float], timesteps: int, signed_digits: bool = False) -> list[list[int]]:
+    """Spike trains ``[neuron][step]`` of neurons with threshold 1 driven by ``u``."""
+    params = few_spike.FewSpikeParams(torch.ones(len(u)), signed_digits=signed_digits)
+    return few_spike.few_spike_encode(torch.tensor(u), params, timesteps).T.tolist()
+
+
+def converted(family: str, digits: str = "binary", timesteps: int = T):
+    ctx = PassContext(options={"timesteps": timesteps, "binary_digits": digits}, calibration=token_ids(seed=2))
+    gm, records = run_passes(FAMILIES[family](), PIPELINE, ctx)
+    ids = token_ids(samples=1, positions=POSITIONS, seed=5)
+    graph = lower_to_nir(gm, ids, {"timesteps": timesteps, "positions": POSITIONS, "model": f"tiny-{family}"})
+    return gm, graph, ids, records
+
+
+# --- the neuron ------------------------------------------------------------------------------
+
+
+def test_binary_digits_are_the_bits_of_the_rounded_value_msb_first():
+    # T=3, theta=1: v0 = u + sgn(u)/8, steps weigh 1, 1/2, 1/4
+    # 0.7: v0 0.825 -> 0, fire (0.325), fire (0.075): 0.75 = round(0.7*4)/4
+    # -1.3: v0 -1.425 -> -1 (-0.425), 0, -1 (-0.175): -1.25
+    # 5.0 saturates: 1, 1, 1 = 1.75; 0.1 rounds to 0: no spike
+    assert encode([0.7, -1.3, 5.0, 0.1], 3) == [[0, 1, 1], [-1, 0, -1], [1, 1, 1], [0, 0, 0]]
+
+
+def test_signed_digits_never_fire_on_consecutive_steps_and_save_spikes():
+    # T=4, u=0.875: binary 0.111 (3 spikes); signed digits 1.00-1 (2 spikes): levels 2/3, 1/3, 1/6, 1/16
+    assert encode([0.875], 4) == [[0, 1, 1, 1]]
+    assert encode([0.875], 4, signed_digits=True) == [[1, 0, 0, -1]]
+    u = torch.linspace(-1.3, 1.3, 2001)
+    params = few_spike.FewSpikeParams(torch.ones(2001), signed_digits=True)
+    s = few_spike.few_spike_encode(u, params, 6)
+    head = s[:-1]  # the last step rounds (level 1/2 of its weight) and may follow a spike
+    assert not ((head[1:] != 0) & (head[:-1] != 0)).any()  # non-adjacent
+    binary = few_spike.few_spike_encode(u, few_spike.FewSpikeParams(torch.ones(2001)), 6)
+    assert s.abs().sum() < binary.abs().sum()
+
+
+@pytest.mark.parametrize("signed_digits", [False, True])
+def test_the_code_rounds_to_the_nearest_step_of_the_last_weight_within_its_span(signed_digits):
+    t = 6
+    lsb = 2.0 ** (1 - t)
+    span = 4 / 3 if signed_digits else 2 - lsb
+    x = torch.linspace(-span, span, 5001) * 0.999
+    params = few_spike.FewSpikeParams(torch.ones(5001), signed_digits=signed_digits)
+    value = few_spike.few_spike_value(x, params, t).double()
+    assert (value - x.double()).abs().max() <= lsb / 2 + 1e-6
+    assert torch.allclose(value / lsb, torch.round(value / lsb))  # on the grid of the last step
+
+
+def test_the_closed_form_equals_the_spike_train_and_its_popcount():
+    x = torch.randn(4, 9, 33) * 2
+    theta = torch.rand(33) + 0.2
+    train = few_spike.few_spike_encode(x, few_spike.FewSpikeParams(theta), T)
+    value, spikes = few_spike.binary_code(x, theta, T)
+    assert torch.equal(value, few_spike.group_counts(train)) and value.shape[0] == 1
+    assert torch.equal(spikes, train.abs().sum(0, dtype=torch.int64))
+    train = few_spike.few_spike_encode(x, few_spike.FewSpikeParams(theta), 19)  # readout groups of 8, 8, 3
+    value, spikes = few_spike.binary_code(x, theta, 19)
+    assert torch.equal(value, few_spike.group_counts(train)) and value.shape[0] == 3
+    assert torch.equal(value.sum(0), few_spike.weighted_count(train))
+    assert torch.equal(spikes, train.abs().sum(0, dtype=torch.int64))
+
+
+def test_the_horner_readout_is_the_affine_of_the_weighted_count():
+    spikes = torch.tensor([[[1, 0]], [[0, -1]], [[1, 1]]], dtype=torch.int8)  # [T=3, 1, 2]
+    w, b = torch.tensor([[2.0, 4.0]]), torch.tensor([0.5])
+    # 2*(1 + 1/4) + 4*(-1/2 + 1/4) + 0.5 = 2.5 - 1 + 0.5
+    assert ops.binary_readout_affine(spikes, w, b).item() == 2.0
+
+
+def test_too_many_steps_are_refused():
+    with pytest.raises(ValueError):
+        few_spike.few_spike_encode(torch.ones(2), few_spike.FewSpikeParams(torch.ones(2)), few_spike.MAX_STEPS + 1)
+    ctx = PassContext(options={"timesteps": few_spike.MAX_STEPS + 1}, calibration=token_ids(seed=2))
+    with pytest.raises(UsageError):
+        run_passes(gpt2_like(), PIPELINE, ctx)
+
+
+# --- the pass, the fx module and the simulator ----------------------------------------------------
+
+
+def test_leading_steps_give_outlier_channels_range_and_keep_the_others_resolution():
+    absmax = torch.tensor([0.5, 1.9, 3.0, 100.0])
+    lead = spikec.passes.binary_encode.leading_steps(absmax, torch.ones(4), span=2 - 2**-6, headroom=1.0,
+                                                      max_lead=4)
+    assert lead.tolist() == [0, 0, 1, 4]
+
+
+@pytest.mark.parametrize("family,digits,timesteps", [("gpt2", "binary", T), ("gpt2", "signed", T),
+                                                     ("llama", "binary", T), ("llama", "signed", T),
+                                                     ("gpt2", "binary", 16)])
+def test_fx_module_and_simulator_agree_spike_for_spike(family, digits, timesteps):
+    gm, graph, ids, records = converted(family, digits, timesteps)
+    assert records[-1].stats["digits"] == digits
+    assert sum(isinstance(n, ir.SpikecFewSpike) for n in graph.nodes.values()) == 9
+    agreement = compare_fx_and_simulator(gm, graph, ids, timesteps)
+    assert agreement.identical_layers == agreement.layers == 9
+    assert agreement.logits_max_abs_diff == 0.0
+    fast = simulate(graph, ids, timesteps, record=True)
+    reference = simulate(graph, ids, timesteps, mode="reference", record=True)
+    assert fast.spike_counts == reference.spike_counts and fast.firing_rates == reference.firing_rates
+    assert all(torch.equal(fast.spikes[k], reference.spikes[k]) for k in reference.spikes)
+    assert torch.equal(fast.output, reference.output)
+    counted = simulate(graph, ids, timesteps)  # counts only, nothing recorded
+    assert torch.equal(counted.output, reference.output) and counted.firing_rates == reference.firing_rates
+
+
+def test_a_nir_file_round_trips_and_is_validated(tmp_path):
+    _, graph, ids, _ = converted("gpt2", "signed")
+    path = tmp_path / "model.nir"
+    nirio.write(path, graph)
+    back = nirio.read(path)
+    name = next(n for n, node in graph.nodes.items() if isinstance(node, ir.SpikecFewSpike))
+    assert isinstance(back.nodes[name], ir.SpikecFewSpike) and back.nodes[name].signed_digits is True
+    np.testing.assert_array_equal(back.nodes[name].threshold, graph.nodes[name].threshold)
+    assert isinstance(back.nodes[f"{name.removesuffix('_neuron')}_readout"], ir.SpikecBinaryReadout)
+    assert torch.equal(simulate(back, ids, T).output, simulate(graph, ids, T).output)
+    graph.nodes[name].threshold[0] = -1.0
+    nirio.write(path, graph)
+    with pytest.raises(NIRFormatError, match="threshold"):
+        nirio.read(path)
+
+
+# --- energy ------------------------------------------------------------------------------------
+
+
+def test_operations_are_spikes_times_fan_out_plus_a_shift_and_add_per_output_and_step():
+    n_in, n_out, t = 2, 3, 4
+    nodes = {"input": nir.Input(np.array([n_in])),
+             "fc_neuron": ir.SpikecFewSpike(threshold=np.ones(n_in, np.float32), signed_digits=False),
+             "fc": nir.Affine(weight=np.ones((n_out, n_in), np.float32), bias=np.zeros(n_out, np.float32)),
+             "fc_readout": ir.SpikecBinaryReadout(features=n_out), "output": nir.Output(np.array([n_out]))}
+    edges = [("input", "fc_neuron"), ("fc_neuron", "fc"), ("fc", "fc_readout"), ("fc_readout", "output")]
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+    # T=4: 0.75 -> 0110 (2 spikes), -0.125 -> 000-1 (1 spike); 1.0 -> 1000 (1), 0 -> none
+    result = simulate(graph, torch.tensor([[[0.75, -0.125], [1.0, 0.0]]]), t)
+    assert result.spike_counts == {"fc_neuron": 4}
+    layer = count_operations(graph, result, positions=2).layers[0]
+    assert layer.nodes == ("fc_neuron", "fc", "fc_readout")
+    assert layer.snn.synops == 4 * n_out / 2  # per token
+    assert layer.snn.neuron_updates == n_in * t
+    assert layer.snn.adds == 2 * n_out * t + n_out  # shift and add per output and step, the bias once
+    assert layer.snn.macs == 0 and layer.snn.ops == 0
+
+
+# --- CLI, portable profile -------------------------------------------------------------------------
+
+
+def test_the_cli_flag_selects_the_binary_pipeline_and_rate_stays_the_default():
+    args = build_parser().parse_args(["compile", "gpt2", "--coding", "binary", "-T", "7"])
+    assert args.coding == "binary" and args.timesteps == 7
+    assert build_parser().parse_args(["compile", "gpt2"]).coding == "rate"
+    assert build_pipeline(coding="binary")[0] == PIPELINE
+    assert build_pipeline()[0] == spikec.passes.DEFAULT_PIPELINE
+    with pytest.raises(UsageError):
+        build_pipeline(attention="ssa", coding="binary")
+
+
+def test_the_portable_profile_refuses_the_few_spike_code_in_one_line():
+    _, graph, _, _ = converted("gpt2")
+    with pytest.raises(UnsupportedError, match="few-spike") as err:
+        portable.check_portable(graph)
+    assert "\n" not in str(err.value)
+
+
+# --- Lava --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,digits", [("gpt2", "binary"), ("llama", "signed")])
+def test_lava_floating_pt_is_spike_for_spike_and_fixed_pt_agrees(lava_python, tmp_path, family, digits):
+    _, graph, ids, _ = converted(family, digits)
+    folder = export.export_lava(graph, tmp_path / "lava")["folder"]
+    run = compare.run_export(folder, ids, precision="floating_pt", python=lava_python)
+    result = compare.compare(graph, ids, run)
+    assert len(result["spike_agreement_per_layer"]) == 9 and result["spike_agreement"] == 1.0
+    assert result["logits_max_abs_diff"] < 1e-4 and result["next_token_agreement"] == 1.0
+    run = compare.run_export(folder, ids, precision="fixed_pt", python=lava_python)
+    per_layer = compare.compare(graph, ids, run)["spike_agreement_per_layer"]
+    assert min(per_layer.values()) >= 0.9999, per_layer
+    assert all(v["saturated"] == 0 for v in run.meta["readout_accumulator"].values())
