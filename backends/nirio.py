@@ -18,14 +18,14 @@ dataset headers): soft and external links, hard links that share or loop, nestin
 deeper than ``MAX_DEPTH``, and a declared total size above ``max_nir_bytes()`` (env
 ``SPIKEC_MAX_NIR_BYTES``, default 16 GiB) or above the available memory are refused,
 so a tiny file that declares a huge tensor cannot exhaust memory. What is checked
-after that is listed in docs/errors.md.
+after that (``nir_checks``: each node's values and shapes, feature counts across edges, no
+cycle in a spikec graph) is listed in docs/errors.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import graphlib
 import math
 import os
 import tempfile
@@ -39,9 +39,9 @@ import numpy as np
 from nir.serialization import read_node
 
 from spikec.core.errors import InputError, NIRFormatError, ResourceError, UsageError
-from spikec.core.ir import (EXTENSION_TYPES, SpikecActivation, SpikecAdd, SpikecAttention, SpikecBinaryReadout,
-                            SpikecEmbedding, SpikecFewSpike, SpikecGatedActivation, SpikecLayerNorm, SpikecNode, SpikecRateReadout, SpikecRMSNorm,
-                            SpikecSignedIF)
+from spikec.core.ir import EXTENSION_TYPES
+
+from .nir_checks import CORRUPT_HINT, check_edges, check_node
 
 # Standard node types nir's reader knows, with the datasets it reads unconditionally.
 STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
@@ -67,16 +67,10 @@ STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 COMPRESSIONS = (None, "gzip", "lzf")
-_CORRUPT_HINT = "the file is damaged or was not written by a NIR tool; write it again"
 
 MAX_BYTES_ENV = "SPIKEC_MAX_NIR_BYTES"
 DEFAULT_MAX_BYTES = 16 * 2**30
 MAX_DEPTH = 32  # nesting of HDF5 groups (a NIR graph uses 3 levels per subgraph)
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")  # spikec.core.ops.activation
-# Standard neuron nodes: all their parameter arrays have one shape (the neurons').
-_NEURONS = (nir.IF, nir.LIF, nir.LI, nir.I, nir.CubaLIF, nir.CubaLI)
-_NOT_PARAMETERS = ("input_type", "output_type", "metadata")
-_MAX_COUNT = 2**31 - 1  # feature and head counts
 
 
 def max_nir_bytes() -> int:
@@ -257,7 +251,7 @@ class _Reader:
                     f"{path!r} is a soft or external link; NIR files hold no links",
                     hint="spikec follows no links to other objects or files; write the file again"))
             elif path.count("/") >= MAX_DEPTH:
-                problems.append(self.error(f"{path!r} is nested deeper than {MAX_DEPTH} groups", hint=_CORRUPT_HINT))
+                problems.append(self.error(f"{path!r} is nested deeper than {MAX_DEPTH} groups", hint=CORRUPT_HINT))
             hard_links += 1
             return 1 if problems else None  # non-None stops the visit
 
@@ -275,7 +269,7 @@ class _Reader:
         root.visititems(on_object)  # each object once
         if hard_links != objects:
             raise self.error("the file links one group or array from several places (shared or cyclic)",
-                             hint=_CORRUPT_HINT)
+                             hint=CORRUPT_HINT)
         limit = max_nir_bytes()
         if total > limit:
             raise self.error(f"the file declares {_gib(total)} of arrays, more than the limit of {_gib(limit)}",
@@ -288,11 +282,11 @@ class _Reader:
 
     def node_type(self, group: h5py.Group, name: str) -> str:
         if not isinstance(group, h5py.Group) or "type" not in group:
-            raise self.error(f"node {name!r} has no 'type' field", hint=_CORRUPT_HINT)
+            raise self.error(f"node {name!r} has no 'type' field", hint=CORRUPT_HINT)
         item = group["type"]
         kind = _python(item[()]) if isinstance(item, h5py.Dataset) and item.shape == () else None
         if not isinstance(kind, str):
-            raise self.error(f"node {name!r} has a 'type' field that is not a string", hint=_CORRUPT_HINT)
+            raise self.error(f"node {name!r} has a 'type' field that is not a string", hint=CORRUPT_HINT)
         return kind
 
     def check_dtypes(self, group: h5py.Group, name: str, kind: str, strings: tuple[str, ...] = ()) -> None:
@@ -302,22 +296,22 @@ class _Reader:
                 continue
             if key == "metadata":
                 if not isinstance(item, h5py.Group):
-                    raise self.error(f"node {name!r} ({kind}) metadata is not a group", hint=_CORRUPT_HINT)
+                    raise self.error(f"node {name!r} ({kind}) metadata is not a group", hint=CORRUPT_HINT)
                 continue
             if not isinstance(item, h5py.Dataset):
-                raise self.error(f"node {name!r} ({kind}) field {key!r} is a group, not an array", hint=_CORRUPT_HINT)
+                raise self.error(f"node {name!r} ({kind}) field {key!r} is a group, not an array", hint=CORRUPT_HINT)
             want_string = key in strings
             is_string = item.dtype.kind in "OSU"
             if want_string != is_string or not (is_string or item.dtype.kind in "biuf"):
                 expected = "a string" if want_string else "numbers"
                 raise self.error(f"node {name!r} ({kind}) field {key!r} has dtype {item.dtype}, expected {expected}",
-                                 hint=_CORRUPT_HINT)
+                                 hint=CORRUPT_HINT)
 
     def missing(self, group: h5py.Group, name: str, kind: str, fields: tuple[str, ...]) -> None:
         absent = [f for f in fields if f not in group]
         if absent:
             raise self.error(
-                f"node {name!r} ({kind}) is missing field(s) {', '.join(map(repr, absent))}", hint=_CORRUPT_HINT
+                f"node {name!r} ({kind}) is missing field(s) {', '.join(map(repr, absent))}", hint=CORRUPT_HINT
             )
 
     def graph(self, group: h5py.Group, name: str) -> nir.NIRGraph:
@@ -325,17 +319,17 @@ class _Reader:
         where = "" if name == "<root>" else f" of subgraph {name!r}"
         if (not isinstance(group["nodes"], h5py.Group) or not isinstance(group["edges"], h5py.Dataset)
                 or ("metadata" in group and not isinstance(group["metadata"], h5py.Group))):
-            raise self.error(f"'nodes', 'edges' or 'metadata'{where} has the wrong HDF5 kind", hint=_CORRUPT_HINT)
+            raise self.error(f"'nodes', 'edges' or 'metadata'{where} has the wrong HDF5 kind", hint=CORRUPT_HINT)
         if group["edges"].dtype.kind not in "OSU" and group["edges"].size:
             raise self.error(f"edges{where} have dtype {group['edges'].dtype}, expected node names",
-                             hint=_CORRUPT_HINT)
+                             hint=CORRUPT_HINT)
         prefix = "" if name == "<root>" else f"{name}/"  # names nested nodes in messages only
         nodes = {key: self.node(item, prefix + key) for key, item in group["nodes"].items()}
         raw = group["edges"][()]
         if raw.size == 0:
             edges: list[tuple[str, str]] = []
         elif raw.ndim != 2 or raw.shape[1] != 2:
-            raise self.error(f"edges{where} have shape {list(raw.shape)}, expected [n, 2]", hint=_CORRUPT_HINT)
+            raise self.error(f"edges{where} have shape {list(raw.shape)}, expected [n, 2]", hint=CORRUPT_HINT)
         else:
             edges = [(_python(a), _python(b)) for a, b in raw]
         repeated = [edge for edge, n in Counter(edges).items() if n > 1]
@@ -349,7 +343,7 @@ class _Reader:
                         f"edge ({src!r}, {dst!r}){where} names unknown node {end!r}",
                         hint=f"the graph has {len(nodes)} nodes; the file is inconsistent, write it again",
                     )
-        self.check_edges(nodes, edges, where)
+        check_edges(nodes, edges, where, self.error)
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_read_metadata(group), type_check=False)
 
     def node(self, group: h5py.Group, name: str) -> nir.NIRNode:
@@ -365,12 +359,12 @@ class _Reader:
                 node = read_node(group)
             except Exception as e:  # nir asserts and raises bare errors on malformed nodes
                 raise self.error(f"node {name!r} ({kind}) is malformed: {type(e).__name__}: {e}",
-                                 hint=_CORRUPT_HINT) from e
+                                 hint=CORRUPT_HINT) from e
             node.metadata = _read_metadata(group)  # nir leaves numpy types and drops some
         else:
             raise self.error(f"node {name!r} has unknown type {kind!r}",
                              hint=f"known types: {', '.join(known_types())}")
-        self.validate(node, name, kind)
+        check_node(node, name, kind, self.error)
         return node
 
     def extension(self, group: h5py.Group, name: str, kind: str) -> nir.NIRNode:
@@ -389,134 +383,7 @@ class _Reader:
             return cls.from_dict(fields)
         except Exception as e:
             raise self.error(f"node {name!r} ({kind}) is malformed: {type(e).__name__}: {e}",
-                             hint=_CORRUPT_HINT) from e
-
-    def validate(self, node: nir.NIRNode, name: str, kind: str) -> None:
-        """Values and shapes of one node, against each other (see docs/errors.md)."""
-        def bad(problem: str) -> NIRFormatError:
-            return self.error(f"node {name!r} ({kind}) {problem}", hint=_CORRUPT_HINT)
-
-        for field in dataclasses.fields(node):
-            if field.name in _NOT_PARAMETERS:
-                continue
-            value = getattr(node, field.name, None)
-            if (isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
-                    and not np.isfinite(value).all()) or (isinstance(value, float) and not math.isfinite(value)):
-                raise self.error(f"node {name!r} ({kind}) has NaN or Inf in {field.name!r}",
-                                 hint="the model that was exported holds non-finite parameters")
-        if isinstance(node, (nir.Affine, nir.Linear)):
-            weight = np.asarray(node.weight)
-            if weight.ndim != 2 or not np.issubdtype(weight.dtype, np.floating):
-                raise bad(f"has weight {list(weight.shape)} of {weight.dtype}; expected a 2-D float [out, in]")
-            if isinstance(node, nir.Affine):
-                bias = np.asarray(node.bias)
-                if bias.shape != weight.shape[:1] or not np.issubdtype(bias.dtype, np.floating):
-                    raise self.error(
-                        f"node {name!r} (Affine) has weight {list(weight.shape)} and bias {list(bias.shape)}; "
-                        "expected weight [out, in] and bias [out] (floats)", hint=_CORRUPT_HINT)
-        elif isinstance(node, _NEURONS):
-            shapes = {f.name: np.shape(getattr(node, f.name)) for f in dataclasses.fields(node)
-                      if f.name not in _NOT_PARAMETERS and isinstance(getattr(node, f.name, None), np.ndarray)}
-            if len({s for s in shapes.values() if s != ()}) > 1:
-                raise bad("has parameters of different shapes: "
-                          + ", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
-        elif isinstance(node, (nir.Input, nir.Output)):
-            types = node.input_type if isinstance(node, nir.Input) else node.output_type
-            for shape in types.values():
-                shape = np.asarray(shape)
-                if shape.ndim != 1 or (shape.size and (shape.dtype.kind not in "iu" or (shape < 0).any())):
-                    raise bad(f"has shape {shape.tolist()!r}; expected a list of non-negative integers")
-        elif isinstance(node, SpikecNode):
-            self.validate_extension(node, bad)
-
-    def validate_extension(self, node: SpikecNode, bad) -> None:
-        def float_array(field: str, ndim: int) -> np.ndarray:
-            value = np.asarray(getattr(node, field))
-            if value.ndim != ndim or not np.issubdtype(value.dtype, np.floating):
-                raise bad(f"has {field!r} {list(value.shape)} of {value.dtype}; expected a {ndim}-D float array")
-            return value
-
-        if isinstance(node, SpikecSignedIF):
-            threshold = float_array("threshold", 1)
-            if not (threshold > 0).all():
-                raise bad("has a threshold <= 0; thresholds must be positive")
-            if not 1 <= node.max_spikes <= 127:
-                raise bad(f"has max_spikes {node.max_spikes}; expected 1..127 (spikes are int8)")
-            if np.ndim(node.v_init) and np.shape(node.v_init) != threshold.shape:
-                raise bad(f"has v_init {list(np.shape(node.v_init))} and threshold {list(threshold.shape)}; "
-                          "expected one float or one value per neuron")
-        elif isinstance(node, SpikecFewSpike):
-            threshold = float_array("threshold", 1)
-            if not (threshold > 0).all() or not np.isfinite(threshold).all():
-                raise bad("has a threshold <= 0 or not finite; thresholds must be positive")
-            if not isinstance(node.signed_digits, (bool, np.bool_)):
-                raise bad(f"has signed_digits {node.signed_digits!r}; expected a bool")
-        elif isinstance(node, SpikecAttention):
-            for field in ("num_heads", "num_kv_heads", "head_dim"):
-                if not 1 <= getattr(node, field) <= _MAX_COUNT:
-                    raise bad(f"has {field} {getattr(node, field)}; expected a positive count")
-            if node.num_heads % node.num_kv_heads:
-                raise bad(f"has num_heads {node.num_heads} not divisible by num_kv_heads {node.num_kv_heads}")
-            if node.rope_theta < 0:
-                raise bad(f"has rope_theta {node.rope_theta}; expected 0 (no rotary embedding) or positive")
-            if not 0 <= node.rotary_dim <= node.head_dim or node.rotary_dim % 2:
-                raise bad(f"has rotary_dim {node.rotary_dim}; expected an even count up to head_dim {node.head_dim}")
-            if node.window < 0:
-                raise bad(f"has window {node.window}; expected 0 (no sliding window) or positive")
-        elif isinstance(node, SpikecEmbedding):
-            weight, positions = float_array("weight", 2), float_array("position_weight", 2)
-            if weight.shape[0] < 1 or positions.shape[1] != weight.shape[1]:
-                raise bad(f"has weight {list(weight.shape)} and position_weight {list(positions.shape)}; "
-                          "expected [vocab >= 1, d] and [positions, d]")
-        elif isinstance(node, (SpikecLayerNorm, SpikecRMSNorm)):
-            weight = float_array("weight", 1)
-            if isinstance(node, SpikecLayerNorm) and float_array("bias", 1).shape != weight.shape:
-                raise bad(f"has weight {list(weight.shape)} and bias {list(np.shape(node.bias))}; expected equal")
-            if node.eps < 0:
-                raise bad(f"has eps {node.eps}; expected >= 0")
-        elif isinstance(node, (SpikecActivation, SpikecGatedActivation, SpikecAdd, SpikecRateReadout, SpikecBinaryReadout)):
-            if not 1 <= node.features <= _MAX_COUNT:
-                raise bad(f"has features {node.features}; expected a positive count below 2**31")
-            activation = getattr(node, "activation", None)
-            if activation is not None and activation not in ACTIVATIONS:
-                raise bad(f"has unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
-
-    def check_edges(self, nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]], where: str) -> None:
-        """Feature counts across every edge at an Affine/Linear end, and no cycles in a
-        spikec graph (its nodes run in topological order once per window)."""
-        for src, dst in edges:
-            if not isinstance(nodes[src], (nir.Affine, nir.Linear)) and not isinstance(
-                    nodes[dst], (nir.Affine, nir.Linear)):
-                continue
-            n_out, n_in = feature_count(nodes[src], "out"), feature_count(nodes[dst], "in")
-            if n_out is not None and n_in is not None and n_out != n_in:
-                raise self.error(f"edge ({src!r}, {dst!r}){where} joins {n_out} output features to {n_in} inputs",
-                                 hint=_CORRUPT_HINT)
-        if any(isinstance(n, SpikecNode) for n in nodes.values()):
-            sorter = graphlib.TopologicalSorter({name: set() for name in nodes})
-            for src, dst in edges:
-                sorter.add(dst, src)
-            try:
-                sorter.prepare()
-            except graphlib.CycleError as e:
-                cycle = " -> ".join(map(repr, e.args[1]))
-                raise self.error(f"edges{where} form a cycle: {cycle}",
-                                 hint="spikec graphs are feed-forward within a window; write the file again") from None
-
-
-def feature_count(node: nir.NIRNode, side: str) -> int | None:
-    """A node's input (``side="in"``) or output (``"out"``) feature count where it is certain
-    (Affine/Linear weights, extension nodes' types, 1-D standard neuron parameters), else None."""
-    if isinstance(node, (nir.Affine, nir.Linear)):
-        return int(np.shape(node.weight)[0 if side == "out" else 1])
-    if isinstance(node, SpikecNode) and not (isinstance(node, SpikecEmbedding) and side == "in"):
-        types = node.input_type if side == "in" else node.output_type
-        (shape,) = types.values()
-        return int(np.asarray(shape).reshape(-1)[-1])
-    if isinstance(node, _NEURONS):
-        shape = np.shape(getattr(node, "r", ()))
-        return int(shape[0]) if len(shape) == 1 else None
-    return None
+                             hint=CORRUPT_HINT) from e
 
 
 def read(path: str | os.PathLike) -> nir.NIRGraph:
@@ -555,7 +422,7 @@ def read(path: str | os.PathLike) -> nir.NIRGraph:
         raise
     except OSError as e:  # h5py: not HDF5, truncated, unreadable
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NIRFormatError(f"{file}: not a readable HDF5/NIR file ({detail})", hint=_CORRUPT_HINT) from e
+        raise NIRFormatError(f"{file}: not a readable HDF5/NIR file ({detail})", hint=CORRUPT_HINT) from e
     except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError, RuntimeError) as e:
         # h5py and numpy on damaged groups and datasets: still the file's fault, not a bug
-        raise NIRFormatError(f"{file}: malformed NIR file ({type(e).__name__}: {e})", hint=_CORRUPT_HINT) from e
+        raise NIRFormatError(f"{file}: malformed NIR file ({type(e).__name__}: {e})", hint=CORRUPT_HINT) from e

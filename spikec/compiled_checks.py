@@ -23,7 +23,7 @@ from typing import Any
 
 import nir
 
-from spikec.backends.nirio import feature_count
+from spikec.backends.nir_checks import feature_count
 from spikec.core import ir
 from spikec.core.errors import InputError, NIRFormatError
 
@@ -87,7 +87,7 @@ def _width_problem(graph: nir.NIRGraph, src: str, dst: str, n_out: int, n_in: in
 
 
 def check_widths(graph: nir.NIRGraph, file: str) -> None:
-    """Every edge whose two ends have a certain feature count (``nirio.feature_count``) joins
+    """Every edge whose two ends have a certain feature count (``nir_checks.feature_count``) joins
     equal counts; raises ``NIRFormatError`` naming the node and its fields otherwise."""
     for src, dst in graph.edges:
         n_out, n_in = feature_count(graph.nodes[src], "out"), feature_count(graph.nodes[dst], "in")
