@@ -194,6 +194,12 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     # the figures are shown first: a directory that cannot take eval.json must not lose them
     if a.json:
         print(json.dumps({**results[0], "curve": results}, indent=2))
+    elif "embedding_cosine" in results[0]:  # a sentence encoder
+        print(f"{'T':>5} {'cosine':>8} {'min cos':>8} {'Spearman':>9}")
+        for r in results:
+            print(f"{r['timesteps']:>5} {r['embedding_cosine']:>8.4f} {r['embedding_cosine_min']:>8.4f} "
+                  f"{r['pair_spearman']:>9.4f}")
+        print(f"({results[0]['sentences']} sentences, {results[0]['pairs']} pairs, {results[0]['tokens']} tokens)")
     else:
         print(f"{'T':>5} {'ANN ppl':>9} {'SNN ppl':>9} {'ratio':>7} {'cosine':>7} {'top-1':>7}")
         for r in results:

