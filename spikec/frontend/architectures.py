@@ -285,7 +285,7 @@ GPT_NEOX = Architecture(family="gpt_neox", model_class="GPTNeoXForCausalLM",
 PHI = Architecture(family="phi", model_class="PhiForCausalLM", description="Phi (PhiForCausalLM, e.g. Phi-1.5, Phi-2)",
                    module_kinds=_phi_module_kinds, qkv_projections=QKV_PROJECTIONS, rotary_class="PhiRotaryEmbedding",
                    rotary_base=default_rotary_base, unsupported=_phi_refusals)
-BERT = Architecture(family="bert", model_class="BertModel", description="BERT encoders (BertModel, e.g. all-MiniLM-L6-v2)",
+BERT = Architecture(family="bert", model_class="BertModel", description="BERT (BertModel encoders, e.g. all-MiniLM-L6-v2)",
                     module_kinds=_bert_module_kinds, block_container="layer", qkv_projections=("query", "key", "value"),
                     unsupported=_bert_refusals, causal=False, token_type_embedding="token_type_embeddings")
 
