@@ -200,6 +200,9 @@ def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timestep
     by the original model (``ann``), on ``device``. When the original model cannot be loaded
     (its source moved away), ``ann`` is None and ``ann_unavailable`` says why; with ``progress``,
     a progress bar (plain lines when stderr is not a terminal) counts the tokens."""
+    if is_encoder(compiled.graph):
+        raise UsageError(f"{str(compiled.path)!r} holds a sentence encoder, which does not generate text",
+                         hint=f"compare its embeddings with 'spikec eval {compiled.path}'")
     if not prompt.strip():
         raise UsageError("--prompt is empty", hint="give some text to continue")
     if max_new_tokens < 1:

@@ -193,4 +193,6 @@ def test_the_real_minilm_loads_offline_compiles_and_eval_prints_cosine_and_spear
     assert "cosine" in printed and "Spearman" in printed and "sentences" in printed
     row = json.loads((out / "eval.json").read_text())[0]
     assert row["embedding_cosine"] > 0.95 and row["pair_spearman"] > 0.9
+    assert main(["run", str(out), "--prompt", "Hello world"]) == 2
+    assert "sentence encoder" in capsys.readouterr().err
     assert time.perf_counter() - start < 120
