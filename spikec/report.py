@@ -108,8 +108,29 @@ def plot_energy(estimates: dict[str, dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def plot_embedding_accuracy(results: list[dict[str, Any]]) -> bytes:
+    """A sentence encoder's embedding cosine and pair-ranking Spearman against T (from eval.json)."""
+    plt = _pyplot()
+    rows = sorted(results, key=lambda r: r["timesteps"])
+    ts = [r["timesteps"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(ts, [r["embedding_cosine"] for r in rows], "o-", color="#c44e52", label="embedding cosine ANN vs SNN")
+    ax.plot(ts, [r["pair_spearman"] for r in rows], "s--", color="#55a868", label="pair-ranking Spearman")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ts, [str(t) for t in ts])
+    ax.minorticks_off()
+    ax.set_xlabel("timesteps T")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Embedding accuracy against timesteps")
+    return _png(fig)
+
+
 def plot_accuracy(results: list[dict[str, Any]]) -> bytes:
-    """Perplexity ratio and top-1 agreement against T (from eval.json)."""
+    """Perplexity ratio and top-1 agreement against T (from eval.json); a sentence encoder's
+    figures with :func:`plot_embedding_accuracy`."""
+    if "embedding_cosine" in results[0]:
+        return plot_embedding_accuracy(results)
     plt = _pyplot()
     rows = sorted(results, key=lambda r: r["timesteps"])
     ts = [r["timesteps"] for r in rows]
@@ -279,8 +300,10 @@ def write_report(
          plot_energy(estimates)),
     ]
     if evals and len({r["timesteps"] for r in evals}) > 1:
-        images.append(("accuracy.png", "SNN/ANN perplexity ratio and top-1 agreement against T (spikec eval).",
-                       plot_accuracy(evals)))
+        caption = ("Embedding cosine (ANN vs SNN) and pair-ranking Spearman against T (spikec eval)."
+                   if "embedding_cosine" in evals[0] else
+                   "SNN/ANN perplexity ratio and top-1 agreement against T (spikec eval).")
+        images.append(("accuracy.png", caption, plot_accuracy(evals)))
     if sample_result.spikes:
         images.append(("raster.png", f"Spike raster: the {RASTER_NEURONS} most active neurons of a few neuron layers "
                                      f"over the first {RASTER_POSITIONS} held-out tokens.",
@@ -309,7 +332,11 @@ def write_report(
     parts.append("<p class='note'>compile steps: " + ", ".join(f"{_esc(k)} {v:.1f} s" for k, v in steps.items())
                  + "; calibration: " + _esc(_value(report.get("calibration") or {})) + "</p>")
     parts.append("<h2>Accuracy (spikec eval, held-out text)</h2>")
-    if evals:
+    if evals and "embedding_cosine" in evals[0]:  # a sentence encoder
+        parts.append(_table(["T", "embedding cosine", "least cosine", "pair Spearman", "sentences", "tokens"], [
+            [r["timesteps"], f"{r['embedding_cosine']:.4f}", f"{r['embedding_cosine_min']:.4f}",
+             f"{r['pair_spearman']:.4f}", r["sentences"], r["tokens"]] for r in evals]))
+    elif evals:
         parts.append(_table(["T", "ANN ppl", "SNN ppl", "ratio", "cosine", "top-1", "tokens"], [
             [r["timesteps"], f"{r['ann_ppl']:.3f}", f"{r['snn_ppl']:.3f}", f"{r['ppl_ratio']:.3f}",
              f"{r['cosine']:.4f}", f"{r['top1_agreement']:.3f}", r["tokens"]] for r in evals]))

@@ -194,7 +194,8 @@ def test_other_architectures_are_refused_naming_the_architecture():
         "architecture BloomForCausalLM (model type 'bloom', model 'tiny-bloom') is not supported; spikec converts "
         "GPT-2 (GPT2LMHeadModel), Llama (LlamaForCausalLM, e.g. SmolLM2), Qwen2 (Qwen2ForCausalLM, e.g. Qwen2.5), "
     )
-    assert str(err.value).split(" (write a pass")[0].endswith(" and Gemma (GemmaForCausalLM) models")
+    assert str(err.value).split(" (write a pass")[0].endswith(
+        ", Gemma (GemmaForCausalLM) and BERT (BertModel encoders, e.g. all-MiniLM-L6-v2) models")
     assert "\n" not in str(err.value)
 
 

@@ -89,6 +89,8 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
         elif isinstance(node, ir.SpikecAttention):
             h, kv, d = int(node.num_heads), int(node.num_kv_heads), int(node.head_dim)
             partial = {k: int(getattr(node, k)) for k in ("rotary_dim", "window") if getattr(node, k)}
+            if not node.causal:  # written only for an encoder, so that decoder exports are unchanged
+                partial["causal"] = False
             add(name, "Attention", {"features": h * d, "in_features": (h + 2 * kv) * d, "num_heads": h,
                                     "num_kv_heads": kv, "head_dim": d, "rope_theta": float(node.rope_theta),
                                     "scale": float(node.scale), **partial})

@@ -47,7 +47,7 @@ def _attention(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     def fn(d: torch.Tensor) -> torch.Tensor:
         return ops.attention(d, int(node.num_heads), int(node.num_kv_heads), int(node.head_dim),
                              float(node.rope_theta), float(node.scale), rotary_dim=int(node.rotary_dim),
-                             window=int(node.window))
+                             window=int(node.window), causal=bool(node.causal))
 
     data = floating(x.data)
     if not x.series:

@@ -1,4 +1,4 @@
-"""What spikec knows about each Hugging Face architecture it converts, in one place.
+"""What spikec knows about each Hugging Face architecture it converts (causal LMs and BERT encoders), in one place.
 
 The graph builder (:mod:`spikec.frontend.builder`) is architecture-agnostic: it reads the
 captured graph module by module and asks the :class:`Architecture` of the model which module
@@ -44,6 +44,10 @@ class Architecture:
     rather than ``[q | k | v]``. ``sliding_window`` reads the window of an attention module
     (``None``: it sees every earlier position). ``unsupported`` names the features of a config
     that spikec refuses (OPT's embedding projections, ...): an empty list when it converts it.
+    ``causal``: whether its attention is causal (a decoder) or bidirectional (an encoder, whose
+    captured output is the last hidden state rather than logits). ``token_type_embedding`` is the
+    attribute of an embedding looked up by token types that are all 0 (BERT's segment embedding,
+    folded into the token embedding); ``None`` where there is none.
     """
 
     family: str
@@ -59,6 +63,8 @@ class Architecture:
     qkv_per_head: bool = False
     sliding_window: Callable[[Any, nn.Module], int | None] = lambda config, attention: None
     unsupported: Callable[[Any], list[str]] = lambda config: []
+    causal: bool = True
+    token_type_embedding: str | None = None
 
     def block_index(self, module_path: str) -> int | None:
         """Index of the transformer block ``module_path`` lies in (``None`` outside every block)."""
@@ -248,6 +254,22 @@ def _phi_refusals(config: Any) -> list[str]:
     return ["layer norms of queries and keys (qk_layernorm)"] if getattr(config, "qk_layernorm", False) else []
 
 
+def _bert_module_kinds() -> dict[type, str]:
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    return {BertSelfAttention: "attention"}
+
+
+def _bert_refusals(config: Any) -> list[str]:
+    refused = []
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        refused.append("BERT as a decoder (is_decoder, cross-attention)")
+    kind = getattr(config, "position_embedding_type", "absolute")
+    if kind != "absolute":
+        refused.append(f"position embeddings of type {kind!r} (only 'absolute' is supported)")
+    return refused
+
+
 LLAMA = llama_like("llama", "LlamaForCausalLM", "Llama (LlamaForCausalLM, e.g. SmolLM2)", _llama_module_kinds,
                    "LlamaRotaryEmbedding")
 QWEN2 = llama_like("qwen2", "Qwen2ForCausalLM", "Qwen2 (Qwen2ForCausalLM, e.g. Qwen2.5)", _qwen2_module_kinds,
@@ -263,11 +285,14 @@ GPT_NEOX = Architecture(family="gpt_neox", model_class="GPTNeoXForCausalLM",
 PHI = Architecture(family="phi", model_class="PhiForCausalLM", description="Phi (PhiForCausalLM, e.g. Phi-1.5, Phi-2)",
                    module_kinds=_phi_module_kinds, qkv_projections=QKV_PROJECTIONS, rotary_class="PhiRotaryEmbedding",
                    rotary_base=default_rotary_base, unsupported=_phi_refusals)
+BERT = Architecture(family="bert", model_class="BertModel", description="BERT (BertModel encoders, e.g. all-MiniLM-L6-v2)",
+                    module_kinds=_bert_module_kinds, block_container="layer", qkv_projections=("query", "key", "value"),
+                    unsupported=_bert_refusals, causal=False, token_type_embedding="token_type_embeddings")
 
 # The architectures spikec converts, by family (the config's model_type).
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt2": GPT2, "llama": LLAMA, "qwen2": QWEN2, "mistral": MISTRAL, "opt": OPT, "gpt_neox": GPT_NEOX,
-    "phi": PHI, "gemma": GEMMA,
+    "phi": PHI, "gemma": GEMMA, "bert": BERT,
 }
 
 

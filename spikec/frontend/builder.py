@@ -144,6 +144,9 @@ class CanonicalBuilder:
         pair = {type(a), type(b)}
         if pair == {TokenEmbedding, PositionEmbedding}:
             tok, pos = (a, b) if isinstance(a, TokenEmbedding) else (b, a)
+            if self._is_token_type(pos):
+                # Token types all 0: F.embedding(ids, w) + t[0] == F.embedding(ids, w + t[0]) element for element.
+                return TokenEmbedding(tok.path, tok.module, tok.weight + pos.module.weight[0])
             w = self._param("embed.weight", tok.weight)
             pw = self._param("embed.position_weight", pos.weight)
             out = self._emit(ops.embedding, (self.input_ids, w, pw), "embedding", tok.path)
@@ -151,6 +154,11 @@ class CanonicalBuilder:
             return Hidden(out)
         xa, xb = self._materialize(a), self._materialize(b)
         return Hidden(self._emit(ops.add, (xa, xb), "residual", path))
+
+    def _is_token_type(self, value: PositionEmbedding) -> bool:
+        """Whether ``value`` is the architecture's token-type embedding, looked up by its all-0 buffer."""
+        attr = self.arch.token_type_embedding
+        return attr is not None and value.path.rsplit(".", 1)[-1] == attr
 
     def _visit_output(self, node: fx.Node) -> None:
         outs = node.args[0]
@@ -269,8 +277,8 @@ class CanonicalBuilder:
 
     def _region_attention(self, region: Region, data) -> Any:
         module = region.module
-        if not getattr(module, "is_causal", False):
-            raise Refused("non-causal attention")
+        if bool(getattr(module, "is_causal", False)) != self.arch.causal:
+            raise Refused("non-causal attention" if self.arch.causal else "causal attention in an encoder")
         sdpa = [n for n in region.nodes if n.target == aten.scaled_dot_product_attention.default]
         if len(sdpa) != 1:
             raise Refused(f"expected one scaled_dot_product_attention, found {len(sdpa)} (is attention sdpa?)")
@@ -312,7 +320,7 @@ class CanonicalBuilder:
         fused.meta["source_modules"] = sources
         core = self._emit(
             ops.attention,
-            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, True, *extra),
+            (fused, num_heads, num_kv_heads, head_dim, rope_theta, scale, self.arch.causal, *extra),
             "attention",
             region.path,
         )

@@ -28,7 +28,7 @@ from spikec.core.errors import UnsupportedError
 
 from .architectures import REFUSED_FEATURES, Architecture, architecture_of, supported_text
 from .builder import CUSTOM_PASS_HINT, CanonicalBuilder
-from .capture import capture
+from .capture import capture, model_output
 from .models import LoadedModel
 
 CANONICAL_OPS = frozenset(
@@ -74,13 +74,14 @@ def capture_canonical(loaded: LoadedModel, seq_len: int = 16) -> fx.GraphModule:
 
 
 def check_against_model(gm: fx.GraphModule, model: nn.Module, ids: torch.Tensor) -> float:
-    """Max abs difference between ``gm(ids)`` and the model's logits for ``ids``."""
+    """Max abs difference between ``gm(ids)`` and the model's logits (an encoder's last hidden
+    state) for ``ids``."""
     return _compare(gm, model, ids)[0]
 
 
 def _compare(gm: fx.GraphModule, model: nn.Module, ids: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
-        ref = model(input_ids=ids, use_cache=False).logits
+        ref = model_output(model, ids)
         out = gm(ids)
     if out.shape != ref.shape:
         return math.inf, float(ref.abs().max())

@@ -6,19 +6,32 @@ import warnings
 
 import torch
 
+from .architectures import architecture_of
+
 # Prefix torch.export gives module paths inside the wrapper below (``model.transformer.h.0``).
 WRAPPED_PREFIX = "model."
 
 
+def model_output(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """What spikec converts of ``model`` for ``ids [batch, positions]``: the logits
+    ``[batch, positions, vocab]`` of a causal LM (without cache), the last hidden state
+    ``[batch, positions, d]`` of an encoder (an architecture whose attention is not causal)."""
+    arch = architecture_of(model)
+    if arch is not None and not arch.causal:
+        return model(input_ids=ids).last_hidden_state
+    return model(input_ids=ids, use_cache=False).logits
+
+
 class LogitsOnly(torch.nn.Module):
-    """``input_ids -> logits``: the HF model without cache, outputs dataclass or extra inputs."""
+    """``input_ids -> logits`` (an encoder's last hidden state, see :func:`model_output`): the HF
+    model without cache, outputs dataclass or extra inputs."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, use_cache=False).logits
+        return model_output(self.model, ids)
 
 
 def capture(model: torch.nn.Module, example_ids: torch.Tensor, *, decompose: bool = False) -> torch.fx.GraphModule:

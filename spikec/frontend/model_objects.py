@@ -12,6 +12,7 @@ from spikec.core.errors import UsageError
 
 from . import weight_cache
 from .architectures import architecture_of, supported_text
+from .encoder_models import MINILM, MINILM_DIST
 from .models import SMOLLM2, SMOLLM2_CONFIG, LoadedModel, as_loaded, gpt2_tokenizer, smollm2_tokenizer
 
 
@@ -25,6 +26,8 @@ def describe_spec(spec: dict[str, Any]) -> str:
     if name == SMOLLM2:
         return (f"{name} (SmolLM2-135M-Instruct, its Q4_1 GGUF file de-quantised to float32; "
                 f"the de-quantised weights are cached in {weight_cache.weights_dir()})")
+    if name == MINILM:
+        return f"{name} (all-MiniLM-L6-v2, read from the zip of the {MINILM_DIST} package)"
     if spec.get("object"):
         return f"{name} (a Python model object)"
     if Path(name).is_absolute():

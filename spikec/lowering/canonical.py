@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from spikec.core import ir, ops
-from spikec.core.errors import UnsupportedError
 
 from .fields import Builder, array, features, v_init
 
@@ -47,13 +46,11 @@ def _embedding(a: dict, node: torch.fx.Node) -> nir.NIRNode:
 
 
 def _attention(a: dict, node: torch.fx.Node) -> nir.NIRNode:
-    if not a["causal"]:
-        raise UnsupportedError("non-causal attention (encoder models such as BERT) has no NIR lowering yet")
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(a["head_dim"])
     return ir.SpikecAttention(
         num_heads=int(a["num_heads"]), num_kv_heads=int(a["num_kv_heads"]), head_dim=int(a["head_dim"]),
         rope_theta=float(a["rope_theta"]), scale=float(scale), rotary_dim=int(a["rotary_dim"]),
-        window=int(a["window"]),
+        window=int(a["window"]), causal=bool(a["causal"]),
     )
 
 

@@ -209,8 +209,9 @@ def split_heads(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_
 
 
 def attention(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_theta: float,
-              scale: float, rotary_dim: int = 0, window: int = 0) -> np.ndarray:
-    """Causal softmax attention of the fused ``[q | k | v]``; ``[b, P, (H+2KV)D] -> [b, P, HD]``;
+              scale: float, rotary_dim: int = 0, window: int = 0, causal: bool = True) -> np.ndarray:
+    """Softmax attention of the fused ``[q | k | v]``; ``[b, P, (H+2KV)D] -> [b, P, HD]``; causal
+    unless ``causal`` is False (an encoder: every query sees every key);
     ``window > 0``: query ``i`` sees keys ``i - window < j <= i`` only."""
     b, p, _ = qkv.shape
     q, k, v = split_heads(qkv, heads, kv_heads, head_dim, rope_theta, rotary_dim)
@@ -218,8 +219,8 @@ def attention(qkv: np.ndarray, heads: int, kv_heads: int, head_dim: int, rope_th
         k = np.repeat(k, heads // kv_heads, axis=1)
         v = np.repeat(v, heads // kv_heads, axis=1)
     scores = np.matmul(q.astype(np.float64), k.astype(np.float64).transpose(0, 1, 3, 2)) * scale
-    visible = np.tril(np.ones((p, p), bool))
-    if window > 0:
+    visible = np.tril(np.ones((p, p), bool)) if causal else np.ones((p, p), bool)
+    if causal and window > 0:
         visible &= ~np.tril(np.ones((p, p), bool), -window)
     scores = np.where(visible, scores, -np.inf)
     scores -= scores.max(-1, keepdims=True)
@@ -306,7 +307,7 @@ def real_op(net: Network, name: str, x: np.ndarray, width: int = TORCH_VEC_WIDTH
     if node.type == "Attention":
         return attention(x, int(a["num_heads"]), int(a["num_kv_heads"]), int(a["head_dim"]),
                          float(a["rope_theta"]), float(a["scale"]), int(a.get("rotary_dim", 0)),
-                         int(a.get("window", 0)))
+                         int(a.get("window", 0)), bool(a.get("causal", True)))
     if node.type == "Activation":
         return activation(x, str(a["activation"]))
     if node.type == "GatedActivation":

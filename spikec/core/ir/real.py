@@ -52,12 +52,14 @@ class SpikecRMSNorm(SpikecNode):
 
 @dataclass(eq=False)
 class SpikecAttention(SpikecNode):
-    """Causal softmax self-attention between projections (``spikec.core.ops.attention``).
+    """Softmax self-attention between projections (``spikec.core.ops.attention``), causal unless
+    ``causal`` is False (an encoder's bidirectional attention: every query sees every key).
     Input: fused ``[q | k | v]`` real ``[batch, P, (H + 2*KV) * head_dim]``;
     output real ``[batch, P, H * head_dim]``. ``rope_theta`` 0 means no rotary embedding;
     ``rotary_dim`` the features of each head it rotates (0: all); ``window`` the keys a query
     sees, itself included (0: all before it; sliding-window attention). Both are written to a
-    file only when not 0, so that files of models without them are unchanged."""
+    file only when not 0, and ``causal`` only when False, so that files of models without them
+    are unchanged."""
 
     num_heads: int
     num_kv_heads: int
@@ -66,17 +68,21 @@ class SpikecAttention(SpikecNode):
     scale: float
     rotary_dim: int = 0
     window: int = 0
+    causal: bool = True
 
     def __post_init__(self) -> None:
         n_in = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
         self.set_feature_types(n_in, self.num_heads * self.head_dim)
 
     def to_dict(self) -> dict[str, Any]:
-        """NIR's serialization, without ``rotary_dim`` and ``window`` where they are 0."""
+        """NIR's serialization, without ``rotary_dim`` and ``window`` where they are 0 and without
+        ``causal`` where it is True."""
         out = super().to_dict()
         for field in ("rotary_dim", "window"):
             if not getattr(self, field):
                 out.pop(field, None)
+        if self.causal:
+            out.pop("causal", None)
         return out
 
 
