@@ -115,6 +115,8 @@ def check_extension(node: SpikecNode, bad: Callable[[str], NIRFormatError]) -> N
             raise bad(f"has rotary_dim {node.rotary_dim}; expected an even count up to head_dim {node.head_dim}")
         if node.window < 0:
             raise bad(f"has window {node.window}; expected 0 (no sliding window) or positive")
+        if not isinstance(node.causal, (bool, np.bool_)):
+            raise bad(f"has causal {node.causal!r}; expected a bool")
     elif isinstance(node, SpikecEmbedding):
         weight, positions = float_array("weight", 2), float_array("position_weight", 2)
         if weight.shape[0] < 1 or positions.shape[1] != weight.shape[1]:
