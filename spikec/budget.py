@@ -2,7 +2,8 @@
 
 Every few-spike layer starts at the window's T steps. A greedy search then repeatedly shortens
 by one step the group of layers whose shortening saves the most estimated operations per unit
-of perplexity-ratio increase, as long as the ratio (SNN against the ANN, next-token perplexity)
+of perplexity-ratio increase (lazily: a candidate's score from its last measurement stands until
+it is the best one, then it is measured again), as long as the ratio (SNN against the ANN, next-token perplexity)
 stays within ``R``. Everything is measured with the converted fx module on the first
 ``SEARCH_SAMPLES`` CALIBRATION sequences (never the evaluation text).
 
@@ -153,27 +154,29 @@ def choose_steps(gm: fx.GraphModule, ann: Callable[[torch.Tensor], torch.Tensor]
     full_ratio, full_ops = measure(per_layer(group))
     ratio, operations = full_ratio, full_ops
     trail: list[dict[str, Any]] = []
-    active = [r for r in roles if group[r] > 1] if full_ratio <= budget else []
-    while active:
-        best = None
-        for role in list(active):
-            trial = {**group, role: group[role] - 1}
+    # Lazy greedy: each candidate (a role one step shorter) keeps the score it had when last
+    # measured; only the best is measured again, and taken if it still beats the others' scores.
+    scores: dict[str, float] = {r: math.inf for r in roles if group[r] > 1} if full_ratio <= budget else {}
+    latest: dict[str, tuple[float, float]] = {}  # measured since the last accepted move
+    while scores:
+        role = max(scores, key=scores.get)
+        if role not in latest:
             if on_step:
-                on_step(f"budget: {role} at {trial[role]} steps")
-            r, o = measure(per_layer(trial))
+                on_step(f"budget: {role} at {group[role] - 1} steps")
+            r, o = measure(per_layer({**group, role: group[role] - 1}))
             if r > budget or o >= operations:
-                active.remove(role)  # shortening it further is taken to cost at least as much
+                del scores[role]  # shortening it further is taken to cost at least as much
                 continue
-            score = (operations - o) / max(r - ratio, 1e-6)
-            if best is None or score > best[0]:
-                best = (score, role, r, o)
-        if best is None:
-            break
-        _, role, ratio, operations = best
+            latest[role] = (r, o)
+            scores[role] = (operations - o) / max(r - ratio, 1e-6)
+            if scores[role] < max(scores.values()):
+                continue  # a better stale candidate is measured first
         group[role] -= 1
+        ratio, operations = latest[role]
+        latest.clear()
         trail.append({"role": role, "steps": group[role], "ppl_ratio": ratio, "operations_per_token": operations})
         if group[role] == 1:
-            active.remove(role)
+            del scores[role]
     chosen = per_layer(group)
     set_steps(layers, chosen, timesteps)
     gm.recompile()
