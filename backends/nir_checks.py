@@ -15,6 +15,7 @@ import nir
 import numpy as np
 
 from spikec.core.errors import NIRFormatError
+from spikec.core.few_spike import MAX_STEPS as MAX_FEW_SPIKE_STEPS
 from spikec.core.ir import (
     SpikecActivation,
     SpikecAdd,
@@ -103,6 +104,8 @@ def check_extension(node: SpikecNode, bad: Callable[[str], NIRFormatError]) -> N
             raise bad("has a threshold <= 0 or not finite; thresholds must be positive")
         if not isinstance(node.signed_digits, (bool, np.bool_)):
             raise bad(f"has signed_digits {node.signed_digits!r}; expected a bool")
+        if not 0 <= node.steps <= MAX_FEW_SPIKE_STEPS:
+            raise bad(f"has steps {node.steps}; expected 0 (the whole window) or 1..{MAX_FEW_SPIKE_STEPS}")
     elif isinstance(node, SpikecAttention):
         for field in ("num_heads", "num_kv_heads", "head_dim"):
             if not 1 <= getattr(node, field) <= MAX_COUNT:

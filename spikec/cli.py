@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
     c.add_argument("--coding", default="rate", choices=("rate", "binary"),
                    help="spike code: rate (default) or binary (few-spike neurons, -T steps per token; docs/few-spike.md)")
+    c.add_argument("--budget", type=float, default=None, metavar="R",
+                   help="with --coding binary: choose each layer's steps (at most -T) for the least estimated energy "
+                        "with the perplexity ratio on the calibration text within R (e.g. 1.04); default: all -T")
     c.add_argument("--calibrate", default="none", choices=("none", "coarse", "fine"),
                    help="FAS stage-2 calibration of thresholds (coarse) and initial membranes (fine), docs/fas.md")
     c.add_argument("--option", type=key_values, default={}, metavar="KEY=VALUE,...",
@@ -169,6 +172,7 @@ def _cmd_compile(a: argparse.Namespace) -> int:
         plugins=a.plugin, random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
         options=pass_options(a.option), device=a.device, preset=a.preset,
         attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate, coding=a.coding,
+        budget=a.budget,
     )
     report = compile_model(opts)
     check = report["simulator_check"]

@@ -28,6 +28,7 @@ from spikec.analysis.spiking_parts import spiking_parts
 from spikec.backends import nirio
 from spikec.backends.lava.export import export_lava
 from spikec.backends.simulator import resolve_device
+from spikec.budget import choose_steps
 from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
@@ -70,6 +71,7 @@ class CompileOptions:
     token_encoding: str = "none"  # none | rate | binary
     calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
     coding: str = "rate"  # rate | binary (spikec.passes.pipelines.CODINGS)
+    budget: float | None = None  # binary coding: per-layer steps within this calibration ppl ratio (spikec.budget)
 
     def validate(self, names: dict[str, str] | None = None) -> None:
         """Raise ``UsageError`` for a value out of range, naming the option as ``names`` maps it
@@ -86,6 +88,9 @@ class CompileOptions:
         if not 2 <= self.seq_len <= 8192:
             raise UsageError(f"{n['seq_len']} must be between 2 and 8192, got {self.seq_len}")
         resolve_device(self.device)
+        if self.budget is not None and (self.coding != "binary" or not self.budget >= 1.0):
+            raise UsageError(f"--budget takes a perplexity ratio >= 1 with --coding binary, got {self.budget} "
+                             f"with --coding {self.coding}")
 
     @property
     def output_dir(self) -> Path:
@@ -203,6 +208,12 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             gm, records = run_passes(gm, pipeline, ctx, on_pass=lambda n: update(f"pass {n}"))
             gm = gm.to("cpu")
         t0 = step_done("passes", t0)
+        budget = None
+        if opts.budget is not None:
+            with status(console, "choosing per-layer steps (--budget)") as update:
+                budget = choose_steps(gm, lambda ids: loaded.model(ids).logits, calibration, opts.timesteps,
+                                      opts.budget, on_step=update).to_json()
+            t0 = step_done("budget", t0)
         example = calibration[:1]
         with status(console, "lowering to NIR"):
             metadata = {
@@ -248,6 +259,8 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
         }
         if lava_summary is not None:
             report["lava"] = lava_summary
+        if budget is not None:
+            report["budget"] = budget
         parts = spiking_parts(graph)  # per layer: which parts spike, the attention mode, the token encoding
         report.update(attention=parts["attention"], token_encoding=parts["token_encoding"], spiking_parts=parts)
         report["compile_seconds"] = time.perf_counter() - start

@@ -331,6 +331,7 @@ def write_report(
                                            "passes": sum(p["seconds"] for p in passes)}
     parts.append("<p class='note'>compile steps: " + ", ".join(f"{_esc(k)} {v:.1f} s" for k, v in steps.items())
                  + "; calibration: " + _esc(_value(report.get("calibration") or {})) + "</p>")
+    parts += budget_section(report.get("budget"))
     parts.append("<h2>Accuracy (spikec eval, held-out text)</h2>")
     if evals and "embedding_cosine" in evals[0]:  # a sentence encoder
         parts.append(_table(["T", "embedding cosine", "least cosine", "pair Spearman", "sentences", "tokens"], [
@@ -369,6 +370,23 @@ def write_report(
     target = d / REPORT_FILE
     write_atomic(target, page)
     return target
+
+
+def budget_section(budget: dict[str, Any] | None) -> list[str]:
+    """The report's HTML for ``report.json``'s ``budget`` (``--budget``): the steps chosen per role
+    and per layer, and what the search measured on calibration text; nothing without a budget."""
+    if not budget:
+        return []
+    t = budget["timesteps"]
+    out = ["<h2>Per-layer steps (--budget)</h2>",
+           f"<p class='note'>Chosen on {budget['samples']} calibration sequences ({budget['evaluations']} "
+           f"evaluations of the fx module), never on evaluation text: perplexity ratio "
+           f"{budget['ppl_ratio_all_T']:.4f} with every layer at T={t}, {budget['ppl_ratio']:.4f} with the choice "
+           f"(budget {budget['budget']:g}); estimated operations per token "
+           f"{budget['operations_per_token']:.4g} against {budget['operations_per_token_all_T']:.4g}.</p>",
+           _table(["role", "steps"], [[role, s] for role, s in budget["steps_per_role"].items()]),
+           _table(["layer", "steps"], [[name, s] for name, s in budget["steps"].items()])]
+    return out
 
 
 def report_from_directory(directory: str | Path) -> Path:

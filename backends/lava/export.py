@@ -127,8 +127,10 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
                                    "signed": bool(node.signed), "v_init": float(node.v_init)},
                 threshold=f32(node.threshold))
         elif isinstance(node, ir.SpikecFewSpike):
-            add(name, "FewSpike", {"features": int(node.threshold.shape[0]), "signed_digits": bool(node.signed_digits)},
-                threshold=f32(node.threshold))
+            attrs = {"features": int(node.threshold.shape[0]), "signed_digits": bool(node.signed_digits)}
+            if node.steps:  # a shorter code than the window (--budget); absent otherwise, as in the NIR file
+                attrs["steps"] = int(node.steps)
+            add(name, "FewSpike", attrs, threshold=f32(node.threshold))
         elif isinstance(node, (ir.SpikecRateReadout, ir.SpikecBinaryReadout)):
             if preds[name] and all(_spiking(graph, p) for p in preds[name]):
                 raise UnsupportedError(f"readout {name!r} reads spikes directly",

@@ -25,11 +25,15 @@ def _few_spike(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
                                "constant over the window")
     thr = ctx.param(name, node, "threshold")
     signed_digits = bool(node.signed_digits)
+    steps = int(getattr(node, "steps", 0) or 0)
     counts_only = ctx.fast and name in ctx.count_only
     if counts_only and not signed_digits and not ctx.recording:
-        value, spikes = few_spike.binary_code(x.data, thr, ctx.timesteps)
+        value, spikes = few_spike.binary_code(x.data, thr, few_spike.code_steps(ctx.timesteps, steps))
+        groups = len(few_spike.step_groups(ctx.timesteps))
+        if value.shape[0] < groups:  # a shorter code's later groups are silent: zero counts
+            value = torch.cat([value, value.new_zeros((groups - value.shape[0], *value.shape[1:]))])
         return Value(value, True, count=True, total=int(spikes.sum()))
-    train = ops.few_spike(x.data, thr, ctx.timesteps, signed_digits)
+    train = ops.few_spike(x.data, thr, ctx.timesteps, signed_digits, steps)
     if counts_only:
         total = int(train.abs().sum(dtype=torch.int64))
         return Value(few_spike.group_counts(train), True, count=True, total=total, train=train)

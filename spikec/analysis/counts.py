@@ -191,20 +191,27 @@ def _affine(
         readout = g.fused_readout(name)
         if readout is not None:
             members.append(readout)
-            snn = snn + _readout_counts(g.nodes[readout], n_out, bias, w)
+            steps = max((_code_steps(g.nodes[p], w.timesteps) for p in spiking_inputs), default=w.timesteps)
+            snn = snn + _readout_counts(g.nodes[readout], n_out, bias, w, steps)
         return "affine", tuple(members), ann, snn, neurons
     # Real-valued input: not spike-driven; on a time series it runs at every step.
     steps = w.timesteps if g.input_series(name) else 1
     return "affine-real", tuple(members), ann, ann.scaled(steps), 0
 
 
-def _readout_counts(readout: nir.NIRNode, n_out: int, bias: bool, w: Workload) -> OpCounts:
+def _code_steps(node: nir.NIRNode, timesteps: int) -> int:
+    """Steps a neuron layer's code uses: a few-spike layer's own ``steps`` (``--budget``), else T."""
+    return int(getattr(node, "steps", 0) or 0) or timesteps if isinstance(node, ir.SpikecFewSpike) else timesteps
+
+
+def _readout_counts(readout: nir.NIRNode, n_out: int, bias: bool, w: Workload, code_steps: int) -> OpCounts:
     """The readout of a spike-driven affine per token: the rate code's ``1/T`` scale per output,
-    or the Horner readout's shift and add per output and step (``acc = 2 acc + y_k``, both
-    counted as additions, the accumulator read and written each step); the bias add either way."""
+    or the Horner readout's shift and add per output and step of its input's code (``acc = 2 acc
+    + y_k``, both counted as additions, the accumulator read and written each step; a shorter
+    code's silent steps are one shift at the end, not counted); the bias add either way."""
     b = n_out if bias else 0
     if isinstance(readout, ir.SpikecBinaryReadout):
-        steps = n_out * w.timesteps
+        steps = n_out * code_steps
         return OpCounts(adds=2 * steps + b, weight_reads=b, state_accesses=2 * steps + n_out,
                         activation_accesses=n_out)
     return OpCounts(ops=OPS_PER_ELEMENT["readout"] * n_out, adds=b, weight_reads=b, state_accesses=n_out,
@@ -212,7 +219,7 @@ def _readout_counts(readout: nir.NIRNode, n_out: int, bias: bool, w: Workload) -
 
 
 def _neuron_counts(g: _Graph, name: str, counts: Mapping[str, int], w: Workload) -> OpCounts:
-    updates = _features(g.nodes[name]) * w.timesteps
+    updates = _features(g.nodes[name]) * _code_steps(g.nodes[name], w.timesteps)
     return OpCounts(neuron_updates=updates, spikes=counts.get(name, 0) / w.tokens, state_accesses=2 * updates)
 
 

@@ -94,15 +94,30 @@ def few_spike_step(v: torch.Tensor, level: float, weight: float) -> tuple[torch.
     return spikes, v - spikes * weight
 
 
-def few_spike_encode(x: torch.Tensor, params: FewSpikeParams, timesteps: int) -> torch.Tensor:
+def code_steps(timesteps: int, steps: int = 0) -> int:
+    """The steps a layer's code uses in a window of ``timesteps``: ``steps`` when set (``1 ..
+    timesteps``; ``--budget`` chooses it per layer), else the whole window."""
+    if not steps:
+        return int(timesteps)
+    if not 1 <= int(steps) <= int(timesteps):
+        raise ValueError(f"a few-spike layer's steps must be 1..{timesteps} (the window), got {steps}")
+    return int(steps)
+
+
+def few_spike_encode(x: torch.Tensor, params: FewSpikeParams, timesteps: int, steps: int = 0) -> torch.Tensor:
     """Drive few-spike neurons with the constant current ``x [..., features]`` for ``timesteps``
-    steps. Returns the spike train ``[T, ..., features]`` as ``SPIKE_DTYPE`` (-1, 0, 1)."""
+    steps. Returns the spike train ``[T, ..., features]`` as ``SPIKE_DTYPE`` (-1, 0, 1).
+
+    steps: a shorter code (``S = code_steps(timesteps, steps)``): the S-step code of ``x`` on
+    steps ``0 .. S-1`` (its rounding offset ``2^-S``), silence on the rest of the window, so the
+    readout's weighted count is the S-step code's value."""
     check_steps(timesteps)
+    n = code_steps(timesteps, steps)
     u = x.float() / params.threshold.float()
-    v = initial_membrane(u, timesteps, params.signed_digits)
-    out = torch.empty((timesteps, *u.shape), dtype=SPIKE_DTYPE, device=u.device)
-    for k in range(timesteps):
-        spikes, v = few_spike_step(v, fire_level(k, timesteps, params.signed_digits), step_weight(k))
+    v = initial_membrane(u, n, params.signed_digits)
+    out = torch.zeros((timesteps, *u.shape), dtype=SPIKE_DTYPE, device=u.device)
+    for k in range(n):
+        spikes, v = few_spike_step(v, fire_level(k, n, params.signed_digits), step_weight(k))
         out[k] = spikes.to(SPIKE_DTYPE)
     return out
 
@@ -178,8 +193,8 @@ def popcount_table(bits: int) -> torch.Tensor:
     return torch.tensor([bin(i).count("1") for i in range(2 ** bits)], dtype=torch.int64)
 
 
-def few_spike_value(x: torch.Tensor, params: FewSpikeParams, timesteps: int) -> torch.Tensor:
+def few_spike_value(x: torch.Tensor, params: FewSpikeParams, timesteps: int, steps: int = 0) -> torch.Tensor:
     """The quantizer the neurons implement, in the units of ``x`` (float32): ``theta *
     weighted_count``. For calibration and tests, not for simulation."""
-    code = weighted_count(few_spike_encode(x, params, timesteps))
+    code = weighted_count(few_spike_encode(x, params, timesteps, steps))
     return (code * params.threshold.double()).float()

@@ -268,11 +268,12 @@ def signed_if(
 
 
 def few_spike(
-    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, signed_digits: bool = False
+    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, signed_digits: bool = False, steps: int = 0
 ) -> torch.Tensor:
     """Graph form of ``few_spike.few_spike_encode``: real current ``[..., F]`` -> spike train
-    ``[T, ..., F]`` (int8, -1/0/1, step k weighted 2^-k)."""
-    return few_spike_encode(x, FewSpikeParams(threshold, signed_digits=signed_digits), timesteps)
+    ``[T, ..., F]`` (int8, -1/0/1, step k weighted 2^-k); ``steps`` (0: all T) the layer's own
+    shorter code, silent after it (``--budget``)."""
+    return few_spike_encode(x, FewSpikeParams(threshold, signed_digits=signed_digits), timesteps, steps)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

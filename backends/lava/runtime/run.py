@@ -122,7 +122,7 @@ def build_process(net: Network, sched: Schedule, seg: Segment, name: str, state:
         state.spikes[name] = record
         return FewSpike(shape=(f, n), threshold=net.array(name, "threshold").astype(F32),
                         signed_digits=bool(node.attrs["signed_digits"]), start=sched.window[name] - seg.offset,
-                        timesteps=T, record=record, name=name)
+                        timesteps=T, steps=int(node.attrs.get("steps", 0) or 0), record=record, name=name)
     if node.type == SSA:
         f, a = features(net, name), node.attrs
         record = shared_array((T, f, n), np.int8)

@@ -16,7 +16,7 @@ threshold units ``u = x / threshold``, ``w_k = 2^-k``, ``k = 0 .. T-1``:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,14 +29,25 @@ class SpikecFewSpike(SpikecNode):
     thresholds, rounding offset in the initial membrane (module docstring).
 
     threshold: ``[features]`` float32 > 0, the first step's weight in input units.
-    signed_digits: greedy non-adjacent signed digits instead of binary ones."""
+    signed_digits: greedy non-adjacent signed digits instead of binary ones.
+    steps: the layer's own code length S (1..T; ``--budget``): the S-step code on the window's
+    first S steps (rounding offset ``2^-S``), no spike on the rest. 0 (the default, not written
+    to a file) means the whole window, T."""
 
     kind: ClassVar[str] = "spiking"
     threshold: np.ndarray  # [features]
     signed_digits: bool
+    steps: int = 0
 
     def __post_init__(self) -> None:
         self.set_feature_types(self.threshold.shape[0], self.threshold.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """NIR's serialization, without ``steps`` where it is 0 (files without a budget are unchanged)."""
+        out = super().to_dict()
+        if not self.steps:
+            out.pop("steps", None)
+        return out
 
 
 @dataclass(eq=False)

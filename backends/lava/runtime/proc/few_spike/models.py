@@ -1,7 +1,8 @@
 """Models of ``FewSpike``: float32 (``floating_pt``) and an integer membrane (``fixed_pt``).
 
 Both follow spikec.core.few_spike's equations in threshold units: ``u = x / theta``,
-``v_0 = u + sgn(u) 2^-T`` (binary digits) or ``u`` (signed digits); each step
+``v_0 = u + sgn(u) 2^-S`` (binary digits; S the layer's code length, ``steps``, T unless
+``--budget`` chose fewer; no spike after step S-1) or ``u`` (signed digits); each step
 ``s = sgn(v) [|v| >= l_k]``, ``v -= s 2^-k``, with ``l_k = 2^-k`` (binary) or ``fl32(2/3) 2^-k``
 (``2^-k / 2`` on the last step; signed digits).
 """
@@ -30,7 +31,7 @@ class FewSpikeModelBase(WindowSpikesModel):
 
     def __init__(self, proc_params: Any) -> None:
         super().__init__(proc_params)
-        T, signed_digits = self.p["timesteps"], bool(self.p["signed_digits"])
+        T, signed_digits = self.p["steps"], bool(self.p["signed_digits"])
         self.weights = [F32(2.0 ** -k) for k in range(T)]
         self.levels = [F32(self.weights[k] / 2) if signed_digits and k == T - 1
                        else F32(TWO_THIRDS * self.weights[k]) if signed_digits else self.weights[k]
@@ -44,7 +45,7 @@ class FewSpikeModelBase(WindowSpikesModel):
         """``v_0`` in float32: the rounding offset for binary digits, none for signed digits."""
         if self.p["signed_digits"]:
             return u.copy()
-        return u + np.sign(u) * F32(2.0 ** -self.p["timesteps"])
+        return u + np.sign(u) * F32(2.0 ** -self.p["steps"])
 
 
 @implements(proc=FewSpike, protocol=LoihiProtocol)
@@ -58,6 +59,8 @@ class PyFewSpikeModelFloat(FewSpikeModelBase):
     def step(self, t: int) -> np.ndarray:
         if t == 0:
             self.v[:] = self.initial(self.current())
+        if t >= self.p["steps"]:
+            return np.zeros(self.v.shape, F32)
         v = self.v
         s = np.where(np.abs(v) >= self.levels[t], np.sign(v), F32(0)).astype(F32)
         self.v[:] = v - s * self.weights[t]
@@ -80,6 +83,8 @@ class PyFewSpikeModelFixed(FewSpikeModelBase):
         if t == 0:
             v0 = np.clip(self.initial(self.current()), -2, 2).astype(np.float64)
             self.v[:] = np.clip(np.trunc(v0 * scale), -STATE_MAX, STATE_MAX).astype(np.int64)
+        if t >= self.p["steps"]:
+            return np.zeros(self.v.shape, np.int64)
         v = self.v.astype(np.int64)
         level = int(np.ceil(float(self.levels[t]) * scale))
         s = np.where(np.abs(v) >= level, np.sign(v), 0)
