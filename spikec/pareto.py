@@ -93,7 +93,7 @@ def pareto_figure(plt: Any, curve: dict[str, Any], own: dict[str, Any] | None = 
                      zorder=5, label=f"this network ({own.get('model', '?')})")
     ax_e.set_xlabel("energy reduction against the fp32 ANN (%, symlog below -100)")
     ax_e.set_ylabel("perplexity ratio SNN/ANN")
-    ax_e.set_xscale("symlog", linthresh=100)  # linear in [-100, 100] %; the Loihi model can cost several times more
+    ax_e.set_xscale("symlog", linthresh=100, linscale=4)  # linear in [-100, 100] %; the Loihi model can cost several times more
     ax_e.set_xlim(right=100)
     ax_t.set_xlabel("latency (timesteps per token)")
     ax_t.set_ylabel("perplexity ratio SNN/ANN")
