@@ -11,8 +11,9 @@ docstrings, ``--tokens`` tokens, never used to choose anything) measures:
 
 Points are measured in ``ORDER`` and the results file is rewritten after each one, so a run cut
 short keeps what it measured. Settings not measured in this run (``--quick``, ``--only``, or cut
-short) are filled from benchmarks/results/few_spike.json where it holds the identical setting
-(same model, coding, T and text): ppl ratio and the ``45nm`` reduction only, marked
+short) keep their measured point from an earlier run's pareto.json (same model and tokens), else
+are filled from benchmarks/results/few_spike.json where it holds the identical setting (same
+model, coding, T and text): ppl ratio and the ``45nm`` reduction only, marked
 ``"source": "few_spike.json"``. Compiled directories are kept under ``--cache`` and reused.
 
 Writes benchmarks/results/pareto.json; copy it to spikec/data/pareto.json for the report.
@@ -85,6 +86,17 @@ def from_few_spike(name: str, tokens: int) -> dict | None:
             "energy_reduction": {"45nm": row["energy"]["45nm_fp32"]["reduction"]}, "source": "few_spike.json"}
 
 
+def earlier_points(tokens: int) -> dict[str, dict]:
+    """The measured points of an earlier run's pareto.json on the same model and tokens."""
+    path = RESULTS / "pareto.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("model") != MODEL or data.get("tokens") != tokens:
+        return {}
+    return {n: p for n, p in data.get("points", {}).items() if p.get("source") == "measured"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=1024)
@@ -95,8 +107,14 @@ def main() -> None:
     todo = [n for n in ORDER if (a.only is None or n in a.only) and not (a.quick and n in SLOW)]
     out: dict = {"model": MODEL, "text": "held-out (embedded docstrings)", "tokens": a.tokens,
                  "reference": "fp32 ANN", "latency_unit": "timesteps per token", "points": {}}
+    earlier = earlier_points(a.tokens)
     for name in ORDER:  # filled first, replaced by each measured point
-        old = None if name in todo else from_few_spike(name, a.tokens)
+        if name in todo:
+            continue
+        if name in earlier:
+            out["points"][name] = earlier[name]
+            continue
+        old = from_few_spike(name, a.tokens)
         if old is not None:
             out["points"][name] = {"coding": SETTINGS[name][0], "timesteps": SETTINGS[name][1],
                                    "budget": SETTINGS[name][2], **old}
