@@ -99,7 +99,7 @@ def pareto_figure(plt: Any, curve: dict[str, Any], own: dict[str, Any] | None = 
     ax_t.set_ylabel("perplexity ratio SNN/ANN")
     for ax in (ax_e, ax_t):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the curves fill the axes
     fig.suptitle(f"Trade-off measured on {curve.get('model', '?')}, {curve.get('tokens', '?')} held-out tokens "
                  "(published figures: other models, their own energy models)", fontsize=9)
     fig.tight_layout()
