@@ -25,7 +25,8 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
      "source": "Chen et al., arXiv 2502.04405 (abstract)"},
     {"name": "SpikeDecoder", "model": "GPT decoder trained from scratch", "energy_reduction": (0.87, 0.93),
      "timesteps": None,
-     "quote": "87% to 93% lower theoretical energy consumption ... over a standard GPT architecture",
+     "quote": "87% to 93% lower theoretical energy consumption — that's what SpikeDecoder claims over a "
+              "standard GPT architecture",
      "source": "Beger, Walter & Knoll, arXiv 2606.12287 (summary)"},
     {"name": "NeurTransformer", "model": "GPT-2 small, self-attention block only", "energy_reduction": (0.6471, 0.8528),
      "timesteps": None,

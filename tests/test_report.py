@@ -118,7 +118,7 @@ def test_report_without_eval_results_says_how_to_get_them_and_has_no_accuracy_pl
     page = (tmp_path / "report.html").read_text()
     assert "not evaluated yet" in page and "spikec eval" in page
     assert not (tmp_path / "accuracy.png").exists()
-    assert len(data_images(page)) == 3
+    assert len(data_images(page)) == 4  # firing rates, energy, raster and the shipped trade-off curve
 
 
 def test_report_takes_energy_figures_from_energy_json_when_present(tmp_path):
@@ -203,7 +203,7 @@ def compiled(tmp_path_factory) -> Path:
 def test_compile_writes_report_html_inside_its_output_directory(compiled):
     page = (compiled / "report.html").read_text()
     assert "fold-norm-affine" in page and "spike-encode" in page
-    assert len(data_images(page)) == 3  # no eval yet: firing rates, energy, raster
+    assert len(data_images(page)) == 4  # no eval yet: firing rates, energy, raster, trade-off curve
     assert not list(compiled.parent.glob(".tiny.tmp-*"))
 
 
@@ -247,7 +247,7 @@ def test_report_command_rewrites_the_report_with_eval_and_energy(compiled, capsy
     (compiled / "eval.json").write_text(json.dumps(eval_rows(4, 8)))
     assert main(["report", str(compiled)]) == 0
     page = (compiled / "report.html").read_text()
-    assert len(data_images(page)) == 4 and (compiled / "accuracy.png").is_file()
+    assert len(data_images(page)) == 5 and (compiled / "accuracy.png").is_file()
     assert "from &#x27;spikec energy&#x27;" in page
 
 
