@@ -36,7 +36,7 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
 )
 
 _COLORS = {"45nm": "#4c72b0", "45nm-memory": "#55a868", "loihi": "#c44e52"}
-_MARKERS = {"rate": "o", "binary": "s"}
+_MARKERS = {"rate": "o", "binary": "s", "budget": "D"}  # budget: binary with --budget, points off the lines
 
 
 def load_pareto(path: str | Path | None = None) -> dict[str, Any] | None:
@@ -60,20 +60,24 @@ def pareto_figure(plt: Any, curve: dict[str, Any], own: dict[str, Any] | None = 
     fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(12, 4.6))
     points = list(curve.get("points", {}).values())
     for coding, marker in _MARKERS.items():
-        rows = sorted((p for p in points if p["coding"] == coding), key=lambda p: p["timesteps"])
+        rows = sorted((p for p in points if ("budget" if p.get("budget") else p["coding"]) == coding),
+                      key=lambda p: p["timesteps"])
+        line, shown = ("none", "binary --budget") if coding == "budget" else ("-", coding)
         for energy_model, color in _COLORS.items():
             xy = [(100 * p["energy_reduction"][energy_model], p["ppl_ratio"], p) for p in rows
                   if p.get("energy_reduction", {}).get(energy_model) is not None]
             if not xy:
                 continue
-            ax_e.plot([x for x, _, _ in xy], [y for _, y, _ in xy], marker=marker, color=color, alpha=0.8,
-                      label=f"{coding}, {energy_model}")
+            ax_e.plot([x for x, _, _ in xy], [y for _, y, _ in xy], marker=marker, linestyle=line, color=color,
+                      alpha=0.8, label=f"{shown}, {energy_model}")
             if energy_model == "45nm":
                 for x, y, p in xy:
                     tag = f"T={p['timesteps']}" + (f" b{p['budget']:g}" if p.get("budget") else "")
                     ax_e.annotate(tag, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax_t.plot([p["timesteps"] for p in rows], [p["ppl_ratio"] for p in rows], marker=marker,
-                  label=f"{coding} ({curve.get('model', '?')})")
+        if not rows:
+            continue
+        ax_t.plot([p["timesteps"] for p in rows], [p["ppl_ratio"] for p in rows], marker=marker, linestyle=line,
+                  label=f"{shown} ({curve.get('model', '?')})")
     for i, pub in enumerate(PUBLISHED):
         lo, hi = pub["energy_reduction"]
         label = f"{pub['name']} (published, other model: {pub['model']}; energy only)"
