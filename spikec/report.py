@@ -6,7 +6,8 @@ also written beside it. It shows the passes and their time, the simulator check,
 accuracy figures of ``spikec eval`` (DIR/eval.json), the energy estimates (from
 DIR/energy.json when ``spikec energy`` was run, else measured here on ``spikec energy``'s
 default workload, so that both give the same figure), the Loihi 2 fit of the Lava target
-(:mod:`spikec.analysis.loihi_fit`) and plots of firing rate per layer, energy per block, accuracy against T and a spike raster.
+(:mod:`spikec.analysis.loihi_fit`), the accuracy / energy / latency trade-off curve
+(:mod:`spikec.pareto`) with this network's point, and plots of firing rate per layer, energy per block, accuracy against T and a spike raster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from spikec.core.errors import ResourceError
 from spikec.analysis.loihi_fit import fit_graph
 from spikec.energy import ENERGY_FILE, ENERGY_TOKENS, measure_operations, token_chunks
 from spikec.outputs import load_tokenizer, read_compiled, read_json, write_atomic
+from spikec.pareto import PUBLISHED, load_pareto, pareto_figure
 from spikec.text import HELDOUT_TEXT, leading_tokens
 
 REPORT_FILE = "report.html"
@@ -152,6 +154,12 @@ def plot_accuracy(results: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def plot_pareto(curve: dict[str, Any], own: dict[str, Any] | None = None) -> bytes:
+    """Perplexity ratio against energy reduction and latency (:func:`spikec.pareto.pareto_figure`),
+    the compiled network's point ``own`` marked when given."""
+    return _png(pareto_figure(_pyplot(), curve, own))
+
+
 def raster_selection(spikes: dict[str, torch.Tensor]) -> list[tuple[str, list[int]]]:
     """Up to ``RASTER_LAYERS`` neuron layers, and in each the ``RASTER_NEURONS`` neurons with
     the most |spikes| over the first positions. The layers: one of each kind (``attn_qkv``,
@@ -263,7 +271,7 @@ figure{margin:1rem 0}figcaption{font-size:.8rem;color:#555}img{max-width:100%;he
 
 def write_report(
     directory: str | Path, report: dict[str, Any], graph: nir.NIRGraph, tokenizer: Any,
-    sample_tokens: int = SAMPLE_TOKENS, shown_as: str | Path | None = None,
+    sample_tokens: int = SAMPLE_TOKENS, shown_as: str | Path | None = None, pareto_path: str | Path | None = None,
 ) -> Path:
     """Render ``DIR/report.html`` and the PNGs beside it (firing_rates.png, energy.png,
     raster.png, and accuracy.png when eval.json holds several T).
@@ -272,7 +280,9 @@ def write_report(
     ``DIR/energy.json`` when present, else from ``sample_tokens`` held-out tokens simulated
     here as ``spikec energy`` does by default (the first sequence's spike trains recorded for
     the raster). shown_as: the directory named in the page's hints (default ``directory``;
-    compile writes into a temporary directory that is renamed afterwards)."""
+    compile writes into a temporary directory that is renamed afterwards). pareto_path: the
+    trade-off curve (benchmarks/pareto.py's JSON; default the copy shipped in the package),
+    drawn as pareto.png with this network's point marked when it was evaluated."""
     d = Path(directory)
     shown = Path(shown_as) if shown_as is not None else d
     t = int(report["timesteps"])
@@ -308,6 +318,13 @@ def write_report(
         images.append(("raster.png", f"Spike raster: the {RASTER_NEURONS} most active neurons of a few neuron layers "
                                      f"over the first {RASTER_POSITIONS} held-out tokens.",
                        plot_raster(sample_result.spikes)))
+    curve = load_pareto(pareto_path)
+    own = own_point(report, evals, estimates)
+    if curve is not None:
+        images.append(("pareto.png", "Perplexity ratio against energy reduction and latency, measured by "
+                                     "benchmarks/pareto.py" + (", this network starred" if own else "")
+                                     + "; published figures are other models, drawn only on the axes they report.",
+                       plot_pareto(curve, own)))
     for filename, _, png in images:
         write_atomic(d / filename, png)
 
@@ -355,6 +372,7 @@ def write_report(
     parts.append(_table(["model", "ANN", "SNN", "SNN energy", "attention energy", "rate/step"], rows))
     parts.append("<p class='note'>" + " ".join(f"<b>{_esc(n)}</b>: {_esc(e['model']['description'])}."
                                                for n, e in estimates.items()) + "</p>")
+    parts += pareto_section(curve, own)
     parts.append("<h2>Will it fit on Loihi 2? (the Lava target)</h2>")
     parts.append(fit_graph(graph).to_html())
     parts.append("<h2>Figures</h2>")
@@ -386,6 +404,45 @@ def budget_section(budget: dict[str, Any] | None) -> list[str]:
            f"{budget['operations_per_token']:.4g} against {budget['operations_per_token_all_T']:.4g}.</p>",
            _table(["role", "steps"], [[role, s] for role, s in budget["steps_per_role"].items()]),
            _table(["layer", "steps"], [[name, s] for name, s in budget["steps"].items()])]
+    return out
+
+
+def own_point(report: dict[str, Any], evals: list[dict[str, Any]] | None,
+              estimates: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The compiled network on the trade-off plot: its ppl ratio at its own T (eval.json), its
+    energy reduction per model and its latency (T, timesteps per token); None without a
+    perplexity evaluation at that T."""
+    t = int(report["timesteps"])
+    rows = [r for r in evals or [] if r.get("timesteps") == t and r.get("ppl_ratio") is not None]
+    if not rows:
+        return None
+    return {"model": report.get("model"), "coding": report.get("coding", "rate"), "timesteps": t,
+            "ppl_ratio": rows[0]["ppl_ratio"],
+            "energy_reduction": {name: est["reduction"] for name, est in estimates.items()}}
+
+
+def pareto_section(curve: dict[str, Any] | None, own: dict[str, Any] | None) -> list[str]:
+    """The report's HTML for the trade-off curve: the measured points, this network's point and
+    the published figures with their sources; nothing without curve data."""
+    if curve is None:
+        return []
+    models = list(MODEL_NAMES)
+    rows = [[name, p["coding"], p["timesteps"], f"{p['ppl_ratio']:.4f}"]
+            + [reduction_text(p["energy_reduction"].get(m)) if p["energy_reduction"].get(m) is not None else "-"
+               for m in models] + [p.get("source", "measured")]
+            for name, p in curve.get("points", {}).items()]
+    if own is not None:
+        rows.append([f"this network ({own['model']})", own["coding"], own["timesteps"], f"{own['ppl_ratio']:.4f}"]
+                    + [reduction_text(own["energy_reduction"].get(m)) for m in models] + ["eval.json, energy above"])
+    out = ["<h2>Trade-off: accuracy, energy, latency</h2>",
+           f"<p class='note'>Measured by benchmarks/pareto.py on {_esc(curve.get('model', '?'))}, "
+           f"{_esc(curve.get('tokens', '?'))} held-out tokens; latency is T, timesteps per token. See pareto.png.</p>",
+           _table(["setting", "coding", "T", "ppl ratio"] + [f"{m} energy" for m in models] + ["source"], rows),
+           "<p class='note'>Published figures, other models and other energy models (not comparable point for "
+           "point; none reports a perplexity ratio):</p>",
+           _table(["paper", "model", "energy reduction", "T", "quoted", "source"], [
+               [p["name"], p["model"], "-".join(f"{100 * x:.2f}%" for x in sorted(set(p["energy_reduction"]))),
+                p["timesteps"] if p["timesteps"] is not None else "-", p["quote"], p["source"]] for p in PUBLISHED])]
     return out
 
 

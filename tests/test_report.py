@@ -44,6 +44,18 @@ def eval_rows(*ts: int) -> list[dict]:
              "top1_agreement": 1 - 1 / t, "tokens": 64, "seconds": 1.0} for t in ts]
 
 
+def stub_pareto(path: Path) -> Path:
+    """A trade-off file shaped as benchmarks/pareto.py writes it (two codings, one point from few_spike.json)."""
+    points = {f"{c}_T{t}": {"coding": c, "timesteps": t, "budget": None, "ppl_ratio": 1 + 1 / t,
+                            "latency_timesteps_per_token": t,
+                            "energy_reduction": {"45nm": 0.5 - t / 100, "45nm-memory": 0.3, "loihi": 0.6}}
+              for c, t in (("rate", 8), ("rate", 16), ("binary", 7), ("binary", 8))}
+    points["binary_T7"]["energy_reduction"] = {"45nm": 0.59}
+    points["binary_T7"]["source"] = "few_spike.json"
+    path.write_text(json.dumps({"model": "stub-model", "tokens": 64, "points": points}))
+    return path
+
+
 def data_images(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)]
 
@@ -52,13 +64,14 @@ def data_images(page: str) -> list[bytes]:
 def hand_report(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("report")
     (d / "eval.json").write_text(json.dumps(eval_rows(4, 8, 16)))
-    write_report(d, fake_report(), tiny_transformer(blocks=2), CharTokenizer(), sample_tokens=16)
+    write_report(d, fake_report(), tiny_transformer(blocks=2), CharTokenizer(), sample_tokens=16,
+                 pareto_path=stub_pareto(d / "stub_pareto.json"))
     return d
 
 
 def test_report_is_one_offline_file_with_its_plots_embedded_and_beside_it(hand_report):
     page = (hand_report / "report.html").read_text()
-    files = ["firing_rates.png", "energy.png", "accuracy.png", "raster.png"]
+    files = ["firing_rates.png", "energy.png", "accuracy.png", "raster.png", "pareto.png"]
     for f in files:
         assert (hand_report / f).read_bytes().startswith(PNG_MAGIC)
     assert data_images(page) == [(hand_report / f).read_bytes() for f in files]
@@ -66,6 +79,23 @@ def test_report_is_one_offline_file_with_its_plots_embedded_and_beside_it(hand_r
     assert "<script" not in page
     for text in ("calibrate", "spike-encode", "45nm-memory", "loihi", "attention energy", "top-1", "Will it fit on Loihi 2"):
         assert text in page
+
+
+def test_the_trade_off_section_marks_this_network_and_labels_published_figures(hand_report):
+    page = (hand_report / "report.html").read_text()
+    assert "Trade-off: accuracy, energy, latency" in page and "stub-model" in page
+    assert "this network (tiny)" in page and "<td>1.2000</td>" in page  # eval_rows: ppl ratio 1 + 0.8/4 at T=4
+    for paper in ("FAS", "SpikeDecoder", "NeurTransformer"):
+        assert f"<td>{paper}</td>" in page
+    assert "96.63%" in page and "few_spike.json" in page
+    assert (hand_report / "pareto.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_no_trade_off_section_without_curve_data(tmp_path):
+    write_report(tmp_path, fake_report(), tiny_transformer(), CharTokenizer(), sample_tokens=8,
+                 pareto_path=tmp_path / "missing.json")
+    assert "Trade-off" not in (tmp_path / "report.html").read_text()
+    assert not (tmp_path / "pareto.png").exists()
 
 
 def test_pass_statistics_are_tables_and_reductions_read_as_less_or_more(tmp_path):
@@ -88,7 +118,7 @@ def test_report_without_eval_results_says_how_to_get_them_and_has_no_accuracy_pl
     page = (tmp_path / "report.html").read_text()
     assert "not evaluated yet" in page and "spikec eval" in page
     assert not (tmp_path / "accuracy.png").exists()
-    assert len(data_images(page)) == 3
+    assert len(data_images(page)) == 4  # firing rates, energy, raster and the shipped trade-off curve
 
 
 def test_report_takes_energy_figures_from_energy_json_when_present(tmp_path):
@@ -173,7 +203,7 @@ def compiled(tmp_path_factory) -> Path:
 def test_compile_writes_report_html_inside_its_output_directory(compiled):
     page = (compiled / "report.html").read_text()
     assert "fold-norm-affine" in page and "spike-encode" in page
-    assert len(data_images(page)) == 3  # no eval yet: firing rates, energy, raster
+    assert len(data_images(page)) == 4  # no eval yet: firing rates, energy, raster, trade-off curve
     assert not list(compiled.parent.glob(".tiny.tmp-*"))
 
 
@@ -217,7 +247,7 @@ def test_report_command_rewrites_the_report_with_eval_and_energy(compiled, capsy
     (compiled / "eval.json").write_text(json.dumps(eval_rows(4, 8)))
     assert main(["report", str(compiled)]) == 0
     page = (compiled / "report.html").read_text()
-    assert len(data_images(page)) == 4 and (compiled / "accuracy.png").is_file()
+    assert len(data_images(page)) == 5 and (compiled / "accuracy.png").is_file()
     assert "from &#x27;spikec energy&#x27;" in page
 
 
