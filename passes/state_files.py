@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from spikec.core.private_paths import make_private_dir, unsafe_reason
+
 META_KEY = "spikec_state"  # safetensors metadata entry holding the JSON state
 _TENSOR = "__tensor__"  # JSON placeholder {"__tensor__": key} for a tensor stored in the file
 _MAX_HEADER = 64 << 20  # bytes; a larger header is not one of ours
@@ -38,21 +40,17 @@ def warn(message: str) -> None:
     print(f"spikec: warning: {message}", file=sys.stderr)
 
 
-def _writable_by_others(mode: int) -> bool:
-    return bool(mode & (stat.S_IWGRP | stat.S_IWOTH))
-
-
 def private_dir(path: Path) -> bool:
     """Create the state folder ``path`` (mode 0700) or check an existing one: True when it is
     a folder of the current user that neither group nor others may write; otherwise warn
     once and return False (the caller then keeps no state there)."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(path)
         info = os.lstat(path)
     except OSError as e:
         warn(f"cannot use the state folder {path}: {e}; continuing without saved state")
         return False
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or _writable_by_others(info.st_mode):
+    if unsafe_reason(info, os.getuid(), directory=True) is not None:
         warn(f"not using the state folder {path}: it must be a folder of yours that group and others "
              f"cannot write (chmod 700 {path}); continuing without saved state")
         return False
@@ -63,8 +61,8 @@ def _trusted_file(path: Path) -> bool:
     """Whether ``path`` is a regular file of the current user that others cannot write or swap."""
     info = os.lstat(path)
     folder = os.stat(path.parent)
-    return (stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and not _writable_by_others(info.st_mode)
-            and (not _writable_by_others(folder.st_mode) or bool(folder.st_mode & stat.S_ISVTX)))
+    folder_shared = bool(folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH)) and not folder.st_mode & stat.S_ISVTX
+    return unsafe_reason(info, os.getuid(), directory=False) is None and not folder_shared
 
 
 def split_tensors(value: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:

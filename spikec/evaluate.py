@@ -15,15 +15,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, resolve_device
-from spikec.compiled_checks import check_compiled, check_positions, check_vocabulary
-from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError, one_line
+from spikec.compiled_checks import check_positions, check_vocabulary
+from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError
 from spikec.encoder_eval import evaluate_encoder, is_encoder
 from spikec.frontend.model_objects import describe_spec, loaded_from_directory
 from spikec.frontend.models import LoadedModel, load_from_spec, load_model
 from spikec.frontend.weight_cache import REFERENCE_DIR
-from spikec.outputs import check_compile_report, load_tokenizer, write_result
+from spikec.outputs import load_tokenizer, read_compiled, write_result
 from spikec.progress import progress_steps
 from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
 
@@ -62,19 +61,7 @@ class Compiled:
 def load_compiled(path: str | Path, reference: str | None = None, reference_flag: str = "--model") -> Compiled:
     """Read ``path`` (a ``spikec compile`` output directory) and check it against its tokenizer.
     The reference ANN (``reference``, or the source model in report.json) loads on first use."""
-    p = Path(path)
-    report_file = p / "report.json"
-    if not p.is_dir() or not report_file.is_file() or not (p / "model.nir").is_file():
-        raise InputError(
-            f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
-            hint="run 'spikec compile MODEL -o DIR' first",
-        )
-    try:
-        report = check_compile_report(json.loads(report_file.read_text(encoding="utf-8")), str(report_file))
-    except ValueError as e:  # JSON or UTF-8
-        raise InputError(f"{str(report_file)!r} is not valid JSON: {one_line(e)}") from None
-    graph = nirio.read(p / "model.nir")
-    check_compiled(p, report, graph)
+    p, report, graph = read_compiled(path)
     compiled = Compiled(p, report, graph, reference, reference_flag)
     check_vocabulary(graph, compiled.tokenizer, str(p / "model.nir"))
     return compiled

@@ -278,11 +278,6 @@ def read_json(path: Path) -> Any:
                          hint="run the command that writes it again") from None
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` to ``path`` as indented JSON (other values by ``str``) with ``write_atomic``."""
-    write_atomic(path, json.dumps(payload, indent=2, default=str))
-
-
 def load_tokenizer(directory: str | Path) -> Any:
     """The tokenizer saved by ``spikec compile`` in ``DIR/tokenizer`` (a transformers tokenizer)."""
     path = Path(directory) / "tokenizer"

@@ -32,6 +32,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from spikec.core.private_paths import cache_root, make_private_dir, unsafe_reason
+
 from .native_source import SOURCE
 
 FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"]
@@ -49,31 +51,7 @@ class UnsafeCacheError(RuntimeError):
 
 def cache_dir() -> Path:
     """Where compiled libraries are kept: ``$SPIKEC_CACHE/kernels`` or ``~/.cache/spikec/kernels``."""
-    root = os.environ.get("SPIKEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "spikec")
-    return Path(root) / "kernels"
-
-
-def unsafe_reason(st: os.stat_result, uid: int, *, directory: bool) -> str | None:
-    """Why a file (or directory) with status ``st`` must not be trusted by user ``uid``, or None
-    when it is of the right kind, owned by ``uid`` and writable by neither group nor others."""
-    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
-    if not kind_ok:
-        return "is not a directory" if directory else "is not a regular file"
-    if st.st_uid != uid:
-        return f"is owned by uid {st.st_uid}, not by the current user (uid {uid})"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-def make_private_dir(path: Path) -> None:
-    """Create the directory ``path`` with mode 0700 (its parents as usual) unless it exists;
-    whether an existing one may be trusted is the caller's check (``unsafe_reason``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+    return cache_root() / "kernels"
 
 
 def _open_private_dir(path: Path) -> int:

@@ -27,13 +27,12 @@ from typing import Callable, Iterator
 import torch
 from safetensors.torch import save_model
 
-from spikec.backends.simulator.native_build import make_private_dir, unsafe_reason
+from spikec.core.private_paths import cache_root, make_private_dir, unsafe_reason
 
 
 def weights_dir() -> Path:
     """``$SPIKEC_CACHE/weights`` or ``~/.cache/spikec/weights``."""
-    root = os.environ.get("SPIKEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "spikec")
-    return Path(root) / "weights"
+    return cache_root() / "weights"
 
 
 def entry_name(source: Path, prefix: str) -> str:
