@@ -1,6 +1,7 @@
 """The notebooks in examples/ run from top to bottom (nbclient), so that they stay true.
 
-Each runs in a fresh kernel of this interpreter, in a temporary working directory. The SmolLM2
+Each runs in a fresh kernel of this interpreter, in a temporary working directory, with its
+temporary files (``tempfile``, ``spikec.compile`` without ``output``) under it too. The SmolLM2
 notebook loads the real weights (``slow``); the others use tiny random GPT-2s."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def test_notebook_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     if name == "nir_to_norse.ipynb":
         pytest.importorskip("norse.torch")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's tempfile outputs go where pytest cleans up
     nb = nbformat.read(EXAMPLES / name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
