@@ -8,6 +8,7 @@ and the others of ``spikec.core.errors``), and name the Python arguments, not CL
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ def compile(
             raise UsageError("tokenizer: only for a model object; a named model brings its own")
     else:
         raise UsageError(f"model: expected a model name, a directory or a torch.nn.Module, got {type(model).__name__}")
-    out = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="spikec-")) / "model"
+    made = None if output is not None else Path(tempfile.mkdtemp(prefix="spikec-"))
+    out = Path(output) if made is None else made / "model"
     opts = CompileOptions(
         model=name, output=str(out), timesteps=timesteps, target=target, calib_text=calib_text,
         calib_samples=calib_samples, seq_len=seq_len, passes=list(passes or ["default"]), plugins=list(plugins or []),
@@ -93,7 +95,12 @@ def compile(
         token_encoding=token_encoding, calibrate=calibrate,
     )
     console = Console(stderr=True, quiet=quiet)
-    result = compile_network(opts, console, loaded, names=ARGUMENT_NAMES)
+    try:
+        result = compile_network(opts, console, loaded, names=ARGUMENT_NAMES)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)  # the directory this call made, nothing else
+        raise
     return SpikingModel(load_compiled(out, reference_flag="reference"), result.module)
 
 
