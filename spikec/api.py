@@ -18,7 +18,8 @@ import torch
 from spikec.core.errors import UsageError
 from spikec.spiking_model import SpikingModel, check_range
 
-ARGUMENT_NAMES = {"timesteps": "timesteps", "calib_samples": "calib_samples", "seq_len": "seq_len", "options": "options:"}
+ARGUMENT_NAMES = {"timesteps": "timesteps", "calib_samples": "calib_samples", "seq_len": "seq_len", "options": "options:",
+                  "budget": "budget", "coding": "coding"}
 """How compile errors name the options: by their Python argument names."""
 
 
@@ -33,6 +34,8 @@ def compile(
     attention: str = "softmax",
     token_encoding: str = "none",
     calibrate: str = "none",
+    coding: str = "rate",
+    budget: float | None = None,
     passes: list[str] | None = None,
     options: dict[str, Any] | None = None,
     calib_text: str | None = None,
@@ -59,6 +62,8 @@ def compile(
     timesteps: T, timesteps per window (1..4096). seq_len: positions per calibration sample
     (2..8192), also the longest sequence the network takes when it has learned positions.
     calib_text: a text file (or ``embedded:NAME``) for calibration, calib_samples of it.
+    coding: ``rate`` or ``binary`` (few-spike neurons, docs/few-spike.md); budget: with binary
+    coding, the calibration perplexity ratio within which each layer's steps are chosen for energy.
     preset, attention, token_encoding, calibrate, passes, options (pass options such as
     ``{"burst_spikes": 8}``), plugins (files of passes), random_weights and config (field
     overrides, with random weights), seed, target (``nir``, ``sim``, ``lava``), device: as the
@@ -92,7 +97,7 @@ def compile(
         calib_samples=calib_samples, seq_len=seq_len, passes=list(passes or ["default"]), plugins=list(plugins or []),
         random_weights=random_weights, config_overrides={str(k): str(v) for k, v in (config or {}).items()},
         seed=seed, force=force, options=dict(options or {}), preset=preset, device=device, attention=attention,
-        token_encoding=token_encoding, calibrate=calibrate,
+        token_encoding=token_encoding, calibrate=calibrate, coding=coding, budget=budget,
     )
     console = Console(stderr=True, quiet=quiet)
     try:

@@ -43,7 +43,8 @@ from spikec.text import CALIBRATION_TEXT, cut_samples, leading_tokens, text_labe
 from spikec.verify import compare_fx_and_simulator
 
 TARGETS = ("nir", "sim", "lava")
-CLI_FLAGS = {"timesteps": "-T", "calib_samples": "--calib-samples", "seq_len": "--seq-len", "options": "--option"}
+CLI_FLAGS = {"timesteps": "-T", "calib_samples": "--calib-samples", "seq_len": "--seq-len", "options": "--option",
+             "budget": "--budget", "coding": "--coding"}
 """How ``CompileOptions.validate`` names the options it checks, by default."""
 
 
@@ -89,8 +90,8 @@ class CompileOptions:
             raise UsageError(f"{n['seq_len']} must be between 2 and 8192, got {self.seq_len}")
         resolve_device(self.device)
         if self.budget is not None and (self.coding != "binary" or not self.budget >= 1.0):
-            raise UsageError(f"--budget takes a perplexity ratio >= 1 with --coding binary, got {self.budget} "
-                             f"with --coding {self.coding}")
+            raise UsageError(f"{n['budget']} takes a perplexity ratio >= 1 with {n['coding']} binary, got {self.budget} "
+                             f"with {n['coding']} {self.coding}")
 
     @property
     def output_dir(self) -> Path:
