@@ -143,6 +143,9 @@ def status(console: Console, text: str) -> Iterator[Callable[[str], None]]:
     """A step's status: rich's spinner on a terminal; elsewhere (a log, a pipe), where the
     spinner shows nothing, plain lines on stdout (stderr keeps errors alone: docs/errors.md).
     Yields a function that changes the text."""
+    if console.quiet:  # spikec.compile(quiet=True): no status at all
+        yield lambda t: None
+        return
     if console.is_terminal:
         with console.status(text) as spinner:
             yield spinner.update
