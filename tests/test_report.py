@@ -172,7 +172,8 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded_and_no_erro
             pytest.fail("chromium is not installed; .ci/run installs it (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     probe, console = render(hand_report / "report.html", tmp_path)
-    assert [i["file"] for i in probe["images"]] == ["firing_rates.png", "energy.png", "accuracy.png", "raster.png"]
+    assert [i["file"] for i in probe["images"]] == ["firing_rates.png", "energy.png", "accuracy.png", "raster.png",
+                                                  "pareto.png"]
     assert all(i["complete"] and i["width"] > 0 for i in probe["images"]), probe["images"]
     assert probe["errors"] == []
     assert [line for line in console if "spikec-probe-done" not in line] == []
