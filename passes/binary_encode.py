@@ -9,6 +9,11 @@ Thresholds: the first step's weight of input channel c is ``theta_c = 2^E_c * p_
 ``binary_range_scale``) and ``E_c >= 0`` the fewest leading steps whose code spans the
 channel's calibration abs-max times ``binary_headroom`` (default ``HEADROOM``): outliers are
 carried, not clipped, at the price of resolution in their own channel only.
+
+Balanced ternary (``binary_digits=ternary``, ``--coding ternary``): step k weighted ``3^-k``,
+``3^T`` levels in T steps; the code spans ``ternary_span * p_c`` in every channel (``theta_c =
+ternary_span * p_c / (1.5 (1 - 3^-T))``): with 2,187 levels at T=7 range and resolution need
+not be traded per channel.
 """
 
 from __future__ import annotations
@@ -28,11 +33,15 @@ from .calibrate import META_KEY as CALIBRATION_KEY
 from .encode import NEURON_KEY, RANGES, thresholds
 from .fx_graph import calls, new_attr, spikec_name
 
-DIGITS = ("binary", "signed")
+DIGITS = ("binary", "signed", "ternary")
 HEADROOM = 2.0
 """Default ``binary_headroom``: chosen on text other than the held-out docstrings (calibration on
 the GPL-3 text, perplexity on embedded:finetune_numpy_docstrings.txt, SmolLM2-135M, T=7): ratio
 1.19 at 1, 1.098 at 2, 1.105 at 3, 1.27 at 4 (range against resolution; docs/few-spike.md)."""
+TERNARY_SPAN = 16.0
+"""Default ``ternary_span``: chosen as ``HEADROOM`` was, on the tuning text (never the held-out
+docstrings), SmolLM2-135M, T=7, fake-quantized affine inputs: ppl ratio 1.061 at 4, 1.015 at 8,
+1.013 at 16, 1.040 at 32 (docs/few-spike.md)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,8 @@ class BinaryEncodeOptions:
     """Options of ``binary-encode``."""
 
     digits: str = option_field("binary_digits", "binary",
-                               "digit set: binary (sign and bits) or signed (non-adjacent signed digits)",
+                               "digit set: binary (sign and bits), signed (non-adjacent signed digits) or "
+                               "ternary (balanced ternary, step k weighted 3^-k; --coding ternary)",
                                choices=DIGITS)
     range: str = option_field("binary_range", "percentile", "per-channel statistic p: absmax or percentile",
                               choices=RANGES)
@@ -48,15 +58,19 @@ class BinaryEncodeOptions:
     headroom: float = option_field("binary_headroom", HEADROOM,
                                    "the code spans at least the calibration abs-max times this")
     max_lead: int = option_field("binary_max_lead", 8, "most leading steps E above p", low=0, high=16)
+    ternary_span: float = option_field("ternary_span", TERNARY_SPAN,
+                                       "ternary digits: the code spans this multiple of p in every channel")
 
     def __post_init__(self) -> None:
-        if not self.range_scale > 0 or not self.headroom > 0:
-            raise UsageError(f"binary_range_scale and binary_headroom must be positive, got "
-                             f"{self.range_scale} and {self.headroom}")
+        if not self.range_scale > 0 or not self.headroom > 0 or not self.ternary_span > 0:
+            raise UsageError(f"binary_range_scale, binary_headroom and ternary_span must be positive, got "
+                             f"{self.range_scale}, {self.headroom} and {self.ternary_span}")
 
 
-def code_span(timesteps: int, signed_digits: bool) -> float:
+def code_span(timesteps: int, signed_digits: bool, radix: int = 2) -> float:
     """The largest ``|u|`` (threshold units) a T-step code represents without saturating."""
+    if radix == 3:
+        return 1.5 * (1.0 - 3.0 ** -timesteps)
     return 4.0 / 3.0 if signed_digits else 2.0 - 2.0 ** (1 - timesteps)
 
 
@@ -73,7 +87,7 @@ def binary_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Replace each calibrated affine by few-spike neurons and a Horner-readout affine.
 
     Matches every ``ops.affine`` node with ``meta["spikec_calibration"]``. For input ``x`` it
-    inserts ``spikes = ops.few_spike(x, theta, timesteps=ctx.timesteps, signed_digits=d)``
+    inserts ``spikes = ops.few_spike(x, theta, timesteps=ctx.timesteps, signed_digits=d[, radix=3])``
     (int8 ``[T, batch, positions, in]``, named ``<affine>.neuron``, role ``neuron``) and
     ``ops.binary_readout_affine(spikes, W * theta[None, :], b)``; theta per channel as the module
     docstring says (``BinaryEncodeOptions``). Guarantees: each affine now computes ``W @ Q(x) + b``
@@ -82,11 +96,13 @@ def binary_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     Raises ``UsageError`` when no affine is calibrated or T is outside ``1..few_spike.MAX_STEPS``.
     """
     timesteps = ctx.timesteps
-    if not 1 <= timesteps <= few_spike.MAX_STEPS:
-        raise UsageError(f"--coding binary takes -T 1..{few_spike.MAX_STEPS} (steps per token), got {timesteps}")
     opts = from_options(BinaryEncodeOptions, ctx.options)
-    signed_digits = opts.digits == "signed"
-    span = code_span(timesteps, signed_digits)
+    radix = 3 if opts.digits == "ternary" else 2
+    coding = "ternary" if radix == 3 else "binary"
+    if not 1 <= timesteps <= few_spike.max_steps(radix):
+        raise UsageError(f"--coding {coding} takes -T 1..{few_spike.max_steps(radix)} (steps per token), got {timesteps}")
+    signed_digits = opts.digits != "binary"
+    span = code_span(timesteps, signed_digits, radix)
     affines = list(calls(gm, ops.affine))
     todo = [a for a in affines if CALIBRATION_KEY in a.meta]
     if affines and not todo:
@@ -98,26 +114,35 @@ def binary_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     for affine in todo:
         stats = affine.meta[CALIBRATION_KEY]
         base = thresholds(stats, cfg)
-        lead = leading_steps(stats["absmax"], base, span, opts.headroom, opts.max_lead)
-        theta = (base.double() * torch.pow(2.0, lead.double())).float()
+        if radix == 3:
+            lead = torch.zeros(0, dtype=torch.int64)
+            theta = (base.double() * (opts.ternary_span / span)).float()
+        else:
+            lead = leading_steps(stats["absmax"], base, span, opts.headroom, opts.max_lead)
+            theta = (base.double() * torch.pow(2.0, lead.double())).float()
         site = AffineSite.of(gm, affine, theta)
         graph = gm.graph
         with graph.inserting_before(affine):
             theta_node = graph.get_attr(new_attr(gm, f"{site.name}.neuron.threshold", theta.to(site.w.device)))
-            spikes = graph.call_function(ops.few_spike, (site.x, theta_node),
-                                         {"timesteps": timesteps, "signed_digits": signed_digits})
-            setting = {"coding": "binary", "digits": opts.digits, "timesteps": timesteps,
-                       "lead_mean": float(lead.double().mean()), "lead_max": int(lead.max())}
+            kwargs = {"timesteps": timesteps, "signed_digits": signed_digits, **({"radix": 3} if radix == 3 else {})}
+            spikes = graph.call_function(ops.few_spike, (site.x, theta_node), kwargs)
+            setting = {"coding": coding, "digits": opts.digits, "timesteps": timesteps,
+                       **({"ternary_span": opts.ternary_span} if radix == 3 else
+                          {"lead_mean": float(lead.double().mean()), "lead_max": int(lead.max())})}
             spikes.meta.update({**site.neuron_meta(), NEURON_KEY: setting})
             readout = graph.call_function(ops.binary_readout_affine,
-                                          (spikes, fold_weight(gm, site, theta), site.b_node))
+                                          (spikes, fold_weight(gm, site, theta), site.b_node),
+                                          {"radix": 3} if radix == 3 else {})
         stale |= replace_affine(gm, site, readout)
         readout.meta[NEURON_KEY] = dict(setting)
         neurons[site.role] = neurons.get(site.role, 0) + int(theta.numel())
         leads.setdefault(site.role, []).extend(lead.tolist())
     finish(gm, ctx, stale, len(todo), neurons)
     ctx.record("digits", opts.digits)
-    ctx.record("lead_mean", {r: sum(v) / len(v) for r, v in leads.items()})
-    ctx.record("lead_max", {r: max(v) for r, v in leads.items()})
+    if radix == 3:
+        ctx.record("ternary_span", opts.ternary_span)
+    else:
+        ctx.record("lead_mean", {r: sum(v) / len(v) for r, v in leads.items()})
+        ctx.record("lead_max", {r: max(v) for r, v in leads.items()})
     ctx.record("skipped", [spikec_name(a) for a in affines if a not in todo][:20])
 

@@ -18,9 +18,12 @@ ssa: spiking self-attention without softmax (docs/ssa.md; fine-tune it with
 ``spikec finetune --method ssa``)."""
 
 TOKEN_ENCODINGS = ("none", "rate", "binary")
-CODINGS = ("rate", "binary")
+CODINGS = ("rate", "binary", "ternary")
 """rate: SignedIF neurons, about T |x| / theta spikes per value (the default); binary: few-spike
-neurons, one spike per set bit, step k weighted 2^-k (docs/few-spike.md)."""
+neurons, one spike per set bit, step k weighted 2^-k; ternary: few-spike neurons with balanced
+ternary digits, step k weighted 3^-k (docs/few-spike.md)."""
+FEW_SPIKE_CODINGS = ("binary", "ternary")
+"""The codings of the ``binary-encode`` pass (``--budget`` applies to them)."""
 CALIBRATION_MODES = ("none", "coarse", "fine")
 
 _BASE = ["fold-norm-affine", "calibrate", "burst-all"]
@@ -32,8 +35,9 @@ def build_pipeline(attention: str = "softmax", token_encoding: str = "none",
 
     softmax: ``fold-norm-affine, calibrate, burst-all, [token-encode,] spike-encode,
     [fas-calibrate]``; spike-softmax: ``..., burst-all, [token-encode,] spike-softmax``;
-    ssa: the softmax pipeline followed by ``ssa``. ``coding="binary"`` (softmax attention, no
-    FAS calibration): ``fold-norm-affine, calibrate, [token-encode,] binary-encode``. Raises ``UsageError`` for an unknown
+    ssa: the softmax pipeline followed by ``ssa``. ``coding="binary"`` or ``"ternary"`` (softmax
+    attention, no FAS calibration): ``fold-norm-affine, calibrate, [token-encode,] binary-encode``
+    (ternary with the option ``binary_digits=ternary``). Raises ``UsageError`` for an unknown
     mode or a combination that does not exist (FAS calibration tunes SignedIF neurons,
     which spike-softmax replaces).
     """
@@ -45,11 +49,13 @@ def build_pipeline(attention: str = "softmax", token_encoding: str = "none",
             raise UsageError(f"unknown {flag} {value!r}; choose one of {', '.join(known)}")
     tokens = [] if token_encoding == "none" else ["token-encode"]
     options: dict[str, Any] = {} if token_encoding == "none" else {"token_encoding": token_encoding}
-    if coding == "binary":
+    if coding in FEW_SPIKE_CODINGS:
         if attention != "softmax" or calibrate != "none":
-            raise UsageError("--coding binary converts the affines of the softmax pipeline; "
+            raise UsageError(f"--coding {coding} converts the affines of the softmax pipeline; "
                              f"--attention {attention} and --calibrate {calibrate} apply to the rate code",
                              hint="drop --attention/--calibrate, or use --coding rate")
+        if coding == "ternary":
+            options["binary_digits"] = "ternary"
         return ["fold-norm-affine", "calibrate", *tokens, "binary-encode"], options
     if attention == "spike-softmax":
         if calibrate != "none":

@@ -62,8 +62,8 @@ def compile(
     timesteps: T, timesteps per window (1..4096). seq_len: positions per calibration sample
     (2..8192), also the longest sequence the network takes when it has learned positions.
     calib_text: a text file (or ``embedded:NAME``) for calibration, calib_samples of it.
-    coding: ``rate`` or ``binary`` (few-spike neurons, docs/few-spike.md); budget: with binary
-    coding, the calibration perplexity ratio within which each layer's steps are chosen for energy.
+    coding: ``rate``, ``binary`` or ``ternary`` (few-spike neurons, docs/few-spike.md); budget: with
+    a few-spike coding, the calibration perplexity ratio within which each layer's steps are chosen for energy.
     preset, attention, token_encoding, calibrate, passes, options (pass options such as
     ``{"burst_spikes": 8}``), plugins (files of passes), random_weights and config (field
     overrides, with random weights), seed, target (``nir``, ``sim``, ``lava``), device: as the

@@ -69,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "no softmax (fine-tune it with `spikec finetune --method ssa`, docs/ssa.md)")
     c.add_argument("--token-encoding", default="none", choices=("none", "rate", "binary"),
                    help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
-    c.add_argument("--coding", default="rate", choices=("rate", "binary"),
-                   help="spike code: rate (default) or binary (few-spike neurons, -T steps per token; docs/few-spike.md)")
+    c.add_argument("--coding", default="rate", choices=("rate", "binary", "ternary"),
+                   help="spike code: rate (default), binary or ternary (few-spike neurons, -T steps per token, "
+                        "step k weighted 2^-k or 3^-k; docs/few-spike.md)")
     c.add_argument("--budget", type=float, default=None, metavar="R",
-                   help="with --coding binary: choose each layer's steps (at most -T) for the least estimated energy "
+                   help="with --coding binary or ternary: choose each layer's steps (at most -T) for the least estimated energy "
                         "with the perplexity ratio on the calibration text within R (e.g. 1.04); default: all -T")
     c.add_argument("--calibrate", default="none", choices=("none", "coarse", "fine"),
                    help="FAS stage-2 calibration of thresholds (coarse) and initial membranes (fine), docs/fas.md")

@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 
 import spikec.passes as builtin_passes
-from spikec.passes.pipelines import build_pipeline
+from spikec.passes.pipelines import FEW_SPIKE_CODINGS, build_pipeline
 from spikec.analysis.spiking_parts import spiking_parts
 from spikec.backends import nirio
 from spikec.backends.lava.export import export_lava
@@ -71,8 +71,8 @@ class CompileOptions:
     attention: str = "softmax"  # softmax | spike-softmax | ssa (spikec.passes.pipelines)
     token_encoding: str = "none"  # none | rate | binary
     calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
-    coding: str = "rate"  # rate | binary (spikec.passes.pipelines.CODINGS)
-    budget: float | None = None  # binary coding: per-layer steps within this calibration ppl ratio (spikec.budget)
+    coding: str = "rate"  # rate | binary | ternary (spikec.passes.pipelines.CODINGS)
+    budget: float | None = None  # few-spike coding: per-layer steps within this calibration ppl ratio (spikec.budget)
 
     def validate(self, names: dict[str, str] | None = None) -> None:
         """Raise ``UsageError`` for a value out of range, naming the option as ``names`` maps it
@@ -89,9 +89,13 @@ class CompileOptions:
         if not 2 <= self.seq_len <= 8192:
             raise UsageError(f"{n['seq_len']} must be between 2 and 8192, got {self.seq_len}")
         resolve_device(self.device)
-        if self.budget is not None and (self.coding != "binary" or not self.budget >= 1.0):
-            raise UsageError(f"{n['budget']} takes a perplexity ratio >= 1 with {n['coding']} binary, got {self.budget} "
-                             f"with {n['coding']} {self.coding}")
+        if self.budget is not None and (self.coding not in FEW_SPIKE_CODINGS or not self.budget >= 1.0):
+            raise UsageError(f"{n['budget']} takes a perplexity ratio >= 1 with {n['coding']} binary or ternary, got "
+                             f"{self.budget} with {n['coding']} {self.coding}")
+        digits = self.options.get("binary_digits")
+        if self.coding == "ternary" and digits not in (None, "ternary"):
+            raise UsageError(f"{n['coding']} ternary sets binary_digits=ternary; got binary_digits={digits}",
+                             hint=f"drop binary_digits, or use {n['coding']} binary")
 
     @property
     def output_dir(self) -> Path:

@@ -57,6 +57,12 @@ READOUT_AFFINES: dict[Callable, type[ir.SpikecNode]] = {
 (rate code) or the Horner sum with step weights 2^-k (few-spike code)."""
 
 
+def readout_fields(target: Callable, args: dict[str, Any]) -> dict[str, Any]:
+    """Fields of a readout node beyond ``features``: the few-spike readout's ``radix`` when it is 3."""
+    radix = int(args.get("radix", 2)) if target is ops.binary_readout_affine else 2
+    return {"radix": radix} if radix != 2 else {}
+
+
 class LoweringError(Exception):
     """A node of the graph has no NIR lowering."""
 
@@ -96,7 +102,8 @@ def lower_to_nir(
             if node.target in READOUT_AFFINES:
                 nodes[name] = canonical.affine(args, node)
                 readout = f"{name}_readout"
-                nodes[readout] = READOUT_AFFINES[node.target](features=nodes[name].weight.shape[0])
+                nodes[readout] = READOUT_AFFINES[node.target](features=nodes[name].weight.shape[0],
+                                                              **readout_fields(node.target, args))
                 edges.append((name, readout))
                 out_name[node] = readout
             elif node.target in LOWERINGS:

@@ -102,6 +102,63 @@ def test_the_horner_readout_is_the_affine_of_the_weighted_count():
     assert ops.binary_readout_affine(spikes, w, b).item() == 2.0
 
 
+def ternary(u: list[float], timesteps: int) -> list[list[int]]:
+    params = few_spike.FewSpikeParams(torch.ones(len(u)), signed_digits=True, radix=3)
+    return few_spike.few_spike_encode(torch.tensor(u), params, timesteps).T.tolist()
+
+
+def test_ternary_digits_are_the_balanced_ternary_digits_of_the_rounded_value_msb_first():
+    # T=3, theta=1: m0 = 9u, step weights 9, 3, 1 (levels 4.5, 1.5, 0.5)
+    # u=1/3: m0 3 -> 0, +1 (0), 0; u=-0.6: m0 -5.4 -> -1 (3.6), +1 (0.6), +1 (-0.4): -9+3+1 = -5
+    # u=5 saturates at 9+3+1 = 13 (u = 13/9); u=0.05: m0 0.45 < 0.5, no spike
+    assert ternary([1 / 3, -0.6, 5.0, 0.05], 3) == [[0, 1, 0], [-1, 1, 1], [1, 1, 1], [0, 0, 0]]
+
+
+def test_ternary_codes_use_every_pattern_of_a_signed_train_so_t_steps_give_3_to_the_t_levels():
+    t = 4
+    u = torch.linspace(-1.6, 1.6, 20001)
+    params = few_spike.FewSpikeParams(torch.ones(u.numel()), signed_digits=True, radix=3)
+    train = few_spike.few_spike_encode(u, params, t)
+    assert len({tuple(col) for col in train.T.tolist()}) == 3 ** t
+    value = few_spike.weighted_count(train, 3) * 3 ** (t - 1)  # in units of the last step
+    m = (u * 3 ** (t - 1)).double()
+    inside = m.abs() <= (3 ** t - 1) / 2
+    assert (value[inside] - m[inside]).abs().max() <= 0.5 + 1e-9  # rounds to the nearest level
+    assert value.abs().max() == (3 ** t - 1) / 2  # saturates at the span
+
+
+def test_the_ternary_closed_form_equals_the_spike_train_and_its_spike_count():
+    x = torch.randn(4, 9, 33) * 2
+    theta = torch.rand(33) + 0.2
+    params = few_spike.FewSpikeParams(theta, signed_digits=True, radix=3)
+    for timesteps, steps, groups in ((T, 0, 1), (T, 5, 1), (12, 0, 2), (12, 10, 2)):
+        train = few_spike.few_spike_encode(x, params, timesteps, steps)
+        counts, spikes = few_spike.ternary_code(x, theta, timesteps, steps)
+        assert counts.shape[0] == groups and torch.equal(counts, few_spike.group_counts(train, 3))
+        assert torch.equal(spikes, train.abs().sum(0, dtype=torch.int64))
+
+
+def test_the_ternary_readout_triples_then_adds_and_scales_each_group_once():
+    spikes = torch.tensor([[[1, 0]], [[0, -1]], [[1, 1]]], dtype=torch.int8)  # [T=3, 1, 2]
+    w, b = torch.tensor([[2.0, 4.0]]), torch.tensor([0.5])
+    # counts 9*1 + 1 = 10 and -3 + 1 = -2 (units of 1/9): (2*10 + 4*(-2)) / 9 + 0.5
+    assert ops.binary_readout_affine(spikes, w, b, radix=3).item() == pytest.approx(12 / 9 + 0.5, abs=1e-7)
+    assert few_spike.group_counts(spikes, 3)[0, 0].tolist() == [10.0, -2.0]
+
+
+def test_a_ternary_code_needs_signed_digits_and_at_most_15_steps():
+    with pytest.raises(ValueError, match="signed digits"):
+        few_spike.FewSpikeParams(torch.ones(2), signed_digits=False, radix=3)
+    with pytest.raises(ValueError, match="radix"):
+        few_spike.FewSpikeParams(torch.ones(2), signed_digits=True, radix=4)
+    params = few_spike.FewSpikeParams(torch.ones(2), signed_digits=True, radix=3)
+    with pytest.raises(ValueError, match="1..15"):
+        few_spike.few_spike_encode(torch.ones(2), params, 16)
+    ctx = PassContext(options={"timesteps": 16, "binary_digits": "ternary"}, calibration=token_ids(seed=2))
+    with pytest.raises(UsageError, match="--coding ternary takes -T 1..15"):
+        run_passes(gpt2_like(), PIPELINE, ctx)
+
+
 def test_too_many_steps_are_refused():
     with pytest.raises(ValueError):
         few_spike.few_spike_encode(torch.ones(2), few_spike.FewSpikeParams(torch.ones(2)), few_spike.MAX_STEPS + 1)
@@ -122,7 +179,8 @@ def test_leading_steps_give_outlier_channels_range_and_keep_the_others_resolutio
 
 @pytest.mark.parametrize("family,digits,timesteps", [("gpt2", "binary", T), ("gpt2", "signed", T),
                                                      ("llama", "binary", T), ("llama", "signed", T),
-                                                     ("gpt2", "binary", 16)])
+                                                     ("gpt2", "binary", 16), ("gpt2", "ternary", T),
+                                                     ("llama", "ternary", T), ("gpt2", "ternary", 12)])
 def test_fx_module_and_simulator_agree_spike_for_spike(family, digits, timesteps):
     gm, graph, ids, records = converted(family, digits, timesteps)
     assert records[-1].stats["digits"] == digits
@@ -137,6 +195,23 @@ def test_fx_module_and_simulator_agree_spike_for_spike(family, digits, timesteps
     assert torch.equal(fast.output, reference.output)
     counted = simulate(graph, ids, timesteps)  # counts only, nothing recorded
     assert torch.equal(counted.output, reference.output) and counted.firing_rates == reference.firing_rates
+
+
+def test_a_ternary_nir_file_records_its_radix_and_a_binary_one_does_not(tmp_path):
+    _, graph, ids, _ = converted("gpt2", "ternary")
+    path = tmp_path / "model.nir"
+    nirio.write(path, graph)
+    back = nirio.read(path)
+    neurons = [n for n, node in back.nodes.items() if isinstance(node, ir.SpikecFewSpike)]
+    readouts = [n for n, node in back.nodes.items() if isinstance(node, ir.SpikecBinaryReadout)]
+    assert neurons and all(back.nodes[n].radix == 3 and back.nodes[n].signed_digits for n in neurons)
+    assert readouts and all(back.nodes[n].radix == 3 for n in readouts)
+    assert torch.equal(simulate(back, ids, T).output, simulate(graph, ids, T).output)
+    assert "radix" not in converted("gpt2", "binary")[1].nodes[neurons[0]].to_dict()
+    back.nodes[neurons[0]].signed_digits = False
+    nirio.write(path, back)
+    with pytest.raises(NIRFormatError, match="radix 3"):
+        nirio.read(path)
 
 
 def test_a_nir_file_round_trips_and_is_validated(tmp_path):
@@ -175,6 +250,12 @@ def test_operations_are_spikes_times_fan_out_plus_a_shift_and_add_per_output_and
     assert layer.snn.neuron_updates == n_in * t
     assert layer.snn.adds == 2 * n_out * t + n_out  # shift and add per output and step, the bias once
     assert layer.snn.macs == 0 and layer.snn.ops == 0
+    nodes["fc_neuron"] = ir.SpikecFewSpike(threshold=np.ones(n_in, np.float32), signed_digits=True, radix=3)
+    nodes["fc_readout"] = ir.SpikecBinaryReadout(features=n_out, radix=3)
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+    result = simulate(graph, torch.tensor([[[0.75, -0.125], [1.0, 0.0]]]), t)
+    layer = count_operations(graph, result, positions=2).layers[0]
+    assert layer.snn.adds == 3 * n_out * t + n_out  # ternary Horner: a shift and two adds per output and step
 
 
 # --- CLI, portable profile -------------------------------------------------------------------------
@@ -185,9 +266,20 @@ def test_the_cli_flag_selects_the_binary_pipeline_and_rate_stays_the_default():
     assert args.coding == "binary" and args.timesteps == 7
     assert build_parser().parse_args(["compile", "gpt2"]).coding == "rate"
     assert build_pipeline(coding="binary")[0] == PIPELINE
+    assert build_pipeline(coding="ternary") == (PIPELINE, {"binary_digits": "ternary"})
+    assert build_parser().parse_args(["compile", "gpt2", "--coding", "ternary"]).coding == "ternary"
     assert build_pipeline()[0] == spikec.passes.DEFAULT_PIPELINE
     with pytest.raises(UsageError):
         build_pipeline(attention="ssa", coding="binary")
+
+
+def test_coding_ternary_refuses_another_digit_set_and_budget_takes_both_few_spike_codings():
+    from spikec.compiler import CompileOptions
+    with pytest.raises(UsageError, match="--coding ternary sets binary_digits=ternary"):
+        CompileOptions(model="gpt2", coding="ternary", options={"binary_digits": "binary"}).validate()
+    CompileOptions(model="gpt2", coding="ternary", budget=1.04).validate()
+    with pytest.raises(UsageError, match="binary or ternary"):
+        CompileOptions(model="gpt2", coding="rate", budget=1.04).validate()
 
 
 def test_the_portable_profile_refuses_the_few_spike_code_in_one_line():

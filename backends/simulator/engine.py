@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 import nir
 import torch
@@ -67,8 +68,9 @@ KERNELS: dict[type, Kernel] = {
 }
 """Node class -> kernel, for every node family. Input nodes are handled by ``Simulator.run`` itself."""
 
-FUSED_READOUTS: dict[type, Kernel] = {ir.SpikecRateReadout: standard.readout_affine, **few_spike.FUSED_READOUTS}
-"""Readout class -> kernel of an Affine/Linear fused with the readout it feeds alone."""
+FUSED_READOUTS: dict[type, Callable] = {ir.SpikecRateReadout: standard.readout_affine, **few_spike.FUSED_READOUTS}
+"""Readout class -> kernel of an Affine/Linear fused with the readout it feeds alone, called
+``(ctx, name, affine, x, readout)``."""
 
 COUNTING_NEURONS: dict[type, type] = {ir.SpikecSignedIF: ir.SpikecRateReadout,
                                       ir.SpikecFewSpike: ir.SpikecBinaryReadout}
@@ -260,7 +262,7 @@ class Simulator:
                                          hint="connect it or remove it")
                 x = _fan_in([values[p] for p in preds[name]])
                 if x.series and name in self.fused:
-                    values[name] = self.fused[name](ctx, name, node, x)
+                    values[name] = self.fused[name](ctx, name, node, x, graph.nodes[self.succs[name][0]])
                 else:
                     if x.count:  # only readout affines take counts (see _count_only)
                         raise AssertionError(f"spike counts reached {name!r}, which is not a readout affine")

@@ -59,7 +59,7 @@ def _affine(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     return _matmul(x, weight, bias)
 
 
-def readout_affine(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
+def readout_affine(ctx: Context, name: str, node: nir.NIRNode, x: Value, readout: nir.NIRNode | None = None) -> Value:
     """An Affine/Linear fused with the RateReadout it feeds alone: ``W mean_t(s_t) + b``,
     from the spike train or (fast mode) from its counts, computed in float64 and rounded
     once to float32 as ``ops.readout_from_counts`` defines it (widening the weight a block

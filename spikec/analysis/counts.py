@@ -208,11 +208,13 @@ def _readout_counts(readout: nir.NIRNode, n_out: int, bias: bool, w: Workload, c
     """The readout of a spike-driven affine per token: the rate code's ``1/T`` scale per output,
     or the Horner readout's shift and add per output and step of its input's code (``acc = 2 acc
     + y_k``, both counted as additions, the accumulator read and written each step; a shorter
-    code's silent steps are one shift at the end, not counted); the bias add either way."""
+    code's silent steps are one shift at the end, not counted; radix 3 triples, ``acc = 3 acc + y_k``
+    = a shift and two adds, three additions); the bias add either way."""
     b = n_out if bias else 0
     if isinstance(readout, ir.SpikecBinaryReadout):
         steps = n_out * code_steps
-        return OpCounts(adds=2 * steps + b, weight_reads=b, state_accesses=2 * steps + n_out,
+        per_step = 3 if getattr(readout, "radix", 2) == 3 else 2
+        return OpCounts(adds=per_step * steps + b, weight_reads=b, state_accesses=2 * steps + n_out,
                         activation_accesses=n_out)
     return OpCounts(ops=OPS_PER_ELEMENT["readout"] * n_out, adds=b, weight_reads=b, state_accesses=n_out,
                     activation_accesses=n_out)

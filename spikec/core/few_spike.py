@@ -30,6 +30,20 @@ The value the spikes stand for is ``theta * sum_k 2^-k s_k`` (``weighted_count``
 readout accumulates the steps' synaptic inputs ``y_k = W s_k`` with Horner's rule
 (``acc = 2 acc + y_k``, value ``acc * 2^-(T-1)``), a shift and an add per output and step.
 
+Balanced ternary (``radix = 3``, a third digit set): step k weighted ``w_k = 3^-k``. A signed
+spike train of T steps has ``3^T`` patterns; binary digits use ``2^(T+1) - 1`` of them, balanced
+ternary every one: 2,187 levels in 7 steps against binary's 255. The membrane is kept in units of
+the last step, ``m = u * 3^(S-1)`` (float32; S the code's steps), where every step weight
+``W_k = 3^(S-1-k)`` and firing level ``W_k / 2`` is an exact float32 number:
+
+    m_0    = fl32(fl32(x / theta) * 3^(S-1))
+    s_k    = sgn(m_k) [|m_k| >= W_k / 2]
+    m_k+1  = m_k - s_k W_k
+
+(greedy balanced-ternary digits: the code rounds ``m_0`` to an integer, saturating at
+``|u| = 3/2 (1 - 3^-S)``; each subtraction is exact while ``|m_0| < 2^24``). The readout's Horner
+rule triples instead of doubling (``acc = 3 acc + y_k``: a shift and two adds per output and step).
+
 Exactness: every implementation (the fx op, the simulator, Lava's float and fixed models)
 computes ``u``, ``v_0`` and each update with these float32 operations in this order; the
 step weights and levels are exact float32 numbers, so the spikes agree bit for bit.
@@ -47,6 +61,8 @@ SPIKE_DTYPE = torch.int8
 TWO_THIRDS = float(np.float32(2.0 / 3.0))
 """The signed digits' firing fraction, the float32 nearest 2/3 (exact as a Python float)."""
 MAX_STEPS = 24  # step weights 2^-k stay normal float32 numbers with room for the levels
+MAX_TERNARY_STEPS = 15  # 3^14 < 2^24: the membrane's step weights and subtractions stay exact float32
+RADICES = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -55,17 +71,36 @@ class FewSpikeParams:
 
     threshold: ``[features]`` positive, the weight of the first step in units of the input
     current (the code spans about ``[-2 theta, 2 theta]``, ``[-4/3 theta, 4/3 theta]`` with
-    signed digits). signed_digits: the digit set (module docstring).
+    signed digits). signed_digits: the digit set (module docstring). radix: 2 (step k weighted
+    ``2^-k``) or 3 (balanced ternary, step k weighted ``3^-k``; its digits are signed, so
+    ``signed_digits`` is True; the code spans about ``[-1.5 theta, 1.5 theta]``).
     """
 
     threshold: torch.Tensor
     signed_digits: bool = False
+    radix: int = 2
+
+    def __post_init__(self) -> None:
+        check_radix(self.radix, self.signed_digits)
 
 
-def check_steps(timesteps: int) -> None:
-    """Raise ``ValueError`` unless ``1 <= timesteps <= MAX_STEPS``."""
-    if not 1 <= int(timesteps) <= MAX_STEPS:
-        raise ValueError(f"a few-spike code has 1..{MAX_STEPS} steps, got {timesteps}")
+def check_radix(radix: int, signed_digits: bool) -> None:
+    """Raise ``ValueError`` unless ``radix`` is 2, or 3 with signed digits."""
+    if int(radix) not in RADICES:
+        raise ValueError(f"a few-spike code has radix 2 or 3, got {radix}")
+    if int(radix) == 3 and not signed_digits:
+        raise ValueError("a radix-3 (balanced ternary) code has signed digits")
+
+
+def max_steps(radix: int = 2) -> int:
+    """The longest code of a radix: ``MAX_STEPS`` (2) or ``MAX_TERNARY_STEPS`` (3)."""
+    return MAX_TERNARY_STEPS if int(radix) == 3 else MAX_STEPS
+
+
+def check_steps(timesteps: int, radix: int = 2) -> None:
+    """Raise ``ValueError`` unless ``1 <= timesteps <= max_steps(radix)``."""
+    if not 1 <= int(timesteps) <= max_steps(radix):
+        raise ValueError(f"a radix-{int(radix)} few-spike code has 1..{max_steps(radix)} steps, got {timesteps}")
 
 
 def step_weight(k: int) -> float:
@@ -111,15 +146,53 @@ def few_spike_encode(x: torch.Tensor, params: FewSpikeParams, timesteps: int, st
     steps: a shorter code (``S = code_steps(timesteps, steps)``): the S-step code of ``x`` on
     steps ``0 .. S-1`` (its rounding offset ``2^-S``), silence on the rest of the window, so the
     readout's weighted count is the S-step code's value."""
-    check_steps(timesteps)
+    check_steps(timesteps, params.radix)
     n = code_steps(timesteps, steps)
     u = x.float() / params.threshold.float()
-    v = initial_membrane(u, n, params.signed_digits)
     out = torch.zeros((timesteps, *u.shape), dtype=SPIKE_DTYPE, device=u.device)
+    if params.radix == 3:
+        m = ternary_membrane(u, n)
+        for k in range(n):
+            weight = float(3 ** (n - 1 - k))
+            spikes, m = few_spike_step(m, weight / 2, weight)
+            out[k] = spikes.to(SPIKE_DTYPE)
+        return out
+    v = initial_membrane(u, n, params.signed_digits)
     for k in range(n):
         spikes, v = few_spike_step(v, fire_level(k, n, params.signed_digits), step_weight(k))
         out[k] = spikes.to(SPIKE_DTYPE)
     return out
+
+
+def ternary_membrane(u: torch.Tensor, steps: int) -> torch.Tensor:
+    """``m_0 = fl32(u * 3^(S-1))``: a balanced-ternary neuron's initial membrane in units of its last
+    step (float32, shaped like ``u``, the current in threshold units)."""
+    return u.float() * float(3 ** (steps - 1))
+
+
+def ternary_code(x: torch.Tensor, threshold: torch.Tensor, timesteps: int, steps: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The balanced-ternary neurons' readout inputs without their spike train: ``(group counts
+    float64 [G, ..., F], spikes per neuron int64 [..., F])`` for the constant current ``x`` over a
+    window of ``timesteps`` (``group_counts(few_spike_encode(...), 3)`` and its ``|spikes|`` sum,
+    computed with the same float32 steps but no ``[T, ...]`` tensor)."""
+    check_steps(timesteps, 3)
+    n = code_steps(timesteps, steps)
+    m = ternary_membrane(x.float() / threshold.float(), n)
+    groups = step_groups(timesteps)
+    counts = torch.zeros((len(groups), *m.shape), dtype=torch.float64, device=m.device)
+    total = torch.zeros(m.shape, dtype=torch.int64, device=m.device)
+    for g, group in enumerate(groups):
+        for k in group:
+            if k >= n:
+                break
+            weight = float(3 ** (n - 1 - k))
+            spikes, m = few_spike_step(m, weight / 2, weight)
+            counts[g].mul_(3).add_(spikes)
+            total += spikes.abs().to(torch.int64)
+        if group.stop > n and n > group.start:
+            counts[g].mul_(3 ** (group.stop - n))  # the group's silent tail: Horner still triples
+    return counts, total
 
 
 READOUT_GROUP = 8
@@ -134,12 +207,26 @@ def step_groups(timesteps: int) -> list[range]:
     return [range(g, min(g + READOUT_GROUP, timesteps)) for g in range(0, timesteps, READOUT_GROUP)]
 
 
-def group_counts(spikes: torch.Tensor) -> torch.Tensor:
-    """``[G, ...]`` float64: per readout group ``sum_(k in group) 2^-k s_k`` of a spike train
-    ``[T, ...]`` (exact); their sum is ``weighted_count``."""
+def group_counts(spikes: torch.Tensor, radix: int = 2) -> torch.Tensor:
+    """``[G, ...]`` float64 per readout group of a spike train ``[T, ...]`` (exact): radix 2,
+    ``sum_(k in group) 2^-k s_k`` (their sum is ``weighted_count``); radix 3, the integer
+    ``sum_(k in group) 3^(stop-1-k) s_k`` that the group's Horner rule (``acc = 3 acc + s_k``)
+    accumulates, to be scaled by ``group_scales`` (``3^-k`` is not a float)."""
+    if radix == 3:
+        return torch.stack([torch.tensordot(
+            torch.tensor([float(3 ** (g.stop - 1 - k)) for k in g], dtype=torch.float64, device=spikes.device),
+            spikes[g.start:g.stop].to(torch.float64), dims=1) for g in step_groups(spikes.shape[0])])
     w = step_weights(spikes.shape[0], spikes.device)
     return torch.stack([torch.tensordot(w[g.start:g.stop], spikes[g.start:g.stop].to(torch.float64), dims=1)
                         for g in step_groups(spikes.shape[0])])
+
+
+def group_scales(timesteps: int, radix: int = 2) -> list[float] | None:
+    """What multiplies each group's readout product: None for radix 2 (its counts carry their
+    weights exactly), ``3^-(stop-1)`` (float64, rounded once) per group for radix 3."""
+    if radix != 3:
+        return None
+    return [3.0 ** -(g.stop - 1) for g in step_groups(timesteps)]
 
 
 def step_weights(timesteps: int, device=None) -> torch.Tensor:
@@ -147,9 +234,17 @@ def step_weights(timesteps: int, device=None) -> torch.Tensor:
     return torch.tensor([step_weight(k) for k in range(timesteps)], dtype=torch.float64, device=device)
 
 
-def weighted_count(spikes: torch.Tensor) -> torch.Tensor:
-    """``sum_k 2^-k s_k`` over the first axis of a spike train ``[T, ...]`` (float64, exact):
-    the value of the code in threshold units, what the Horner readout accumulates."""
+def weighted_count(spikes: torch.Tensor, radix: int = 2) -> torch.Tensor:
+    """``sum_k r^-k s_k`` over the first axis of a spike train ``[T, ...]`` (float64): the value of
+    the code in threshold units, what the Horner readout accumulates. Exact for radix 2; for radix
+    3 the groups' integer counts scaled by ``group_scales`` and added in order."""
+    if radix == 3:
+        counts = group_counts(spikes, 3)
+        scales = group_scales(spikes.shape[0], 3)
+        out = counts[0] * scales[0]
+        for g in range(1, counts.shape[0]):
+            out = out + counts[g] * scales[g]
+        return out
     w = step_weights(spikes.shape[0], spikes.device)
     return torch.tensordot(w, spikes.to(torch.float64), dims=1)
 
@@ -196,5 +291,5 @@ def popcount_table(bits: int) -> torch.Tensor:
 def few_spike_value(x: torch.Tensor, params: FewSpikeParams, timesteps: int, steps: int = 0) -> torch.Tensor:
     """The quantizer the neurons implement, in the units of ``x`` (float32): ``theta *
     weighted_count``. For calibration and tests, not for simulation."""
-    code = weighted_count(few_spike_encode(x, params, timesteps, steps))
+    code = weighted_count(few_spike_encode(x, params, timesteps, steps), params.radix)
     return (code * params.threshold.double()).float()

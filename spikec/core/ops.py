@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .few_spike import FewSpikeParams, few_spike_encode, group_counts
+from .few_spike import FewSpikeParams, few_spike_encode, group_counts, group_scales
 from .neurons import SignedIFParams, nir_if_encode, signed_if_encode
 
 ACTIVATIONS = {
@@ -93,30 +93,35 @@ small enough that glibc keeps little of it around, large enough for full-speed m
 
 
 def binary_readout_affine(
-    spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, radix: int = 2
 ) -> torch.Tensor:
-    """The Horner readout of a few-spike train: ``sum_k 2^-k affine(spikes[k])`` without the
-    bias, plus the bias once (``spikec.core.few_spike``).
+    """The Horner readout of a few-spike train: ``sum_k r^-k affine(spikes[k])`` without the
+    bias, plus the bias once (``spikec.core.few_spike``; r the radix, 2 or 3).
 
     spikes: ``[T, ..., in]`` in {-1, 0, 1}; weight ``[out, in]`` already holds the folded
     first-step weights (thresholds). By linearity each readout group of 8 steps is ``affine`` of
-    its weighted count (``few_spike.group_counts``); see ``readout_from_group_counts``.
+    its group count (``few_spike.group_counts``); see ``readout_from_group_counts``.
     Returns ``[..., out]``.
     """
-    return readout_from_group_counts(group_counts(spikes), weight, bias)
+    return readout_from_group_counts(group_counts(spikes, radix), weight, bias,
+                                      group_scales(spikes.shape[0], radix))
 
 
 def readout_from_group_counts(
-    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    counts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scales: list[float] | None = None
 ) -> torch.Tensor:
-    """``sum_g W counts[g] + b`` for the group counts ``[G, ..., in]`` of a few-spike train:
+    """``sum_g s_g W counts[g] + b`` for the group counts ``[G, ..., in]`` of a few-spike train:
     each group's product in float64 (exact: 8 steps of 24-bit weights, so a backend's
-    Horner sum ``acc = 2 acc + W s_k`` over the group gives the same number), the groups
-    added in order, the bias last, rounded once to ``weight.dtype``."""
+    Horner sum ``acc = r acc + W s_k`` over the group gives the same number), times the group's
+    scale ``s_g`` (``few_spike.group_scales``: none for radix 2, ``3^-(stop-1)`` for radix 3),
+    the groups added in order, the bias last, rounded once to ``weight.dtype``."""
     w = weight.to(torch.float64)
     out = F.linear(counts[0].to(torch.float64), w)
+    if scales is not None:
+        out = out * scales[0]
     for g in range(1, counts.shape[0]):
-        out = out + F.linear(counts[g].to(torch.float64), w)
+        part = F.linear(counts[g].to(torch.float64), w)
+        out = out + (part * scales[g] if scales is not None else part)
     if bias is not None:
         out = out + bias.to(torch.float64)
     return out.to(weight.dtype)
@@ -268,12 +273,13 @@ def signed_if(
 
 
 def few_spike(
-    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, signed_digits: bool = False, steps: int = 0
+    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, signed_digits: bool = False, steps: int = 0,
+    radix: int = 2,
 ) -> torch.Tensor:
     """Graph form of ``few_spike.few_spike_encode``: real current ``[..., F]`` -> spike train
-    ``[T, ..., F]`` (int8, -1/0/1, step k weighted 2^-k); ``steps`` (0: all T) the layer's own
-    shorter code, silent after it (``--budget``)."""
-    return few_spike_encode(x, FewSpikeParams(threshold, signed_digits=signed_digits), timesteps, steps)
+    ``[T, ..., F]`` (int8, -1/0/1, step k weighted r^-k, r = ``radix``); ``steps`` (0: all T) the
+    layer's own shorter code, silent after it (``--budget``)."""
+    return few_spike_encode(x, FewSpikeParams(threshold, signed_digits=signed_digits, radix=radix), timesteps, steps)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .fields import Builder, array
 
 def _few_spike(a: dict[str, Any], node: torch.fx.Node) -> ir.SpikecFewSpike:
     return ir.SpikecFewSpike(threshold=array(a["threshold"]), signed_digits=bool(a["signed_digits"]),
-                              steps=int(a.get("steps", 0) or 0))
+                              steps=int(a.get("steps", 0) or 0), radix=int(a.get("radix", 2)))
 
 
 BUILDERS: dict[Any, Builder] = {ops.few_spike: _few_spike}

@@ -11,6 +11,14 @@ threshold units ``u = x / threshold``, ``w_k = 2^-k``, ``k = 0 .. T-1``:
     l_k = w_k                   (binary; signed digits: fl32(2/3) w_k, and w_k / 2 on the last step)
 
     readout: acc_0 = 0, acc_k+1 = 2 acc_k + x_k, value = acc_T 2^-(T-1) = sum_k 2^-k x_k
+
+Balanced ternary (``radix = 3``, signed digits), in units of the code's last step
+(``W_k = 3^(S-1-k)``, S the code's steps):
+
+    m_0 = fl32(u 3^(S-1)),  s_k = sgn(m_k) [|m_k| >= W_k / 2],  m_k+1 = m_k - s_k W_k
+
+    readout: per group of 8 steps acc = 3 acc + x_k (integer weights), scaled by 3^-(stop-1),
+    value = sum_k 3^-k x_k
 """
 
 from __future__ import annotations
@@ -32,32 +40,47 @@ class SpikecFewSpike(SpikecNode):
     signed_digits: greedy non-adjacent signed digits instead of binary ones.
     steps: the layer's own code length S (1..T; ``--budget``): the S-step code on the window's
     first S steps (rounding offset ``2^-S``), no spike on the rest. 0 (the default, not written
-    to a file) means the whole window, T."""
+    to a file) means the whole window, T.
+    radix: 2 (the default, not written to a file) or 3 (balanced ternary, step ``k`` weighted
+    ``3^-k``; ``signed_digits`` is then True)."""
 
     kind: ClassVar[str] = "spiking"
     threshold: np.ndarray  # [features]
     signed_digits: bool
     steps: int = 0
+    radix: int = 2
 
     def __post_init__(self) -> None:
         self.set_feature_types(self.threshold.shape[0], self.threshold.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
-        """NIR's serialization, without ``steps`` where it is 0 (files without a budget are unchanged)."""
+        """NIR's serialization, without ``steps`` where it is 0 and ``radix`` where it is 2 (files
+        without a budget or ternary digits are unchanged)."""
         out = super().to_dict()
         if not self.steps:
             out.pop("steps", None)
+        if self.radix == 2:
+            out.pop("radix", None)
         return out
 
 
 @dataclass(eq=False)
 class SpikecBinaryReadout(SpikecNode):
-    """``sum_k 2^-k x_k`` over the T steps of its time-series input (Horner: double, then add
-    the step's input): a real value per window. A real input (constant over the window) is
-    passed on unchanged, as ``SpikecRateReadout`` does."""
+    """``sum_k r^-k x_k`` over the T steps of its time-series input (Horner: multiply by the
+    radix r, then add the step's input): a real value per window. A real input (constant over the
+    window) is passed on unchanged, as ``SpikecRateReadout`` does. radix: 2 (the default, not
+    written to a file) or 3."""
 
     kind: ClassVar[str] = "readout"
     features: int
+    radix: int = 2
 
     def __post_init__(self) -> None:
         self.set_feature_types(self.features, self.features)
+
+    def to_dict(self) -> dict[str, Any]:
+        """NIR's serialization, without ``radix`` where it is 2."""
+        out = super().to_dict()
+        if self.radix == 2:
+            out.pop("radix", None)
+        return out
