@@ -12,6 +12,7 @@ Output directory contract (everything ``spikec eval`` and ``spikec run`` need):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import platform
 import time
@@ -208,6 +209,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             # gm holds its own copy of the weights; nothing below runs the source model, whose
             # weights would otherwise stay resident beside it (docs/memory.md)
             loaded = dataclasses.replace(loaded, model=None)
+            gc.collect()  # the captured module's wrapper holds the model in a reference cycle
         t0 = step_done("capture", t0)
         ctx = PassContext(
             options={"timesteps": opts.timesteps, **builtin_passes.PRESETS[opts.preset], **mode_options, **opts.options},
