@@ -204,10 +204,10 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
         calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
         t0 = step_done("load", t0)
         with status(console, "capturing with torch.export and canonicalizing"):
-            gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16))
-        if own_model and opts.budget is None:
-            # gm holds its own copy of the weights; nothing below runs the source model, whose
-            # weights would otherwise stay resident beside it (docs/memory.md)
+            drop_model = own_model and opts.budget is None  # nothing below runs the source model
+            gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16), share_weights=drop_model)
+        if drop_model:
+            # what gm does not share of the model would otherwise stay resident (docs/memory.md)
             loaded = dataclasses.replace(loaded, model=None)
             gc.collect()  # the captured module's wrapper holds the model in a reference cycle
         t0 = step_done("capture", t0)
