@@ -1,0 +1,67 @@
+"""Bounded memory (docs/memory.md): what compile shares instead of copying, and what the
+simulator keeps, with the same values as the copying paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from canonical_models import gpt2_like, llama_like, token_ids
+from spikec.backends.simulator import simulate
+from spikec.core.passes import PassContext, run_passes
+from spikec.frontend.canonicalize import capture_canonical
+from spikec.frontend.models import load_model
+from spikec.lower import lower_to_nir
+from spikec.passes import DEFAULT_PIPELINE
+
+TINY_LLAMA = {"num_hidden_layers": "2", "hidden_size": "64", "num_attention_heads": "4",
+              "num_key_value_heads": "2", "intermediate_size": "128", "vocab_size": "512"}
+
+
+def converted(make=llama_like):
+    ctx = PassContext(options={"timesteps": 8}, calibration=token_ids(seed=2))
+    gm, _ = run_passes(make(), DEFAULT_PIPELINE, ctx)
+    return gm
+
+
+def arrays(graph) -> dict[tuple[str, str], np.ndarray]:
+    return {(name, key): value for name, node in graph.nodes.items() for key, value in vars(node).items()
+            if isinstance(value, np.ndarray) and value.size > 1}
+
+
+def test_lowering_copies_weights_by_default_and_shares_them_when_asked() -> None:
+    gm = converted()
+    ids = token_ids(samples=1, positions=2)
+    owned, shared = lower_to_nir(gm, ids), lower_to_nir(gm, ids, share_weights=True)
+    params = [p.detach().numpy() for p in [*gm.parameters(), *gm.buffers()] if p.dtype == torch.float32]
+    a, b = arrays(owned), arrays(shared)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+        assert not any(np.shares_memory(a[key], p) for p in params), key
+    assert sum(any(np.shares_memory(b[key], p) for p in params) for key in b) >= 4  # the affines' weights
+
+
+def test_canonical_module_shares_the_models_weights_only_when_asked() -> None:
+    loaded = load_model("llama", random_weights=True, config_overrides=TINY_LLAMA)
+    model_ptrs = {p.data_ptr() for p in loaded.model.parameters()}
+    cloned = capture_canonical(loaded)
+    shared = capture_canonical(loaded, share_weights=True)
+    assert not {p.data_ptr() for p in cloned.parameters()} & model_ptrs
+    assert {p.data_ptr() for p in shared.parameters()} & model_ptrs
+    ids = token_ids(vocab=512, samples=2, positions=9)
+    with torch.no_grad():
+        assert torch.equal(cloned(ids), shared(ids))
+
+
+def test_recording_the_first_positions_keeps_exactly_those_of_the_full_trains() -> None:
+    gm = converted(gpt2_like)
+    ids = token_ids(samples=1, positions=12, seed=4)
+    graph = lower_to_nir(gm, ids[:, :2], positions=12)
+    full = simulate(graph, ids, 8, record=True)
+    first = simulate(graph, ids, 8, record=True, record_positions=3)
+    assert full.spikes.keys() == first.spikes.keys() and full.spikes
+    for name, train in full.spikes.items():
+        assert torch.equal(first.spikes[name], train[:, :, :3]), name
+    assert first.spike_counts == full.spike_counts
+    assert torch.equal(first.output, full.output)
