@@ -3,7 +3,10 @@ simulator keeps, with the same values as the copying paths."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from canonical_models import gpt2_like, llama_like, token_ids
@@ -12,6 +15,7 @@ from spikec.core.passes import PassContext, run_passes
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import load_model
 from spikec.lower import lower_to_nir
+from spikec.passes.calibrate import ChannelStats
 from spikec.passes import DEFAULT_PIPELINE
 
 TINY_LLAMA = {"num_hidden_layers": "2", "hidden_size": "64", "num_attention_heads": "4",
@@ -65,3 +69,25 @@ def test_recording_the_first_positions_keeps_exactly_those_of_the_full_trains() 
         assert torch.equal(first.spikes[name], train[:, :, :3]), name
     assert first.spike_counts == full.spike_counts
     assert torch.equal(first.output, full.output)
+
+
+@pytest.mark.parametrize("tokens, q", [(32768, 0.999), (1000, 0.99), (777, 0.5), (5, 1.0)])
+def test_streaming_percentile_is_the_full_sorts_and_keeps_only_the_top_values(tokens: int, q: float) -> None:
+    """Calibration holds no activation store: ``ChannelStats`` keeps the k largest |x| per
+    channel (k = tokens - floor(q (tokens - 1))) and gives exactly the linear interpolation of
+    the fully sorted values (torch.quantile's rule; torch.quantile itself rounds its rank to
+    float32, hence only close to it)."""
+    g = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, 7, generator=g) * torch.rand(7, generator=g) * 4
+    stats = ChannelStats(7, tokens, q)
+    for chunk in torch.split(x, 300):
+        stats.update(chunk)
+        assert stats.top.shape[0] <= stats.k
+    got = stats.result()
+    ordered = x.abs().sort(0).values
+    pos = q * (tokens - 1)
+    lo = math.floor(pos)
+    expected = torch.lerp(ordered[lo], ordered[min(lo + 1, tokens - 1)], pos - lo) if pos > lo else ordered[lo]
+    assert torch.equal(got["percentile"], expected)
+    assert torch.equal(got["absmax"], ordered[-1])
+    torch.testing.assert_close(got["percentile"], torch.quantile(x.abs(), q, dim=0), rtol=1e-4, atol=0)
