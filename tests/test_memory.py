@@ -91,3 +91,13 @@ def test_streaming_percentile_is_the_full_sorts_and_keeps_only_the_top_values(to
     assert torch.equal(got["percentile"], expected)
     assert torch.equal(got["absmax"], ordered[-1])
     torch.testing.assert_close(got["percentile"], torch.quantile(x.abs(), q, dim=0), rtol=1e-4, atol=0)
+
+
+def test_shared_canonical_parameters_never_share_storage_with_each_other() -> None:
+    """Tied weights (SmolLM2's embedding and lm_head) become two tensors, as with clones, so that
+    changing one parameter of the module in place never changes another."""
+    loaded = load_model("llama", random_weights=True, config_overrides={**TINY_LLAMA, "tie_word_embeddings": "true"})
+    assert loaded.model.get_input_embeddings().weight is loaded.model.get_output_embeddings().weight
+    gm = capture_canonical(loaded, share_weights=True)
+    storages = [p.untyped_storage().data_ptr() for p in gm.parameters()]
+    assert len(storages) == len(set(storages))

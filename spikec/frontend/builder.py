@@ -50,6 +50,7 @@ class CanonicalBuilder:
     def __init__(self, loaded: LoadedModel, arch: Architecture, share_weights: bool = False):
         self.loaded = loaded
         self.share_weights = share_weights
+        self.shared_storages: set[int] = set()  # storages of the model already given to a parameter
         self.arch = arch
         self.model = loaded.model
         self.kinds = {**common_module_kinds(), **arch.module_kinds()}
@@ -461,7 +462,10 @@ class CanonicalBuilder:
         if target in self.params:
             raise AssertionError(f"parameter {target} emitted twice")
         t = tensor.detach().to(torch.float32)
-        t = t.contiguous() if self.share_weights else t.clone(memory_format=torch.contiguous_format)
+        # shared only once: tied weights (embedding and lm_head) stay two tensors, as clones are
+        shared = self.share_weights and t.untyped_storage().data_ptr() not in self.shared_storages
+        t = t.contiguous() if shared else t.clone(memory_format=torch.contiguous_format)
+        self.shared_storages.add(t.untyped_storage().data_ptr())
         self.params[target] = nn.Parameter(t, requires_grad=False)
         return self.graph.get_attr(target)
 
