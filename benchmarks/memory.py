@@ -63,7 +63,8 @@ def measure(name: str, case: dict[str, list[str]], work: Path) -> dict:
     for step, args in (("compile", [*case["compile"], "-o", str(out), "--force"]),
                        ("eval", [case["eval"][0], str(out), *case["eval"][1:]])):
         gib, wall = peak_rss([*SPIKEC, *args])
-        row[step] = {"command": "spikec " + " ".join(args), "peak_rss_gib": round(gib, 2), "wall_seconds": round(wall, 1)}
+        shown = " ".join("DIR" if a == str(out) else a for a in args)
+        row[step] = {"command": f"spikec {shown}", "peak_rss_gib": round(gib, 2), "wall_seconds": round(wall, 1)}
         print(f"{name} {step}: peak RSS {gib:.2f} GiB, {wall:.0f} s", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return row
