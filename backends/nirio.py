@@ -3,10 +3,10 @@
 ``write`` stores a graph in ``nir.write``'s layout (HDF5, uncompressed by default: gzip is
 about 6x slower for little gain on float weights), byte for byte the file ``nir.write``
 makes, but serializing one node at a time (``nir.write`` deep-copies every array twice
-first, through ``NIRGraph.to_dict``, so writing a model cost three times its weights), into
-a temporary file beside the target and renames it into place, so a failed or interrupted write never leaves a
-half-written file and keeps any previous file. Groups are written in creation order,
-so node order survives the round trip (``nir.read`` too returns it).
+first, through ``NIRGraph.to_dict``, so writing a model cost three times its weights). It
+writes into a temporary file beside the target and renames it into place, so a failed or
+interrupted write never leaves a half-written file and keeps any previous file. Groups are
+written in creation order, so node order survives the round trip (``nir.read`` too returns it).
 
 ``read`` reads standard nodes with nir's own reader (``nir.serialization.read_node``)
 and the extension nodes of ``spikec.core.ir`` with their ``from_dict``, recursing

@@ -11,7 +11,9 @@ import torch
 
 from canonical_models import gpt2_like, llama_like, token_ids
 from spikec.backends.simulator import simulate
+from spikec.compiler import CompileOptions, compile_model
 from spikec.core.passes import PassContext, run_passes
+from spikec.evaluate import evaluate, load_compiled
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import load_model
 from spikec.lower import lower_to_nir
@@ -101,3 +103,17 @@ def test_shared_canonical_parameters_never_share_storage_with_each_other() -> No
     gm = capture_canonical(loaded, share_weights=True)
     storages = [p.untyped_storage().data_ptr() for p in gm.parameters()]
     assert len(storages) == len(set(storages))
+
+
+def test_eval_can_release_the_reference_model_with_the_same_figures(tmp_path) -> None:
+    """``evaluate(keep_model=False)`` (what ``spikec eval`` does) frees the reference ANN once
+    its logits are computed: the figures are those of ``keep_model=True``, and the next use of
+    ``Compiled.loaded`` loads the model anew."""
+    compile_model(CompileOptions(model="gpt2", random_weights=True, config_overrides={"n_layer": "1", "n_embd": "32",
+                                 "n_head": "2"}, timesteps=4, calib_samples=1, seq_len=16, output=str(tmp_path / "m")))
+    compiled = load_compiled(tmp_path / "m")
+    kept = evaluate(compiled, tokens=32, progress=False)
+    model = compiled.loaded.model
+    released = evaluate(compiled, tokens=32, progress=False, keep_model=False)
+    assert released == [{**r, "seconds": s["seconds"]} for r, s in zip(kept, released)]
+    assert compiled.loaded.model is not model
