@@ -62,12 +62,15 @@ def fold_weight(gm: fx.GraphModule, site: AffineSite, scale: torch.Tensor) -> fx
 
 def replace_affine(gm: fx.GraphModule, site: AffineSite, readout: fx.Node, out: fx.Node | None = None) -> set[str]:
     """Give ``readout`` the affine's meta, point the affine's users at ``out`` (default
-    ``readout``), erase the affine and its weight's ``get_attr`` when unused; returns the
-    attribute targets that may now be dropped (``drop_unused_attrs``)."""
+    ``readout``), erase the affine and its weight's ``get_attr`` when unused and drop that
+    attribute (``drop_unused_attrs``) so that its tensor can be freed at once; returns the
+    attribute targets dropped."""
     readout.meta.update(site.affine.meta)
     site.affine.replace_all_uses_with(readout if out is None else out)
     gm.graph.erase_node(site.affine)
-    return erase_if_unused(gm, [site.w_node])
+    stale = erase_if_unused(gm, [site.w_node])
+    drop_unused_attrs(gm, stale)  # now: the old weights would otherwise live beside all the new ones
+    return stale
 
 
 def finish(gm: fx.GraphModule, ctx: PassContext, stale: set[str], encoded: int, neurons: dict[str, int]) -> None:

@@ -87,7 +87,9 @@ def fold_norm_affine(gm: fx.GraphModule, ctx: PassContext) -> None:
         set_arg(norm, 1, "weight", None)
         if norm.target is ops.layer_norm:
             set_arg(norm, 2, "bias", None)
-        stale |= erase_if_unused(gm, replaced)
+        dropped = erase_if_unused(gm, replaced)
+        drop_unused_attrs(gm, dropped)  # now: the unfolded weights would otherwise live beside all folded ones
+        stale |= dropped
         folded_norms += 1
     drop_unused_attrs(gm, stale)
     gm.graph.lint()

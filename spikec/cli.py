@@ -193,7 +193,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     compiled = load_compiled(a.dir, a.model)
     if a.backend == "lava":
         return _eval_lava(a, compiled)
-    results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device)
+    results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device,
+                       keep_model=False)  # nothing below runs the ANN: its memory is freed before simulating
     # on stderr, once it worked: stdout stays the figures, and a failure stays one line
     print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
     # the figures are shown first: a directory that cannot take eval.json must not lose them

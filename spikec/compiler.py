@@ -11,6 +11,8 @@ Output directory contract (everything ``spikec eval`` and ``spikec run`` need):
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import platform
 import time
@@ -192,6 +194,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
 
     with atomic_directory(out_dir, force=opts.force) as tmp:
         t0 = time.perf_counter()
+        own_model = loaded is None
         if loaded is None:
             with status(console, f"loading {opts.model}"):
                 loaded = load_model(
@@ -205,7 +208,12 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
         calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
         t0 = step_done("load", t0)
         with status(console, "capturing with torch.export and canonicalizing"):
-            gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16))
+            drop_model = own_model and opts.budget is None  # nothing below runs the source model
+            gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16), share_weights=drop_model)
+        if drop_model:
+            # what gm does not share of the model would otherwise stay resident (docs/memory.md)
+            loaded = dataclasses.replace(loaded, model=None)
+            gc.collect()  # the captured module's wrapper holds the model in a reference cycle
         t0 = step_done("capture", t0)
         ctx = PassContext(
             options={"timesteps": opts.timesteps, **builtin_passes.PRESETS[opts.preset], **mode_options, **opts.options},
@@ -228,7 +236,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
                 "spikec_version": "0.1.0", "profile": "full", "dt": 1.0, "timesteps": opts.timesteps,
                 "model": loaded.name, "positions": opts.seq_len,
             }
-            graph = lower_to_nir(gm, example[:, :2], metadata, positions=opts.seq_len)
+            graph = lower_to_nir(gm, example[:, :2], metadata, positions=opts.seq_len, share_weights=True)
             t0 = step_done("lower", t0)
             nirio.write(tmp / "model.nir", graph)
             t0 = step_done("write", t0)

@@ -59,14 +59,17 @@ def token_chunks(stream: torch.Tensor, tokens: int, seq_len: int | None, graph: 
 
 @torch.no_grad()
 def measure_operations(
-    graph: nir.NIRGraph, ids: torch.Tensor, timesteps: int, *, progress: bool = False, record_first: bool = False
+    graph: nir.NIRGraph, ids: torch.Tensor, timesteps: int, *, progress: bool = False, record_first: bool = False,
+    record_positions: int | None = None,
 ) -> tuple[OperationCounts, SimResult]:
     """Simulate ``graph`` on every sequence of ``ids`` ``[sequences, positions]`` at ``timesteps``
     and count operations. Returns the counts and the combined result; with ``record_first``
-    the first sequence's spike trains are kept in its ``spikes`` (for rasters)."""
+    the first sequence's spike trains are kept in its ``spikes`` (for rasters), only their first
+    ``record_positions`` positions when given."""
     results, first_spikes = [], {}
     for i in tqdm(range(ids.shape[0]), desc=f"simulating T={timesteps}", disable=not progress, leave=False):
-        r = simulate(graph, ids[i : i + 1], timesteps, record=record_first and i == 0)
+        r = simulate(graph, ids[i : i + 1], timesteps, record=record_first and i == 0,
+                     record_positions=record_positions)
         if i == 0:
             first_spikes = r.spikes
         results.append(SimResult(outputs={}, spike_counts=r.spike_counts, firing_rates=r.firing_rates,

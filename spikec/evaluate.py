@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -49,6 +50,11 @@ class Compiled:
         if self._loaded is None:
             self._loaded = load_reference(self)
         return self._loaded
+
+    def release_model(self) -> None:
+        """Forget the reference ANN, freeing its memory (the next use of ``loaded`` loads it again)."""
+        self._loaded = None
+        gc.collect()  # a transformers model holds reference cycles
 
     @property
     def tokenizer(self) -> Any:
@@ -135,9 +141,12 @@ def evaluate(
     seq_len: int | None = None,
     progress: bool = True,
     device: str = "cpu",
+    keep_model: bool = True,
 ) -> list[dict[str, Any]]:
     """ANN vs SNN metrics on ``tokens`` tokens of held-out text, one dict per T; the model
     and the simulator run on ``device`` (``cpu``, ``cuda[:N]``), metrics on CPU.
+    ``keep_model=False`` releases the reference ANN once its logits are computed
+    (``Compiled.release_model``), so that it and the network are not resident together.
 
     Keys: ann_ppl, snn_ppl, ppl_ratio, cosine (mean cosine similarity of final logits),
     top1_agreement (next-token argmax agreement), timesteps, tokens, spikes_per_neuron_step
@@ -154,6 +163,8 @@ def evaluate(
     ids = heldout_ids(compiled, text_path, tokens, seq_len)
     dev = resolve_device(device)
     ann = compiled.loaded.model.to(dev)(input_ids=ids.to(dev), use_cache=False).logits.float().cpu()
+    if not keep_model:
+        compiled.release_model()
     sim = Simulator(compiled.graph, device=dev)
     results = []
     for t in timesteps:

@@ -19,7 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from spikec.core import ir, ops
 from spikec.lowering import canonical, few_spike, ssa, streaming
-from spikec.lowering.fields import Builder
+from spikec.lowering.fields import Builder, own_arrays
 
 
 def _bound(node: torch.fx.Node, gm: torch.fx.GraphModule) -> dict[str, Any]:
@@ -72,6 +72,7 @@ def lower_to_nir(
     example_ids: torch.Tensor,
     metadata: dict[str, Any] | None = None,
     positions: int | None = None,
+    share_weights: bool = False,
 ) -> nir.NIRGraph:
     """Lower ``gm`` (canonical, converted or not) to a NIR graph.
 
@@ -80,6 +81,9 @@ def lower_to_nir(
     Guarantees: every call_function node becomes NIR node(s); edges follow the data
     flow, with the inputs of ``add`` in argument order (the simulator sums fan-in in
     edge order, so results match bit for bit).
+    share_weights: the graph's arrays share memory with ``gm``'s float32 CPU parameters
+    instead of copying them (one copy of the weights fewer, for a caller that changes
+    neither afterwards, as ``spikec compile`` does); the values are the same either way.
     """
     ShapeProp(gm).propagate(example_ids)
     nodes: dict[str, nir.NIRNode] = {}
@@ -120,5 +124,8 @@ def lower_to_nir(
             edges.append((out_name[result], "output"))
         else:
             raise LoweringError(f"unsupported fx node kind {node.op} ({node.name})")
+    if not share_weights:
+        for n in nodes.values():
+            own_arrays(n)
     graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(metadata or {}), type_check=False)
     return graph

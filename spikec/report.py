@@ -288,7 +288,8 @@ def write_report(
     t = int(report["timesteps"])
     stream = leading_tokens(tokenizer, None, HELDOUT_TEXT, sample_tokens)
     sample = token_chunks(stream, min(sample_tokens, stream.numel()), None, graph)
-    sample_counts, sample_result = measure_operations(graph, sample, t, record_first=True)
+    sample_counts, sample_result = measure_operations(graph, sample, t, record_first=True,
+                                                      record_positions=RASTER_POSITIONS)
     counts, energy_source = sample_counts, (f"{sample.numel()} held-out tokens (embedded docstrings; "
                                             f"{sample.shape[0]} x {sample.shape[1]} positions), T={t}, "
                                             f"as 'spikec energy' measures by default")

@@ -34,7 +34,8 @@ Semantics
   Horner sum, ``W sum_k 2^-k s_k + b``). A readout of a real value is that value. Real-valued extension ops given a time series apply at every
   step independently.
 * Memory: a node's value is freed as soon as all its consumers have run; only Output
-  values and, with ``record=True``, the spike trains of spiking nodes are kept.
+  values and, with ``record=True``, the spike trains of spiking nodes are kept (only their
+  first ``record_positions`` positions when given, as the report's raster needs).
 * Deterministic: no randomness anywhere.
 
 Layout

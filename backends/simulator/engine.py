@@ -237,6 +237,7 @@ class Simulator:
         record: bool = False,
         progress: bool = False,
         inputs_are_series: bool = False,
+        record_positions: int | None = None,
     ) -> SimResult:
         """Run the graph for ``timesteps`` steps; arguments as for :func:`simulate`."""
         if int(timesteps) < 1:
@@ -285,11 +286,11 @@ class Simulator:
                 neurons_steps = neurons * (timesteps if value.count else 1)
                 rates[name] = counts[name] / max(neurons_steps, 1)
                 if record:
-                    recorded[name] = value.train if value.count else value.dense()
+                    recorded[name] = _kept(value.train if value.count else value.dense(), record_positions)
             for suffix, (count, steps, train) in getattr(value, "inner", {}).items():  # neurons inside a node
                 counts[name + suffix], rates[name + suffix] = count, count / max(steps, 1)
                 if record and train is not None:
-                    recorded[name + suffix] = train
+                    recorded[name + suffix] = _kept(train, record_positions)
             if value.operations:
                 operations[name] = dict(value.operations)
             if isinstance(node, nir.Output):
@@ -298,6 +299,14 @@ class Simulator:
                 del values[name]
         return SimResult(outputs=outputs, spike_counts=counts, firing_rates=rates, timesteps=timesteps,
                          spikes=recorded, operations=operations)
+
+
+def _kept(train: torch.Tensor, positions: int | None) -> torch.Tensor:
+    """A recorded train, or a copy of its first ``positions`` along axis 2 (the positions of
+    ``[T, batch, positions, ...]``), so that the whole train can be freed."""
+    if positions is None or train.dim() < 3 or train.shape[2] <= positions:
+        return train
+    return train[:, :, :positions].clone()
 
 
 @torch.no_grad()
@@ -312,12 +321,15 @@ def simulate(
     device: str | torch.device | None = None,
     mode: str = "fast",
     sparse: str = "auto",
+    record_positions: int | None = None,
 ) -> SimResult:
     """Run ``graph`` for ``timesteps`` steps (see the module docstring for semantics).
 
     inputs: a tensor for the graph's single Input node, or a dict by Input node name;
     real values (no time axis) unless ``inputs_are_series`` (then ``[T, ...]``).
     record: keep the full spike train of every spiking node in ``SimResult.spikes``.
+    record_positions: with ``record``, keep only each train's first positions (axis 2 of
+    ``[T, batch, positions, ...]``): what a raster plot needs, without the memory of them all.
     progress: show a progress bar over nodes on stderr.
     device, mode, sparse: see :class:`Simulator` (outputs stay on ``device``).
     To run one graph many times, build a ``Simulator`` once and call its ``run``.
@@ -325,4 +337,5 @@ def simulate(
     if int(timesteps) < 1:
         raise UsageError(f"timesteps must be at least 1, got {timesteps}")
     return Simulator(graph, device=device, mode=mode, sparse=sparse).run(
-        inputs, timesteps, record=record, progress=progress, inputs_are_series=inputs_are_series)
+        inputs, timesteps, record=record, progress=progress, inputs_are_series=inputs_are_series,
+        record_positions=record_positions)

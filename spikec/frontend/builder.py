@@ -47,8 +47,10 @@ def per_head_to_concatenated(t: torch.Tensor, num_heads: int, head_dim: int) -> 
 class CanonicalBuilder:
     """Builds the canonical graph of one captured graph of ``loaded.model`` (of architecture ``arch``)."""
 
-    def __init__(self, loaded: LoadedModel, arch: Architecture):
+    def __init__(self, loaded: LoadedModel, arch: Architecture, share_weights: bool = False):
         self.loaded = loaded
+        self.share_weights = share_weights
+        self.shared_storages: set[int] = set()  # storages of the model already given to a parameter
         self.arch = arch
         self.model = loaded.model
         self.kinds = {**common_module_kinds(), **arch.module_kinds()}
@@ -451,14 +453,20 @@ class CanonicalBuilder:
         return node
 
     def _param(self, name: str, tensor: torch.Tensor | None) -> fx.Node | None:
-        """A get_attr on a clone of ``tensor``, as attribute ``name`` with dots made underscores
-        (flat, since names like ``h.0.mlp.in`` are no valid attribute paths)."""
+        """A get_attr on a clone of ``tensor`` (``tensor`` itself, made contiguous, with
+        ``share_weights``), as attribute ``name`` with dots made underscores (flat, since names
+        like ``h.0.mlp.in`` are no valid attribute paths)."""
         if tensor is None:
             return None
         target = name.replace(".", "_")
         if target in self.params:
             raise AssertionError(f"parameter {target} emitted twice")
-        self.params[target] = nn.Parameter(tensor.detach().to(torch.float32).clone(memory_format=torch.contiguous_format), requires_grad=False)
+        t = tensor.detach().to(torch.float32)
+        # shared only once: tied weights (embedding and lm_head) stay two tensors, as clones are
+        shared = self.share_weights and t.untyped_storage().data_ptr() not in self.shared_storages
+        t = t.contiguous() if shared else t.clone(memory_format=torch.contiguous_format)
+        self.shared_storages.add(t.untyped_storage().data_ptr())
+        self.params[target] = nn.Parameter(t, requires_grad=False)
         return self.graph.get_attr(target)
 
     def _name(self, role: str, module_path: str, args: tuple = ()) -> str:

@@ -41,7 +41,7 @@ AFFINE_ROLES = ("qkv", "attn_out", "mlp_in", "mlp_out", "lm_head")
 CHECK_TOLERANCE = 1e-3
 
 
-def canonicalize(gm: fx.GraphModule, loaded: LoadedModel) -> fx.GraphModule:
+def canonicalize(gm: fx.GraphModule, loaded: LoadedModel, share_weights: bool = False) -> fx.GraphModule:
     """Build the canonical graph of ``gm`` (a graph from :func:`capture` of ``loaded.model``).
 
     Guarantees: one placeholder ``input_ids``; output the logits tensor; every call_function
@@ -52,9 +52,12 @@ def canonicalize(gm: fx.GraphModule, loaded: LoadedModel) -> fx.GraphModule:
     also carry ``meta["source_modules"]``. Raises ``UnsupportedError`` for architectures not in
     ``spikec.frontend.architectures.ARCHITECTURES`` and for captured ops outside known regions;
     ``RuntimeError`` (an internal error) if the result does not reproduce the model's logits.
+    ``share_weights``: parameters that need no reshaping share the model's tensors instead of
+    cloning them (for a caller that drops the model afterwards and modifies neither in place,
+    as ``spikec compile`` does: one copy of the weights fewer at once).
     """
     arch = _architecture(loaded)
-    canonical = CanonicalBuilder(loaded, arch).build(gm)
+    canonical = CanonicalBuilder(loaded, arch, share_weights).build(gm)
     ids = _example_ids(loaded.model.config, batch=2, positions=9)
     diff, scale = _compare(canonical, loaded.model, ids)
     if not diff <= CHECK_TOLERANCE * max(1.0, scale):
@@ -65,12 +68,12 @@ def canonicalize(gm: fx.GraphModule, loaded: LoadedModel) -> fx.GraphModule:
     return canonical
 
 
-def capture_canonical(loaded: LoadedModel, seq_len: int = 16) -> fx.GraphModule:
+def capture_canonical(loaded: LoadedModel, seq_len: int = 16, share_weights: bool = False) -> fx.GraphModule:
     """Capture ``loaded.model`` on seeded random ids of ``seq_len`` positions, canonicalize it
-    and check it against the model (see :func:`canonicalize`)."""
+    (``share_weights`` as for :func:`canonicalize`) and check it against the model."""
     _architecture(loaded)
     ids = _example_ids(loaded.model.config, batch=1, positions=max(2, seq_len))
-    return canonicalize(capture(loaded.model, ids), loaded)
+    return canonicalize(capture(loaded.model, ids), loaded, share_weights)
 
 
 def check_against_model(gm: fx.GraphModule, model: nn.Module, ids: torch.Tensor) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +15,18 @@ Builder = Callable[[dict[str, Any], torch.fx.Node], nir.NIRNode]
 
 
 def array(t: torch.Tensor | None) -> np.ndarray | None:
-    """A float32 numpy copy of ``t`` (same shape), or None for None."""
-    return None if t is None else t.detach().to(torch.float32).cpu().numpy().copy()
+    """``t`` as a float32 numpy array (same shape), or None for None. A float32 CPU tensor's
+    array shares its memory (``spikec.lower.lower_to_nir`` copies it unless told to share)."""
+    return None if t is None else t.detach().to(torch.float32).cpu().numpy()
+
+
+def own_arrays(node: nir.NIRNode) -> None:
+    """Replace every array field of ``node`` that views another object's memory (a tensor's)
+    by a copy, so that the node no longer changes with it."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, np.ndarray) and value.base is not None:
+            setattr(node, f.name, value.copy())
 
 
 def features(node: torch.fx.Node) -> int:

@@ -1,0 +1,88 @@
+"""Peak resident memory of `spikec compile` and `spikec eval`, each in its own process
+(docs/memory.md). Writes benchmarks/results/memory.json.
+
+Default run (modest, ~2 min): SmolLM2-135M with 256 calibration samples, evaluated on 256
+tokens. ``--large`` also compiles and evaluates a random-weight model of SmolLM2-1.7B's shapes
+(hidden 2048, MLP 8192, 24 layers, 32 heads; 4 calibration samples, -T 4, 64 eval tokens;
+~7 GiB of weights, a ~7 GB model.nir, about 10 minutes and 10 GiB of memory): check
+``free -g`` first. The figure is the child's peak RSS (``getrusage(RUSAGE_CHILDREN)`` of a
+process that runs only that command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_results  # noqa: E402
+
+SPIKEC = [sys.executable, "-m", "spikec.cli"]
+SMOLLM2_1_7B = ("hidden_size=2048,intermediate_size=8192,num_hidden_layers=24,num_attention_heads=32,"
+                "num_key_value_heads=32")
+"""SmolLM2-1.7B's shapes over the smollm2-135m config (its vocabulary 49152 and tied embeddings)."""
+
+CASES = {
+    "smollm2-135m": {
+        "compile": ["compile", "smollm2-135m", "--calib-samples", "256"],
+        "eval": ["eval", "--tokens", "256"],
+    },
+    "smollm2-1.7b-shapes-random": {
+        "compile": ["compile", "smollm2-135m", "--random-weights", "--config", SMOLLM2_1_7B,
+                    "--calib-samples", "4", "-T", "4"],
+        "eval": ["eval", "--tokens", "64"],
+    },
+}
+
+MEASURE = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+
+
+def peak_rss(argv: list[str]) -> tuple[float, float]:
+    """Run ``argv`` in a fresh process; its peak resident memory (GiB) and wall time (s).
+    Raises ``RuntimeError`` naming the command when it fails."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[2:])} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    kib = int(done.stdout.strip().splitlines()[-1])
+    return kib / 2**20, wall
+
+
+def measure(name: str, case: dict[str, list[str]], work: Path) -> dict:
+    """Compile then evaluate one case into ``work``; figures per command."""
+    out = work / name
+    row = {}
+    for step, args in (("compile", [*case["compile"], "-o", str(out), "--force"]),
+                       ("eval", [case["eval"][0], str(out), *case["eval"][1:]])):
+        gib, wall = peak_rss([*SPIKEC, *args])
+        shown = " ".join("DIR" if a == str(out) else a for a in args)
+        row[step] = {"command": f"spikec {shown}", "peak_rss_gib": round(gib, 2), "wall_seconds": round(wall, 1)}
+        print(f"{name} {step}: peak RSS {gib:.2f} GiB, {wall:.0f} s", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large", action="store_true", help="also the random SmolLM2-1.7B-shaped model (~10 min)")
+    args = parser.parse_args()
+    names = list(CASES) if args.large else ["smollm2-135m"]
+    with tempfile.TemporaryDirectory(prefix="spikec-memory-") as tmp:
+        results = {name: measure(name, CASES[name], Path(tmp)) for name in names}
+    previous = Path(__file__).resolve().parent / "results" / "memory.json"
+    if previous.is_file() and not args.large:  # keep the large run's figures from an earlier --large
+        old = json.loads(previous.read_text()).get("cases", {})
+        results = {**{k: v for k, v in old.items() if k not in results}, **results}
+    write_results("memory", {"cases": results})
+
+
+if __name__ == "__main__":
+    main()

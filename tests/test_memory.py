@@ -1,0 +1,119 @@
+"""Bounded memory (docs/memory.md): what compile shares instead of copying, and what the
+simulator keeps, with the same values as the copying paths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from canonical_models import gpt2_like, llama_like, token_ids
+from spikec.backends.simulator import simulate
+from spikec.compiler import CompileOptions, compile_model
+from spikec.core.passes import PassContext, run_passes
+from spikec.evaluate import evaluate, load_compiled
+from spikec.frontend.canonicalize import capture_canonical
+from spikec.frontend.models import load_model
+from spikec.lower import lower_to_nir
+from spikec.passes.calibrate import ChannelStats
+from spikec.passes import DEFAULT_PIPELINE
+
+TINY_LLAMA = {"num_hidden_layers": "2", "hidden_size": "64", "num_attention_heads": "4",
+              "num_key_value_heads": "2", "intermediate_size": "128", "vocab_size": "512"}
+
+
+def converted(make=llama_like):
+    ctx = PassContext(options={"timesteps": 8}, calibration=token_ids(seed=2))
+    gm, _ = run_passes(make(), DEFAULT_PIPELINE, ctx)
+    return gm
+
+
+def arrays(graph) -> dict[tuple[str, str], np.ndarray]:
+    return {(name, key): value for name, node in graph.nodes.items() for key, value in vars(node).items()
+            if isinstance(value, np.ndarray) and value.size > 1}
+
+
+def test_lowering_copies_weights_by_default_and_shares_them_when_asked() -> None:
+    gm = converted()
+    ids = token_ids(samples=1, positions=2)
+    owned, shared = lower_to_nir(gm, ids), lower_to_nir(gm, ids, share_weights=True)
+    params = [p.detach().numpy() for p in [*gm.parameters(), *gm.buffers()] if p.dtype == torch.float32]
+    a, b = arrays(owned), arrays(shared)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+        assert not any(np.shares_memory(a[key], p) for p in params), key
+    assert sum(any(np.shares_memory(b[key], p) for p in params) for key in b) >= 4  # the affines' weights
+
+
+def test_canonical_module_shares_the_models_weights_only_when_asked() -> None:
+    loaded = load_model("llama", random_weights=True, config_overrides=TINY_LLAMA)
+    model_ptrs = {p.data_ptr() for p in loaded.model.parameters()}
+    cloned = capture_canonical(loaded)
+    shared = capture_canonical(loaded, share_weights=True)
+    assert not {p.data_ptr() for p in cloned.parameters()} & model_ptrs
+    assert {p.data_ptr() for p in shared.parameters()} & model_ptrs
+    ids = token_ids(vocab=512, samples=2, positions=9)
+    with torch.no_grad():
+        assert torch.equal(cloned(ids), shared(ids))
+
+
+def test_recording_the_first_positions_keeps_exactly_those_of_the_full_trains() -> None:
+    gm = converted(gpt2_like)
+    ids = token_ids(samples=1, positions=12, seed=4)
+    graph = lower_to_nir(gm, ids[:, :2], positions=12)
+    full = simulate(graph, ids, 8, record=True)
+    first = simulate(graph, ids, 8, record=True, record_positions=3)
+    assert full.spikes.keys() == first.spikes.keys() and full.spikes
+    for name, train in full.spikes.items():
+        assert torch.equal(first.spikes[name], train[:, :, :3]), name
+    assert first.spike_counts == full.spike_counts
+    assert torch.equal(first.output, full.output)
+
+
+@pytest.mark.parametrize("tokens, q", [(32768, 0.999), (1000, 0.99), (777, 0.5), (5, 1.0)])
+def test_streaming_percentile_is_the_full_sorts_and_keeps_only_the_top_values(tokens: int, q: float) -> None:
+    """Calibration holds no activation store: ``ChannelStats`` keeps the k largest |x| per
+    channel (k = tokens - floor(q (tokens - 1))) and gives exactly the linear interpolation of
+    the fully sorted values (torch.quantile's rule; torch.quantile itself rounds its rank to
+    float32, hence only close to it)."""
+    g = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, 7, generator=g) * torch.rand(7, generator=g) * 4
+    stats = ChannelStats(7, tokens, q)
+    for chunk in torch.split(x, 300):
+        stats.update(chunk)
+        assert stats.top.shape[0] <= stats.k
+    got = stats.result()
+    ordered = x.abs().sort(0).values
+    pos = q * (tokens - 1)
+    lo = math.floor(pos)
+    expected = torch.lerp(ordered[lo], ordered[min(lo + 1, tokens - 1)], pos - lo) if pos > lo else ordered[lo]
+    assert torch.equal(got["percentile"], expected)
+    assert torch.equal(got["absmax"], ordered[-1])
+    torch.testing.assert_close(got["percentile"], torch.quantile(x.abs(), q, dim=0), rtol=1e-4, atol=0)
+
+
+def test_shared_canonical_parameters_never_share_storage_with_each_other() -> None:
+    """Tied weights (SmolLM2's embedding and lm_head) become two tensors, as with clones, so that
+    changing one parameter of the module in place never changes another."""
+    loaded = load_model("llama", random_weights=True, config_overrides={**TINY_LLAMA, "tie_word_embeddings": "true"})
+    assert loaded.model.get_input_embeddings().weight is loaded.model.get_output_embeddings().weight
+    gm = capture_canonical(loaded, share_weights=True)
+    storages = [p.untyped_storage().data_ptr() for p in gm.parameters()]
+    assert len(storages) == len(set(storages))
+
+
+def test_eval_can_release_the_reference_model_with_the_same_figures(tmp_path) -> None:
+    """``evaluate(keep_model=False)`` (what ``spikec eval`` does) frees the reference ANN once
+    its logits are computed: the figures are those of ``keep_model=True``, and the next use of
+    ``Compiled.loaded`` loads the model anew."""
+    compile_model(CompileOptions(model="gpt2", random_weights=True, config_overrides={"n_layer": "1", "n_embd": "32",
+                                 "n_head": "2"}, timesteps=4, calib_samples=1, seq_len=16, output=str(tmp_path / "m")))
+    compiled = load_compiled(tmp_path / "m")
+    kept = evaluate(compiled, tokens=32, progress=False)
+    model = compiled.loaded.model
+    released = evaluate(compiled, tokens=32, progress=False, keep_model=False)
+    assert released == [{**r, "seconds": s["seconds"]} for r, s in zip(kept, released)]
+    assert compiled.loaded.model is not model
