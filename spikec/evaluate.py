@@ -135,6 +135,7 @@ def evaluate(
     seq_len: int | None = None,
     progress: bool = True,
     device: str = "cpu",
+    simulator: Any = None,
 ) -> list[dict[str, Any]]:
     """ANN vs SNN metrics on ``tokens`` tokens of held-out text, one dict per T; the model
     and the simulator run on ``device`` (``cpu``, ``cuda[:N]``), metrics on CPU.
@@ -143,9 +144,12 @@ def evaluate(
     top1_agreement (next-token argmax agreement), timesteps, tokens, spikes_per_neuron_step
     (mean |spikes| per neuron per step over all neuron layers; graded spikes count by value),
     seconds (simulator). A sentence encoder (``is_encoder``) is evaluated on sentence embeddings
-    instead (``spikec.encoder_eval.evaluate_encoder``; ``seq_len`` does not apply)."""
+    instead (``spikec.encoder_eval.evaluate_encoder``; ``seq_len`` does not apply).
+    simulator: what runs the graph, an object with ``Simulator.run``'s ``run(ids, T)`` (e.g.
+    rank 0 of a pipeline, ``spikec.distributed``); default a ``Simulator`` on ``device``."""
     if is_encoder(compiled.graph):
-        return evaluate_encoder(compiled, text_path, tokens, timesteps, progress=progress, device=device)
+        return evaluate_encoder(compiled, text_path, tokens, timesteps, progress=progress, device=device,
+                                simulator=simulator)
     if tokens < 2:
         raise UsageError(f"--tokens must be at least 2, got {tokens}")
     timesteps = timesteps or [int(compiled.report["timesteps"])]
@@ -154,7 +158,7 @@ def evaluate(
     ids = heldout_ids(compiled, text_path, tokens, seq_len)
     dev = resolve_device(device)
     ann = compiled.loaded.model.to(dev)(input_ids=ids.to(dev), use_cache=False).logits.float().cpu()
-    sim = Simulator(compiled.graph, device=dev)
+    sim = simulator if simulator is not None else Simulator(compiled.graph, device=dev)
     results = []
     for t in timesteps:
         start = time.perf_counter()
