@@ -134,8 +134,8 @@ def evaluate_encoder(compiled: Any, text_path: str | None = None, tokens: int = 
     for t in timesteps:
         start = time.perf_counter()
         outputs, spikes, neuron_steps = [], 0.0, 0.0
-        for ids in tqdm(sentences, desc=f"simulating T={t}", disable=not progress, leave=False):
-            result = sim.run(ids.to(dev), t)
+        runs = sim.run_many([ids.to(dev) for ids in sentences], t)
+        for result in tqdm(runs, total=len(sentences), desc=f"simulating T={t}", disable=not progress, leave=False):
             outputs.append(result.output.float().mean(1).cpu())
             for name, count in result.spike_counts.items():
                 spikes += count

@@ -145,7 +145,7 @@ def evaluate(
     (mean |spikes| per neuron per step over all neuron layers; graded spikes count by value),
     seconds (simulator). A sentence encoder (``is_encoder``) is evaluated on sentence embeddings
     instead (``spikec.encoder_eval.evaluate_encoder``; ``seq_len`` does not apply).
-    simulator: what runs the graph, an object with ``Simulator.run``'s ``run(ids, T)`` (e.g.
+    simulator: what runs the graph, an object with ``Simulator.run_many`` (e.g.
     rank 0 of a pipeline, ``spikec.distributed``); default a ``Simulator`` on ``device``."""
     if is_encoder(compiled.graph):
         return evaluate_encoder(compiled, text_path, tokens, timesteps, progress=progress, device=device,
@@ -163,8 +163,8 @@ def evaluate(
     for t in timesteps:
         start = time.perf_counter()
         outputs, spikes, neuron_steps = [], 0.0, 0.0
-        for i in tqdm(range(ids.shape[0]), desc=f"simulating T={t}", disable=not progress, leave=False):
-            result = sim.run(ids[i : i + 1], t)
+        runs = sim.run_many([ids[i : i + 1] for i in range(ids.shape[0])], t)
+        for result in tqdm(runs, total=ids.shape[0], desc=f"simulating T={t}", disable=not progress, leave=False):
             outputs.append(result.output.cpu())
             for name, count in result.spike_counts.items():
                 spikes += count

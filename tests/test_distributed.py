@@ -55,16 +55,18 @@ def test_two_gloo_ranks_print_and_write_the_figures_of_one_process(tiny: Path, c
            [without_seconds(r) for r in one_file]
 
 
-def test_a_pipeline_run_is_the_single_process_run(tiny: Path, sim: Simulator, one_thread) -> None:
-    ids = torch.randint(0, 50257, (1, 16))
+def test_pipeline_runs_are_the_single_process_runs(tiny: Path, sim: Simulator, one_thread) -> None:
+    inputs = [torch.randint(0, 50257, (1, 16)) for _ in range(5)]  # more than the 3 ranks hold in flight
     with distributed.pipeline_head(sim.graph, str(tiny), 3, "cpu") as head:
         for t in (1, 4):
-            got, want = head.run(ids, t), sim.run(ids, t)
-            assert list(got.spike_counts.items()) == list(want.spike_counts.items())  # same order too
-            assert list(got.firing_rates.items()) == list(want.firing_rates.items())
-            assert got.operations == want.operations
-            assert got.outputs.keys() == want.outputs.keys()
-            assert all(torch.equal(got.outputs[n], want.outputs[n]) for n in want.outputs)
+            pairs = [(head.run(inputs[0], t), sim.run(inputs[0], t))]
+            pairs += zip(head.run_many(inputs, t), sim.run_many(inputs, t), strict=True)
+            for got, want in pairs:
+                assert list(got.spike_counts.items()) == list(want.spike_counts.items())  # same order too
+                assert list(got.firing_rates.items()) == list(want.firing_rates.items())
+                assert got.operations == want.operations
+                assert got.outputs.keys() == want.outputs.keys()
+                assert all(torch.equal(got.outputs[n], want.outputs[n]) for n in want.outputs)
 
 
 def test_stages_run_one_after_another_in_one_process_are_the_whole_run(sim: Simulator) -> None:

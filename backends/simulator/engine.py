@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import nir
 import torch
@@ -249,6 +250,12 @@ class Simulator:
         result = SimResult(outputs={}, spike_counts={}, firing_rates={}, timesteps=timesteps)
         self._run_nodes(self.order, values, remaining, result, progress)
         return result
+
+    def run_many(self, inputs: list[torch.Tensor | dict[str, torch.Tensor]], timesteps: int) -> Iterator[SimResult]:
+        """``run`` on each of ``inputs`` in turn (real values), one result at a time, in order
+        (the interface a pipeline over ranks shares, ``pipeline.PipelineHead``)."""
+        for x in inputs:
+            yield self.run(x, timesteps)
 
     @torch.no_grad()
     def run_stage(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -113,16 +113,28 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def send_message(header: dict[str, Any], tensors: list[torch.Tensor], dst: int, device: torch.device) -> None:
+def send_message(header: dict[str, Any], tensors: list[torch.Tensor], dst: int, device: torch.device,
+                 pending: list | None = None) -> None:
     """Send ``header`` (JSON-able) and ``tensors`` to rank ``dst``; tensors travel on ``device``
-    (CPU for gloo, the rank's GPU for NCCL) as their bytes."""
+    (CPU for gloo, the rank's GPU for NCCL) as their bytes. With ``pending``, the sends do not
+    wait for the receiver: their handles (with the buffers they read) are appended to it, for
+    ``wait_all``."""
     meta = {"header": header, "tensors": [[str(t.dtype), list(t.shape)] for t in tensors]}
     raw = torch.tensor(list(json.dumps(meta).encode()), dtype=torch.uint8, device=device)
-    dist.send(torch.tensor([raw.numel()], dtype=torch.int64, device=device), dst)
-    dist.send(raw, dst)
-    for t in tensors:
-        if t.numel():
-            dist.send(t.detach().contiguous().reshape(-1).view(torch.uint8).to(device), dst)
+    buffers = [torch.tensor([raw.numel()], dtype=torch.int64, device=device), raw]
+    buffers += [t.detach().contiguous().reshape(-1).view(torch.uint8).to(device) for t in tensors if t.numel()]
+    for buffer in buffers:
+        if pending is None:
+            dist.send(buffer, dst)
+        else:
+            pending.append((dist.isend(buffer, dst), buffer))
+
+
+def wait_all(pending: list) -> None:
+    """Wait for the sends ``send_message`` left in ``pending``, and empty it."""
+    for work, _ in pending:
+        work.wait()
+    pending.clear()
 
 
 def recv_message(src: int, device: torch.device) -> tuple[dict[str, Any], list[torch.Tensor]]:
@@ -185,27 +197,44 @@ def decode_values(headers: list[dict[str, Any]], tensors: list[torch.Tensor], de
 # ---------------------------------------------------------------------------
 
 
-def _forward(stage: Stage, kept: dict[str, Value], timesteps: int, dst: int,
-             device: torch.device) -> None:
+def _forward(stage: Stage, kept: dict[str, Value], timesteps: int, dst: int, device: torch.device,
+             pending: list) -> None:
     headers, tensors = encode_values({n: kept[n] for n in stage.outgoing})
-    send_message({"timesteps": timesteps, "values": headers}, tensors, dst, device)
+    send_message({"timesteps": timesteps, "values": headers}, tensors, dst, device, pending)
 
 
 class PipelineHead:
     """Rank 0's end of the pipeline: runs the first stage and hands back every run's merged
-    figures; ``run`` as ``Simulator.run`` (real inputs, no recorded spike trains). ``close``
-    stops the other ranks."""
+    figures; ``run`` and ``run_many`` as ``Simulator``'s (real inputs, no recorded spike
+    trains). ``close`` stops the other ranks."""
 
     def __init__(self, sim: Simulator, stages: list[Stage], device: torch.device):
         self.sim, self.stages, self.device = sim, stages, device
 
     def run(self, inputs: torch.Tensor | dict[str, torch.Tensor], timesteps: int) -> SimResult:
         """Run the graph over all ranks for ``timesteps`` steps (outputs on rank 0's device)."""
+        return next(iter(self.run_many([inputs], timesteps)))
+
+    def run_many(self, inputs: list[torch.Tensor | dict[str, torch.Tensor]], timesteps: int) -> Iterator[SimResult]:
+        """The results of ``run`` on each of ``inputs``, in order. The ranks work on several
+        inputs at once: rank 0 runs the first stage of input ``i + 1`` while the next rank runs
+        input ``i`` (up to ``len(stages)`` inputs in flight)."""
         if int(timesteps) < 1:
             raise UsageError(f"timesteps must be at least 1, got {timesteps}")
-        first = self.stages[0]
-        result, kept = self.sim.run_stage(first.nodes, {}, set(first.outgoing), timesteps, inputs=inputs)
-        _forward(first, kept, int(timesteps), 1, self.device)
+        first, depth = self.stages[0], len(self.stages)
+        pending: list = []
+        started: list[SimResult] = []  # first-stage figures of the inputs in flight, oldest first
+        for x in [*inputs, *[None] * depth]:
+            if x is not None:
+                result, kept = self.sim.run_stage(first.nodes, {}, set(first.outgoing), timesteps, inputs=x)
+                _forward(first, kept, int(timesteps), 1, self.device, pending)
+                started.append(result)
+            if started and (x is None or len(started) == depth):
+                yield self._finish(started.pop(0))
+        wait_all(pending)  # not before: rank 1 may wait for rank 0 to take its figures first
+
+    def _finish(self, result: SimResult) -> SimResult:
+        """``result`` (the first stage's figures) with the later ranks' figures and outputs."""
         for rank in range(1, len(self.stages)):
             header, tensors = recv_message(rank, self.device)
             result.spike_counts.update(header["spike_counts"])
@@ -223,8 +252,10 @@ def serve(sim: Simulator, stages: list[Stage], rank: int, device: torch.device) 
     """Rank ``rank``'s loop (``rank > 0``): receive the crossing values from the rank before,
     run its stage, send on what later stages read and its figures to rank 0, until told to stop."""
     stage, last = stages[rank], rank == len(stages) - 1
+    pending: list = []
     while True:
         header, tensors = recv_message(rank - 1, device)
+        wait_all(pending)  # the previous run's sends: the next rank and rank 0 have taken them
         if header.get("stop"):
             if not last:
                 send_message(header, [], rank + 1, device)
@@ -233,7 +264,7 @@ def serve(sim: Simulator, stages: list[Stage], rank: int, device: torch.device) 
         t = int(header["timesteps"])
         result, kept = sim.run_stage(stage.nodes, incoming, set(stage.outgoing), t)
         if not last:
-            _forward(stage, kept, t, rank + 1, device)
+            _forward(stage, kept, t, rank + 1, device, pending)
         figures = {"spike_counts": result.spike_counts, "firing_rates": result.firing_rates,
                    "operations": result.operations, "outputs": list(result.outputs)}
-        send_message(figures, list(result.outputs.values()), 0, device)
+        send_message(figures, list(result.outputs.values()), 0, device, pending)
