@@ -16,6 +16,7 @@ from spikec.core.options import parse_value
 MAX_TIMESTEPS = 4096  # -T: as CompileOptions.validate allows
 MAX_SEQ_LEN = 8192  # --seq-len
 MAX_SEED = 2**32 - 1  # numpy's and torch's seed range
+MAX_RANKS = 256  # --ranks: processes on one machine, or torchrun's world
 MAX_COUNT = 2**31 - 1  # --tokens, --max-new-tokens, --calib-samples ...: index range of the kernels
 ENERGY_TOKENS = 1024
 """Held-out tokens ``spikec energy`` simulates by default, and the report when there is no energy.json."""
@@ -106,5 +107,7 @@ new_tokens_arg = int_range(1, MAX_COUNT, "--max-new-tokens")
 """``--max-new-tokens``: at least 1."""
 steps_arg = int_range(0, MAX_COUNT, "--steps")
 """``--steps`` of ``finetune``: 0 or more optimizer steps."""
+ranks_arg = int_range(1, MAX_RANKS, "--ranks")
+"""``--ranks`` of ``eval``: 1..256 processes in the simulator's pipeline."""
 batch_arg = int_range(1, MAX_COUNT, "--batch")
 """``--batch`` of ``finetune``: at least 1 sequence per step."""

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from spikec.arguments import (
     ENERGY_TOKENS, OneLineParser, energy_seq_len_arg, key_values, new_tokens_arg, pass_options, samples_arg, seed_arg, seq_len_arg,
-    timesteps_arg, timesteps_list_arg, tokens_arg,
+    ranks_arg, timesteps_arg, timesteps_list_arg, tokens_arg,
 )
 from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
 
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sim (default), or lava: also run the Lava export on the first --seq-len tokens and compare")
     e.add_argument("--lava-precision", choices=("floating_pt", "fixed_pt"), default="floating_pt", help=LAVA_PRECISION)
     e.add_argument("--model", metavar="NAME_OR_DIR", help=REFERENCE_HELP)
+    e.add_argument("--ranks", type=ranks_arg, default=1,
+                   help="run the simulator as a pipeline over N local processes (torch.distributed: gloo on CPU, "
+                        "NCCL with a GPU per rank), same figures; under torchrun the world size (docs/simulator.md)")
 
     r = sub.add_parser("run", help="generate text with the spiking network (and the original beside it)")
     r.add_argument("dir", help=DIR_HELP)
@@ -186,15 +189,26 @@ def _cmd_compile(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
+    from spikec import distributed
     from spikec.evaluate import evaluate, load_compiled, save_eval
 
     from spikec.evaluate import describe_reference
 
+    place = distributed.world(a.ranks)
+    if place.rank > 0:  # a worker of the pipeline: its stage only, nothing printed or written
+        return distributed.run_worker(a.dir, a.ranks, a.device)
     compiled = load_compiled(a.dir, a.model)
     if a.backend == "lava":
+        if place.size > 1:
+            raise UsageError("--backend lava runs in one process", hint="leave --ranks out")
         return _eval_lava(a, compiled)
-    results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device,
-                       keep_model=False)  # nothing below runs the ANN: its memory is freed before simulating
+    if place.size == 1:
+        results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device,
+                           keep_model=False)  # nothing below runs the ANN: its memory is freed before simulating
+    else:
+        with distributed.pipeline_head(compiled.graph, a.dir, a.ranks, a.device) as head:
+            results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json,
+                               device=a.device, simulator=head, keep_model=False)
     # on stderr, once it worked: stdout stays the figures, and a failure stays one line
     print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
     # the figures are shown first: a directory that cannot take eval.json must not lose them

@@ -113,11 +113,12 @@ def embedding_metrics(ann: torch.Tensor, snn: torch.Tensor) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_encoder(compiled: Any, text_path: str | None = None, tokens: int = 1024,
                      timesteps: list[int] | None = None, progress: bool = True,
-                     device: str = "cpu") -> list[dict[str, Any]]:
+                     device: str = "cpu", simulator: Any = None) -> list[dict[str, Any]]:
     """ANN vs SNN embeddings of the held-out sentences within ``tokens`` tokens, one dict per T
     (``compiled``: a ``spikec.evaluate.Compiled`` of an encoder). Keys: embedding_cosine,
     embedding_cosine_min, pair_spearman, sentences, pairs, timesteps, tokens,
-    spikes_per_neuron_step (as the decoder eval's), seconds (simulator)."""
+    spikes_per_neuron_step (as the decoder eval's), seconds (simulator). ``simulator``: as
+    ``spikec.evaluate.evaluate``'s."""
     if tokens < 2:
         raise UsageError(f"--tokens must be at least 2, got {tokens}")
     timesteps = timesteps or [int(compiled.report["timesteps"])]
@@ -128,13 +129,13 @@ def evaluate_encoder(compiled: Any, text_path: str | None = None, tokens: int = 
     dev = resolve_device(device)
     model = compiled.loaded.model.to(dev)
     ann = torch.cat([model(input_ids=ids.to(dev)).last_hidden_state.float().mean(1).cpu() for ids in sentences])
-    sim = Simulator(compiled.graph, device=dev)
+    sim = simulator if simulator is not None else Simulator(compiled.graph, device=dev)
     results = []
     for t in timesteps:
         start = time.perf_counter()
         outputs, spikes, neuron_steps = [], 0.0, 0.0
-        for ids in tqdm(sentences, desc=f"simulating T={t}", disable=not progress, leave=False):
-            result = sim.run(ids.to(dev), t)
+        runs = sim.run_many([ids.to(dev) for ids in sentences], t)
+        for result in tqdm(runs, total=len(sentences), desc=f"simulating T={t}", disable=not progress, leave=False):
             outputs.append(result.output.float().mean(1).cpu())
             for name, count in result.spike_counts.items():
                 spikes += count

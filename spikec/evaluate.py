@@ -142,6 +142,7 @@ def evaluate(
     progress: bool = True,
     device: str = "cpu",
     keep_model: bool = True,
+    simulator: Any = None,
 ) -> list[dict[str, Any]]:
     """ANN vs SNN metrics on ``tokens`` tokens of held-out text, one dict per T; the model
     and the simulator run on ``device`` (``cpu``, ``cuda[:N]``), metrics on CPU.
@@ -152,9 +153,12 @@ def evaluate(
     top1_agreement (next-token argmax agreement), timesteps, tokens, spikes_per_neuron_step
     (mean |spikes| per neuron per step over all neuron layers; graded spikes count by value),
     seconds (simulator). A sentence encoder (``is_encoder``) is evaluated on sentence embeddings
-    instead (``spikec.encoder_eval.evaluate_encoder``; ``seq_len`` does not apply)."""
+    instead (``spikec.encoder_eval.evaluate_encoder``; ``seq_len`` does not apply).
+    simulator: what runs the graph, an object with ``Simulator.run_many`` (e.g.
+    rank 0 of a pipeline, ``spikec.distributed``); default a ``Simulator`` on ``device``."""
     if is_encoder(compiled.graph):
-        return evaluate_encoder(compiled, text_path, tokens, timesteps, progress=progress, device=device)
+        return evaluate_encoder(compiled, text_path, tokens, timesteps, progress=progress, device=device,
+                                simulator=simulator)
     if tokens < 2:
         raise UsageError(f"--tokens must be at least 2, got {tokens}")
     timesteps = timesteps or [int(compiled.report["timesteps"])]
@@ -165,13 +169,13 @@ def evaluate(
     ann = compiled.loaded.model.to(dev)(input_ids=ids.to(dev), use_cache=False).logits.float().cpu()
     if not keep_model:
         compiled.release_model()
-    sim = Simulator(compiled.graph, device=dev)
+    sim = simulator if simulator is not None else Simulator(compiled.graph, device=dev)
     results = []
     for t in timesteps:
         start = time.perf_counter()
         outputs, spikes, neuron_steps = [], 0.0, 0.0
-        for i in tqdm(range(ids.shape[0]), desc=f"simulating T={t}", disable=not progress, leave=False):
-            result = sim.run(ids[i : i + 1], t)
+        runs = sim.run_many([ids[i : i + 1] for i in range(ids.shape[0])], t)
+        for result in tqdm(runs, total=ids.shape[0], desc=f"simulating T={t}", disable=not progress, leave=False):
             outputs.append(result.output.cpu())
             for name, count in result.spike_counts.items():
                 spikes += count

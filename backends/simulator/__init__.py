@@ -42,7 +42,7 @@ Layout
 ------
 ``values`` (what flows on edges, the kernels' shared context), one module of kernels per
 node family (``standard`` NIR nodes, ``rate``-coded extension nodes, ``ssa``, ``streaming``,
-``few_spike``),
+``few_spike``), ``pipeline`` (the graph cut into stages over ``torch.distributed`` ranks),
 ``engine`` (the kernel table and the graph execution) and the compiled loops
 (``native_loops``, built from ``native_source`` by ``native_build``).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import nir
 import torch
@@ -243,19 +243,61 @@ class Simulator:
         if int(timesteps) < 1:
             raise UsageError(f"timesteps must be at least 1, got {timesteps}")
         timesteps = int(timesteps)
-        graph, preds, succs, ctx = self.graph, self.preds, self.succs, self.ctx
+        graph, succs, ctx = self.graph, self.succs, self.ctx
         values = _bind_inputs(graph, inputs, timesteps, inputs_are_series, ctx.device)
         if not any(isinstance(n, nir.Output) for n in graph.nodes.values()):
             raise NIRFormatError("the graph has no Output node", hint="add a nir.Output node after the last layer")
         remaining = {n: len(succs[n]) for n in graph.nodes}  # consumers (per edge) yet to run
         ctx.timesteps, ctx.recording = timesteps, record
-        outputs: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        rates: dict[str, float] = {}
-        recorded: dict[str, torch.Tensor] = {}
-        operations: dict[str, dict[str, float]] = {}
+        result = SimResult(outputs={}, spike_counts={}, firing_rates={}, timesteps=timesteps)
+        self._run_nodes(self.order, values, remaining, result, progress)
+        return result
 
-        for name in tqdm(self.order, desc="simulate", unit="node", file=sys.stderr, disable=not progress):
+    def run_many(self, inputs: list[torch.Tensor | dict[str, torch.Tensor]], timesteps: int) -> Iterator[SimResult]:
+        """``run`` on each of ``inputs`` in turn (real values), one result at a time, in order
+        (the interface a pipeline over ranks shares, ``pipeline.PipelineHead``)."""
+        for x in inputs:
+            yield self.run(x, timesteps)
+
+    @torch.no_grad()
+    def run_stage(
+        self,
+        nodes: list[str],
+        incoming: dict[str, Value],
+        keep: set[str],
+        timesteps: int,
+        inputs: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    ) -> tuple[SimResult, dict[str, Value]]:
+        """Run only ``nodes`` (a run of ``self.order``, e.g. one stage of a pipeline) for
+        ``timesteps`` steps, with the same kernels and figures as ``run``.
+
+        incoming: the values of the nodes before the run that ``nodes`` read, by node name.
+        keep: names (in the run or in ``incoming``) whose values later nodes need: returned,
+        never overwritten. inputs: the graph's inputs as for ``run`` (real values), when the
+        run holds the Input nodes. Returns the run's figures (outputs of the Output nodes in
+        it, spike counts, firing rates, operations; no spike trains) and the kept values."""
+        timesteps = int(timesteps)
+        graph, ctx = self.graph, self.ctx
+        inside = set(nodes)
+        values = dict(incoming)
+        if inputs is not None:
+            values.update(_bind_inputs(graph, inputs, timesteps, False, ctx.device))
+        remaining = {n: sum(s in inside for s in self.succs[n]) + (n in keep) for n in [*values, *nodes]}
+        ctx.timesteps, ctx.recording = timesteps, False
+        result = SimResult(outputs={}, spike_counts={}, firing_rates={}, timesteps=timesteps)
+        self._run_nodes(nodes, values, remaining, result, progress=False)
+        return result, {n: values[n] for n in keep}
+
+    def _run_nodes(self, order: list[str], values: dict[str, Value], remaining: dict[str, int],
+                   result: SimResult, progress: bool) -> None:
+        """Run the nodes of ``order`` in turn, reading and freeing ``values`` (``remaining``:
+        consumers per value yet to run) and filling ``result``'s figures."""
+        graph, preds, ctx = self.graph, self.preds, self.ctx
+        timesteps, record = ctx.timesteps, ctx.recording
+        outputs, counts, rates = result.outputs, result.spike_counts, result.firing_rates
+        recorded, operations = result.spikes, result.operations
+
+        for name in tqdm(order, desc="simulate", unit="node", file=sys.stderr, disable=not progress):
             node = graph.nodes[name]
             if not isinstance(node, nir.Input):
                 if not preds[name]:
@@ -297,8 +339,6 @@ class Simulator:
                 outputs[name] = value.dense()
             if remaining[name] == 0 and not isinstance(node, nir.Output):
                 del values[name]
-        return SimResult(outputs=outputs, spike_counts=counts, firing_rates=rates, timesteps=timesteps,
-                         spikes=recorded, operations=operations)
 
 
 def _kept(train: torch.Tensor, positions: int | None) -> torch.Tensor:
