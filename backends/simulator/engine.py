@@ -250,7 +250,7 @@ class Simulator:
         remaining = {n: len(succs[n]) for n in graph.nodes}  # consumers (per edge) yet to run
         ctx.timesteps, ctx.recording = timesteps, record
         result = SimResult(outputs={}, spike_counts={}, firing_rates={}, timesteps=timesteps)
-        self._run_nodes(self.order, values, remaining, result, progress)
+        self._run_nodes(self.order, values, remaining, result, progress, record_positions)
         return result
 
     def run_many(self, inputs: list[torch.Tensor | dict[str, torch.Tensor]], timesteps: int) -> Iterator[SimResult]:
@@ -289,7 +289,7 @@ class Simulator:
         return result, {n: values[n] for n in keep}
 
     def _run_nodes(self, order: list[str], values: dict[str, Value], remaining: dict[str, int],
-                   result: SimResult, progress: bool) -> None:
+                   result: SimResult, progress: bool, record_positions: int | None = None) -> None:
         """Run the nodes of ``order`` in turn, reading and freeing ``values`` (``remaining``:
         consumers per value yet to run) and filling ``result``'s figures."""
         graph, preds, ctx = self.graph, self.preds, self.ctx
