@@ -15,8 +15,9 @@ Mapping from spikec's NIR (docs/nir-extensions.md): an ``Affine`` fed by a
 ``SpikecSignedIF`` and read by a ``SpikecRateReadout`` becomes a ``Dense`` (weights with the
 thresholds folded in) whose bias moves to the readout; an ``Affine``/``Linear`` on real
 values stays a real-valued ``Affine``; the few-spike code maps the same way (``SpikecFewSpike``
--> ``FewSpike``, ``SpikecBinaryReadout`` -> ``BinaryReadout``, T <= ``MAX_FEW_SPIKE_STEPS``); a readout of a real value is the identity (``Add``
-with one input). Anything else (standard neurons, convolutions, nested graphs) raises
+-> ``FewSpike``, ``SpikecBinaryReadout`` -> ``BinaryReadout``, with ``radix: 3`` for balanced ternary, written only
+then; T <= ``MAX_FEW_SPIKE_STEPS``, a ternary code's steps <= ``fixed_point.MAX_TERNARY_FIXED_STEPS``); a readout
+of a real value is the identity (``Add`` with one input). Anything else (standard neurons, convolutions, nested graphs) raises
 ``UnsupportedError``.
 """
 
