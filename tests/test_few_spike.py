@@ -366,10 +366,10 @@ def test_the_ternary_membrane_takes_the_most_fraction_bits_that_fit_24_bits_up_t
 
 
 def test_the_lava_export_writes_radix_3_and_leaves_binary_files_unchanged():
-    desc, _ = export.network_description(ternary_layer(7))
+    desc, arrays = export.network_description(ternary_layer(7))
     types = {n["type"]: n["attrs"] for n in desc["nodes"]}
     assert types["FewSpike"]["radix"] == 3 and types["BinaryReadout"]["radix"] == 3
-    report = export.quantization_report(desc, _, 7)
+    report = export.quantization_report(desc, arrays, 7)
     assert report["neurons"]["fc_neuron"]["membrane_fraction_bits"] == 12 and "few_spike_ternary" in report["scheme"]
     desc, arrays = export.network_description(converted("gpt2")[1])
     assert not any("radix" in n["attrs"] for n in desc["nodes"])
@@ -395,6 +395,15 @@ def test_lava_ternary_neurons_next_to_their_levels_fire_the_reference_spikes_in_
         run = compare.run_export(folder, x, precision=precision, python=lava_python)
         result = compare.compare(graph, x, run)
         assert result["spike_agreement"] == 1.0 and result["logits_max_abs_diff"] == 0.0, (precision, result)
+
+
+def test_lava_fixed_pt_refuses_a_ternary_window_stretched_past_13_steps_at_run_time(lava_python, tmp_path):
+    folder = export.export_lava(ternary_layer(7), tmp_path / "lava")["folder"]
+    x = np.ones((1, 2, 8), np.float32)
+    with pytest.raises(compare.LavaRunError, match="at most 13 steps"):
+        compare.run_export(folder, x, timesteps=14, precision="fixed_pt", python=lava_python)
+    run = compare.run_export(folder, x, timesteps=14, precision="floating_pt", python=lava_python)
+    assert run.spikes["fc_neuron"].shape[0] == 14
 
 
 @pytest.mark.parametrize("family,digits", [("gpt2", "binary"), ("llama", "signed"), ("gpt2", "ternary"),

@@ -27,7 +27,7 @@ import numpy as np
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 
-from runtime.fixed_point import PRECISIONS, dense_fixed, signed_if_encoding
+from runtime.fixed_point import PRECISIONS, dense_fixed, signed_if_encoding, ternary_fraction_bits
 from runtime.network import BINARY_READOUT, DENSE, FEW_SPIKE, READOUT, SPIKING, SSA, Network, NetworkError, features
 from runtime.numpy_ops import F32, SSA_PARAMS, TORCH_VEC_WIDTH, from_lava, real_op, to_lava
 from runtime.proc.binary_readout.process import BinaryReadout
@@ -264,6 +264,10 @@ def run_network(net: Network, inputs: np.ndarray, timesteps: int | None = None, 
         raise NetworkError(f"the input has {positions} positions; this export was built for at most "
                            f"{max_positions} positions (compile with a larger --seq-len)")
     sched = schedule(net, T)
+    if precision == "fixed_pt":  # before Lava forks: a ternary code needs an exact 24-bit membrane
+        for node in net.nodes.values():
+            if node.type == FEW_SPIKE and int(node.attrs.get("radix", 2)) == 3:
+                ternary_fraction_bits(int(node.attrs.get("steps") or T))
     if teacher and precision != "fixed_pt":
         raise NetworkError("teacher forcing applies to fixed_pt runs")
     segments = plan_segments(net, sched, 1 if teacher else stages_per_run)
