@@ -16,6 +16,7 @@ from canonical_models import gpt2_like, llama_like, token_ids
 from spikec.analysis.counts import count_operations
 from spikec.backends import nirio, portable
 from spikec.backends.lava import compare, export
+from spikec.backends.lava.runtime import fixed_point
 from spikec.backends.simulator import simulate
 from spikec.cli import build_parser
 from spikec.core import few_spike, ir, ops
@@ -292,7 +293,121 @@ def test_the_portable_profile_refuses_the_few_spike_code_in_one_line():
 # --- Lava --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family,digits", [("gpt2", "binary"), ("llama", "signed")])
+def ternary_layer(timesteps: int, steps: int = 0, features: int = 8) -> nir.NIRGraph:
+    """One balanced-ternary layer on a real input: neurons (thresholds 1 and 0.37), an affine of
+    random weights and its readout."""
+    threshold = np.where(np.arange(features) % 2 == 0, 1.0, 0.37).astype(np.float32)
+    rng = np.random.default_rng(3)
+    nodes = {"input": nir.Input(np.array([features])),
+             "fc_neuron": ir.SpikecFewSpike(threshold=threshold, signed_digits=True, steps=steps, radix=3),
+             "fc": nir.Affine(weight=rng.normal(size=(5, features)).astype(np.float32),
+                              bias=rng.normal(size=5).astype(np.float32)),
+             "fc_readout": ir.SpikecBinaryReadout(features=5, radix=3), "output": nir.Output(np.array([5]))}
+    edges = [("input", "fc_neuron"), ("fc_neuron", "fc"), ("fc", "fc_readout"), ("fc_readout", "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"timesteps": timesteps}, type_check=False)
+
+
+def near_ties(steps: int, count: int = 4000) -> np.ndarray:
+    """float32 currents ``u`` (threshold units) whose membranes ``m_0 = u 3^(S-1)`` sit on, or a few
+    float32 steps either side of, the half-integers (the levels' grid), plus some beyond the span."""
+    rng = np.random.default_rng(steps)
+    bound = 3**steps / 2
+    halves = np.concatenate([rng.integers(-3**steps - 2, 3**steps + 3, count) / 2, [2.5, -2.5, 0.5, bound]])
+    u = (halves / 3 ** (steps - 1)).astype(np.float32)
+    around = [u] + [np.nextafter(u, np.float32(d * np.inf)) for d in (1, -1)]
+    around += [np.nextafter(a, np.float32(d * np.inf)) for a, d in zip(around[1:], (1, -1))]
+    return np.concatenate([*around, rng.uniform(-2, 2, count).astype(np.float32)])
+
+
+def fixed_ternary_spikes(u: np.ndarray, steps: int) -> np.ndarray:
+    """``[S, N]`` spikes of the fixed_pt model's integer membrane (threshold 1): the runtime's
+    conversion, then the integer steps ``s = sgn(m) [|m| >= W_k / 2]``, ``m -= s W_k`` (``2^-f`` units)."""
+    bits = fixed_point.ternary_fraction_bits(steps)
+    m = fixed_point.ternary_fixed_membrane(few_spike.ternary_membrane(torch.from_numpy(u), steps).numpy(),
+                                           steps, bits)
+    out = []
+    for k in range(steps):
+        weight = 3 ** (steps - 1 - k) << bits
+        s = np.where(np.abs(m) >= weight // 2, np.sign(m), 0)
+        assert np.abs(m).max() <= fixed_point.STATE_MAX
+        m = m - s * weight
+        out.append(s)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("steps", range(1, fixed_point.MAX_TERNARY_FIXED_STEPS + 1))
+def test_the_fixed_pt_ternary_membrane_fires_the_float32_spikes_even_next_to_a_level(steps):
+    u = near_ties(steps)
+    params = few_spike.FewSpikeParams(torch.ones(u.size), signed_digits=True, radix=3)
+    reference = few_spike.few_spike_encode(torch.from_numpy(u), params, steps).numpy()
+    np.testing.assert_array_equal(fixed_ternary_spikes(u, steps), reference)
+
+
+def test_truncating_the_ternary_membrane_toward_zero_would_move_a_spike_so_it_is_rounded_to_odd():
+    # S=2, levels 1.5 and 0.5: m0 = 2.5 + 2^-20 fires +1 (m = -0.5 + 2^-20), then nothing; truncated to
+    # 2.5 it would fire +1 and -1. Rounded to odd (the last of f bits set) it stays above 2.5.
+    m0 = np.array([2.5 + 2.0**-20, 2.5, -(2.5 + 2.0**-20)], np.float32)
+    params = few_spike.FewSpikeParams(torch.ones(3), signed_digits=True, radix=3)
+    reference = few_spike.few_spike_encode(torch.from_numpy(m0 / 3), params, 2)
+    assert reference.T.tolist() == [[1, 0], [1, -1], [-1, 0]]
+    bits = fixed_point.ternary_fraction_bits(2)
+    assert fixed_point.ternary_fixed_membrane(m0, 2, bits).tolist() == [
+        (5 << (bits - 1)) + 1, 5 << (bits - 1), -(5 << (bits - 1)) - 1]
+    np.testing.assert_array_equal(fixed_ternary_spikes(m0 / np.float32(3), 2), reference.numpy())
+
+
+def test_the_ternary_membrane_takes_the_most_fraction_bits_that_fit_24_bits_up_to_13_steps():
+    assert [fixed_point.ternary_fraction_bits(s) for s in (1, 7, 12, 13)] == [22, 12, 4, 3]
+    for s in range(1, fixed_point.MAX_TERNARY_FIXED_STEPS + 1):
+        bits = fixed_point.ternary_fraction_bits(s)
+        assert 3**s << (bits - 1) <= fixed_point.STATE_MAX < 3**s << bits
+    with pytest.raises(ValueError, match="at most 13 steps"):
+        fixed_point.ternary_fraction_bits(14)
+
+
+def test_the_lava_export_writes_radix_3_and_leaves_binary_files_unchanged():
+    desc, arrays = export.network_description(ternary_layer(7))
+    types = {n["type"]: n["attrs"] for n in desc["nodes"]}
+    assert types["FewSpike"]["radix"] == 3 and types["BinaryReadout"]["radix"] == 3
+    report = export.quantization_report(desc, arrays, 7)
+    assert report["neurons"]["fc_neuron"]["membrane_fraction_bits"] == 12 and "few_spike_ternary" in report["scheme"]
+    desc, arrays = export.network_description(converted("gpt2")[1])
+    assert not any("radix" in n["attrs"] for n in desc["nodes"])
+    assert "few_spike_ternary" not in export.quantization_report(desc, arrays, T)["scheme"]
+
+
+@pytest.mark.parametrize("timesteps", [14, 15])
+def test_the_lava_export_refuses_ternary_codes_longer_than_13_steps_in_one_line(timesteps):
+    with pytest.raises(UnsupportedError, match="at most 13 steps") as err:
+        export.network_description(ternary_layer(timesteps))
+    assert "\n" not in str(err.value) and "-T 13" in err.value.hint
+    export.network_description(ternary_layer(timesteps, steps=13))  # a 13-step code in a longer window runs
+
+
+@pytest.mark.parametrize("timesteps,steps", [(2, 0), (13, 0), (12, 9)])
+def test_lava_ternary_neurons_next_to_their_levels_fire_the_reference_spikes_in_both_precisions(
+        lava_python, tmp_path, timesteps, steps):
+    graph = ternary_layer(timesteps, steps)
+    u = near_ties(steps or timesteps, 200)
+    x = (u[: u.size // 8 * 8].reshape(1, -1, 8) * graph.nodes["fc_neuron"].threshold).astype(np.float32)
+    folder = export.export_lava(graph, tmp_path / "lava")["folder"]
+    for precision in ("floating_pt", "fixed_pt"):
+        run = compare.run_export(folder, x, precision=precision, python=lava_python)
+        result = compare.compare(graph, x, run)
+        assert result["spike_agreement"] == 1.0 and result["logits_max_abs_diff"] == 0.0, (precision, result)
+
+
+def test_lava_fixed_pt_refuses_a_ternary_window_stretched_past_13_steps_at_run_time(lava_python, tmp_path):
+    folder = export.export_lava(ternary_layer(7), tmp_path / "lava")["folder"]
+    x = np.ones((1, 2, 8), np.float32)
+    with pytest.raises(compare.LavaRunError, match="at most 13 steps"):
+        compare.run_export(folder, x, timesteps=14, precision="fixed_pt", python=lava_python)
+    run = compare.run_export(folder, x, timesteps=14, precision="floating_pt", python=lava_python)
+    assert run.spikes["fc_neuron"].shape[0] == 14
+
+
+@pytest.mark.parametrize("family,digits", [("gpt2", "binary"), ("llama", "signed"), ("gpt2", "ternary"),
+                                           ("llama", "ternary")])
 def test_lava_floating_pt_is_spike_for_spike_and_fixed_pt_agrees(lava_python, tmp_path, family, digits):
     _, graph, ids, _ = converted(family, digits)
     folder = export.export_lava(graph, tmp_path / "lava")["folder"]

@@ -15,8 +15,9 @@ Mapping from spikec's NIR (docs/nir-extensions.md): an ``Affine`` fed by a
 ``SpikecSignedIF`` and read by a ``SpikecRateReadout`` becomes a ``Dense`` (weights with the
 thresholds folded in) whose bias moves to the readout; an ``Affine``/``Linear`` on real
 values stays a real-valued ``Affine``; the few-spike code maps the same way (``SpikecFewSpike``
--> ``FewSpike``, ``SpikecBinaryReadout`` -> ``BinaryReadout``, T <= ``MAX_FEW_SPIKE_STEPS``); a readout of a real value is the identity (``Add``
-with one input). Anything else (standard neurons, convolutions, nested graphs) raises
+-> ``FewSpike``, ``SpikecBinaryReadout`` -> ``BinaryReadout``, with ``radix: 3`` for balanced ternary, written only
+then; T <= ``MAX_FEW_SPIKE_STEPS``, a ternary code's steps <= ``fixed_point.MAX_TERNARY_FIXED_STEPS``); a readout
+of a real value is the identity (``Add`` with one input). Anything else (standard neurons, convolutions, nested graphs) raises
 ``UnsupportedError``.
 """
 
@@ -130,6 +131,8 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
             attrs = {"features": int(node.threshold.shape[0]), "signed_digits": bool(node.signed_digits)}
             if node.steps:  # a shorter code than the window (--budget); absent otherwise, as in the NIR file
                 attrs["steps"] = int(node.steps)
+            if int(node.radix) != 2:  # balanced ternary; absent for radix 2, as in the NIR file
+                attrs["radix"] = int(node.radix)
             add(name, "FewSpike", attrs, threshold=f32(node.threshold))
         elif isinstance(node, (ir.SpikecRateReadout, ir.SpikecBinaryReadout)):
             if preds[name] and all(_spiking(graph, p) for p in preds[name]):
@@ -138,7 +141,10 @@ def _convert(graph: nir.NIRGraph, synapses: int) -> tuple[list[dict[str, Any]], 
             fed_by_dense = len(preds[name]) == 1 and isinstance(graph.nodes[preds[name][0]], (nir.Affine, nir.Linear)) \
                 and any(_spiking(graph, p) for p in preds[preds[name][0]])
             kind = "RateReadout" if isinstance(node, ir.SpikecRateReadout) else "BinaryReadout"
-            add(name, kind if fed_by_dense else "Add", {"features": int(node.features)})
+            attrs = {"features": int(node.features)}
+            if fed_by_dense and kind == "BinaryReadout" and int(node.radix) != 2:
+                attrs["radix"] = int(node.radix)
+            add(name, kind if fed_by_dense else "Add", attrs)
         elif isinstance(node, (nir.Affine, nir.Linear)):
             weight = f32(node.weight)
             if weight.ndim != 2:
@@ -170,6 +176,12 @@ def network_description(graph: nir.NIRGraph, *, timesteps: int | None = None, po
     if T > MAX_FEW_SPIKE_STEPS and any(n["type"] == "FewSpike" for n in nodes):
         raise UnsupportedError(f"the Lava export runs few-spike neurons for at most {MAX_FEW_SPIKE_STEPS} steps, "
                                f"not T={T}", hint=f"compile with -T {MAX_FEW_SPIKE_STEPS} or fewer")
+    longest = max((n["attrs"].get("steps") or T for n in nodes if n["type"] == "FewSpike"
+                   and n["attrs"].get("radix", 2) == 3), default=0)
+    if longest > fixed_point.MAX_TERNARY_FIXED_STEPS:
+        raise UnsupportedError(f"the Lava export runs balanced-ternary few-spike neurons for at most "
+                               f"{fixed_point.MAX_TERNARY_FIXED_STEPS} steps (an exact 24-bit fixed_pt membrane), "
+                               f"not {longest}", hint=f"compile with -T {fixed_point.MAX_TERNARY_FIXED_STEPS} or fewer")
     desc = {
         "format": network.FORMAT,
         "nodes": nodes,
@@ -216,33 +228,42 @@ def quantization_report(desc: dict[str, Any], arrays: dict[str, np.ndarray], tim
             B = int(node.attrs["max_spikes"])
             neurons[name] = {enc: fixed_point.signed_if_encoding(B, timesteps, enc) for enc in fixed_point.CURRENT_ENCODINGS}
             neurons[name]["max_spikes"] = B
+        elif node.type == "FewSpike" and node.attrs.get("radix", 2) == 3:
+            steps = int(node.attrs.get("steps") or timesteps)
+            bits = fixed_point.ternary_fraction_bits(steps)
+            neurons[name] = {"radix": 3, "steps": steps, "membrane_units_per_last_step": 2**bits,
+                             "membrane_fraction_bits": bits, "membrane_bound": 3**steps * 2 ** (bits - 1),
+                             "step_weights": f"3^({steps - 1}-k) * 2^{bits} membrane units, k = 0..{steps - 1}"}
         elif node.type == "FewSpike":
             neurons[name] = {"membrane_units_per_threshold": 2**21, "signed_digits": bool(node.attrs["signed_digits"]),
                              "step_weights": "2^(21-k) membrane units, k = 0..T-1"}
-    return {
-        "timesteps": timesteps,
-        "scheme": {
-            "weights": "per layer: weight ~ w_int * 2**weight_exp (one power-of-two exponent per layer); w_int is "
-                       "held by 8-bit synapse groups: one group (|w_int| <= 127) or two, a high group shifted "
-                       "by 7 bits plus a low group (|w_int| <= 16319); Lava's Dense stores each mixed-sign 8-bit "
-                       "mantissa as 2*m",
-            "few_spike": "FewSpike layers: a 24-bit membrane of 2^21 units per threshold, the float32 initial "
-                         "membrane truncated toward zero; BinaryReadout: the 24-bit accumulator doubles (a shift) "
-                         "and adds each step, the bias enters on the first step; value = acc * unit / 2^(T-1)",
-            "readout": "24-bit saturating integer accumulator; the Affine bias is a Loihi bias per step "
-                       "(13-bit mantissa << readout_bias_exp) in units of 2**weight_exp; value = sum * unit / T",
-            "neurons": "threshold = vth << 6 (17-bit vth), 24-bit membrane; the current x/threshold clipped to "
-                       "[-B, B] is 'graded24' (a 24-bit value, default) or 'bias13' (LIF bias, 13-bit "
-                       "mantissa << bias_exp); current_step is its resolution in threshold units; the "
-                       "current is rounded so that the integer neuron emits the float32 neuron's spikes "
-                       "(spike-preserving rounding, moving the initial membrane only where float32 sums sit "
-                       "on a rounding tie), else to nearest",
-            "real_ops": "embedding, norms, attention, activations and adds compute in floating point in both "
-                        "precisions",
-        },
-        "dense": dense,
-        "neurons": neurons,
+    scheme = {
+        "weights": "per layer: weight ~ w_int * 2**weight_exp (one power-of-two exponent per layer); w_int is "
+                   "held by 8-bit synapse groups: one group (|w_int| <= 127) or two, a high group shifted "
+                   "by 7 bits plus a low group (|w_int| <= 16319); Lava's Dense stores each mixed-sign 8-bit "
+                   "mantissa as 2*m",
+        "few_spike": "FewSpike layers: a 24-bit membrane of 2^21 units per threshold, the float32 initial "
+                     "membrane truncated toward zero; BinaryReadout: the 24-bit accumulator doubles (a shift) "
+                     "and adds each step, the bias enters on the first step; value = acc * unit / 2^(T-1)",
+        "readout": "24-bit saturating integer accumulator; the Affine bias is a Loihi bias per step "
+                   "(13-bit mantissa << readout_bias_exp) in units of 2**weight_exp; value = sum * unit / T",
+        "neurons": "threshold = vth << 6 (17-bit vth), 24-bit membrane; the current x/threshold clipped to "
+                   "[-B, B] is 'graded24' (a 24-bit value, default) or 'bias13' (LIF bias, 13-bit "
+                   "mantissa << bias_exp); current_step is its resolution in threshold units; the "
+                   "current is rounded so that the integer neuron emits the float32 neuron's spikes "
+                   "(spike-preserving rounding, moving the initial membrane only where float32 sums sit "
+                   "on a rounding tie), else to nearest",
+        "real_ops": "embedding, norms, attention, activations and adds compute in floating point in both "
+                    "precisions",
     }
+    if any(n.get("radix") == 3 for n in neurons.values()):  # written only then: binary reports are unchanged
+        scheme["few_spike_ternary"] = (
+            "balanced-ternary FewSpike layers (radix 3): a 24-bit membrane of 2^f units per last step "
+            "(membrane_fraction_bits: the most with 3^S/2 * 2^f in 24 bits, at least 2, so S <= 13), the float32 "
+            "m_0 = u 3^(S-1) clamped to +-3^S/2 and rounded to odd (truncated toward zero, the last bit set where "
+            "inexact): the float model's spikes; BinaryReadout: 24-bit accumulators that triple and add, one per "
+            "group of 8 steps, each scaled by 3^-(last step) in float64, the bias added after the groups")
+    return {"timesteps": timesteps, "scheme": scheme, "dense": dense, "neurons": neurons}
 
 
 def quantized_graph(graph: nir.NIRGraph, synapses: int = DEFAULT_SYNAPSES) -> nir.NIRGraph:

@@ -28,6 +28,10 @@ carries a ``[features, batch*positions]`` array):
                      bit-accurate weights) and skips steps without spikes.
 * ``RateReadout`` -> custom process ``RateReadout``: sums the Dense output of the T steps
                      of its window, adds the bias, divides by T: the real value.
+* ``FewSpike``    -> custom process ``FewSpike``: few-spike neurons (binary digits, or
+                     balanced ternary with ``radix: 3``), scheduled like a SignedIF layer.
+* ``BinaryReadout`` -> custom process ``BinaryReadout``: Horner's rule (``acc = r acc + a``, r
+                     the radix) per group of 8 steps, the groups scaled and added, the bias.
 * real-valued ops (embedding, norms, attention, activations, residual add, a real Affine)
                   -> custom processes computing once their inputs are complete.
 

@@ -116,6 +116,50 @@ def _ceil_div(a: np.ndarray, b: Any) -> np.ndarray:
     return -((-a) // b)
 
 
+TERNARY_MIN_FRACTION_BITS = 2
+"""A balanced-ternary membrane needs its levels ``W_k / 2`` (multiples of 1/2) on a grid one bit
+coarser than its own: one bit for the halves, one below them for rounding to odd."""
+
+
+def ternary_fraction_bits(steps: int) -> int:
+    """Fractional bits ``f`` of a fixed_pt balanced-ternary membrane of an S-step code (units of
+    the code's last step): the most for which its bound ``3^S / 2`` times ``2^f`` fits the 24-bit
+    state. Raises ``NetworkError`` below ``TERNARY_MIN_FRACTION_BITS`` (S >= 14): no exact
+    integer membrane."""
+    S = int(steps)
+    bits = 0
+    while 3**S << (bits + 1) <= 2 * STATE_MAX:  # 3^S / 2 * 2^(bits+1) <= STATE_MAX
+        bits += 1
+    if bits < TERNARY_MIN_FRACTION_BITS:
+        raise NetworkError(f"a balanced-ternary code of {S} steps has no exact 24-bit membrane "
+                           f"(at most {MAX_TERNARY_FIXED_STEPS} steps)")
+    return bits
+
+
+MAX_TERNARY_FIXED_STEPS = 13
+"""The longest balanced-ternary code with an exact 24-bit membrane: 3^13 * 2 <= 2^23 - 1 < 3^14 * 2."""
+
+
+def ternary_fixed_membrane(m0: np.ndarray, steps: int, bits: int) -> np.ndarray:
+    """The integer initial membrane (int64, shaped like ``m0``, units of ``2^-bits`` of the last
+    step) of fixed_pt balanced-ternary neurons whose float32 initial membrane is ``m0``.
+
+    ``m0`` is clamped to ``+-3^S / 2``: beyond it every step fires with the sign of ``m0``, and at
+    it too, so no spike changes. It is then rounded to odd on the ``2^-bits`` grid: truncated
+    toward zero, and where that was inexact the last bit is set. ``m0`` and the integer then lie
+    in the same open interval of the ``2^-(bits-1)`` grid (or are the same point of it), which
+    holds every level ``+-W_k / 2`` and is moved onto itself by the integer subtractions of the
+    steps: every comparison, hence every spike, equals the float32 model's. Plain truncation
+    would not do: ``m0 = 2.5 + 2^-20`` (S = 2) fires +1 then 0 in float32 (``|-0.5 + 2^-20| <
+    1/2``) but +1, -1 from the truncated 2.5."""
+    bound = 3 ** int(steps) / 2
+    x = np.clip(np.asarray(m0, np.float64), -bound, bound) * 2.0**bits  # exact: a float32 times 2^bits
+    whole = np.trunc(x)
+    n = whole.astype(np.int64)
+    odd = (x != whole) & (n % 2 == 0)
+    return np.where(odd, n + np.sign(x).astype(np.int64), n)
+
+
 def weight_int_max(synapses: int) -> int:
     """Largest |integer weight| with ``synapses`` 8-bit synapse groups (shifts 7*i apart)."""
     if synapses not in (1, 2):

@@ -27,7 +27,7 @@ import numpy as np
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 
-from runtime.fixed_point import PRECISIONS, dense_fixed, signed_if_encoding
+from runtime.fixed_point import PRECISIONS, dense_fixed, signed_if_encoding, ternary_fraction_bits
 from runtime.network import BINARY_READOUT, DENSE, FEW_SPIKE, READOUT, SPIKING, SSA, Network, NetworkError, features
 from runtime.numpy_ops import F32, SSA_PARAMS, TORCH_VEC_WIDTH, from_lava, real_op, to_lava
 from runtime.proc.binary_readout.process import BinaryReadout
@@ -122,7 +122,8 @@ def build_process(net: Network, sched: Schedule, seg: Segment, name: str, state:
         state.spikes[name] = record
         return FewSpike(shape=(f, n), threshold=net.array(name, "threshold").astype(F32),
                         signed_digits=bool(node.attrs["signed_digits"]), start=sched.window[name] - seg.offset,
-                        timesteps=T, steps=int(node.attrs.get("steps", 0) or 0), record=record, name=name)
+                        timesteps=T, steps=int(node.attrs.get("steps", 0) or 0), radix=int(node.attrs.get("radix", 2)),
+                        record=record, name=name)
     if node.type == SSA:
         f, a = features(net, name), node.attrs
         record = shared_array((T, f, n), np.int8)
@@ -147,20 +148,21 @@ def build_process(net: Network, sched: Schedule, seg: Segment, name: str, state:
         dense = node.preds[0]
         f = features(net, name)
         process = RateReadout if node.type == READOUT else BinaryReadout
+        radix = {"radix": int(node.attrs.get("radix", 2))} if node.type == BINARY_READOUT else {}
         if fixed:
             q = dense_fixed(net, dense)
             unit, bias = q["unit"] / 2.0, q["bias_int"] * 2  # the Dense sums 2 * w_int * s
             stats = shared_array((2,), np.float64)
             state.readout_stats[name] = stats
             return process(shape=(f, n), bias=bias.astype(np.int64), start=sched.window[dense] - seg.offset,
-                           timesteps=T, unit=unit, record=record, stats=stats, name=name)
+                           timesteps=T, unit=unit, record=record, stats=stats, name=name, **radix)
         if state.quantized:
             q = dense_fixed(net, dense)
             bias = (q["bias_int"] * q["unit"]).astype(np.float32).astype(np.float64)
         else:
             bias = net.array(dense, "bias").astype(np.float64)
         return process(shape=(f, n), bias=bias,
-                       start=sched.window[dense] - seg.offset, timesteps=T, record=record, name=name)
+                       start=sched.window[dense] - seg.offset, timesteps=T, record=record, name=name, **radix)
     if node.type == "Embedding":
         if ids is None:
             raise NetworkError("the network starts with an Embedding: give token ids")
@@ -262,6 +264,10 @@ def run_network(net: Network, inputs: np.ndarray, timesteps: int | None = None, 
         raise NetworkError(f"the input has {positions} positions; this export was built for at most "
                            f"{max_positions} positions (compile with a larger --seq-len)")
     sched = schedule(net, T)
+    if precision == "fixed_pt":  # before Lava forks: a ternary code needs an exact 24-bit membrane
+        for node in net.nodes.values():
+            if node.type == FEW_SPIKE and int(node.attrs.get("radix", 2)) == 3:
+                ternary_fraction_bits(int(node.attrs.get("steps") or T))
     if teacher and precision != "fixed_pt":
         raise NetworkError("teacher forcing applies to fixed_pt runs")
     segments = plan_segments(net, sched, 1 if teacher else stages_per_run)
