@@ -13,7 +13,7 @@ model; the choice is recorded per layer all the same.
 
 Operations estimate per token (spikec.analysis's counting, all priced alike): per few-spike layer
 ``spikes x fan-out`` synaptic operations, ``features x S`` neuron updates and ``2 x fan-out x S``
-readout shift-and-adds (S the layer's steps).
+readout shift-and-adds (``3 x`` for ternary digits; S the layer's steps).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Layer:
     role: str
     features: int
     fan_out: int
+    readout_adds: int = 2  # per output and step: 2 (binary Horner: shift, add), 3 (ternary: shift, two adds)
 
 
 @dataclass
@@ -78,7 +79,8 @@ def few_spike_layers(gm: fx.GraphModule) -> list[Layer]:
         fan_out = sum(int(_attr(gm, u.args[1]).shape[0]) for u in users)
         role = str(users[0].meta.get("role", "")) if users else ""
         name = str(n.meta.get("spikec_name", n.name)).replace(".", "_")
-        out.append(Layer(n, name, role or "other", int(_attr(gm, n.args[1]).shape[0]), fan_out))
+        adds = 3 if int(n.kwargs.get("radix", 2)) == 3 else 2
+        out.append(Layer(n, name, role or "other", int(_attr(gm, n.args[1]).shape[0]), fan_out, adds))
     return out
 
 
@@ -141,7 +143,7 @@ def choose_steps(gm: fx.GraphModule, ann: Callable[[torch.Tensor], torch.Tensor]
         counter = _SpikeCounter(gm)
         ratio = math.exp(_nll(counter.run(ids), ids) - ann_nll)
         operations = sum(counter.spikes.get(l.node, 0) * l.fan_out / tokens
-                         + steps[l.name] * (l.features + 2 * l.fan_out) for l in layers)
+                         + steps[l.name] * (l.features + l.readout_adds * l.fan_out) for l in layers)
         evaluations += 1
         return ratio, operations
 
