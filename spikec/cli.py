@@ -162,26 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_compile(a: argparse.Namespace) -> int:
-    from spikec.compiler import CompileOptions, compile_model
+    import spikec
+    from spikec.compiler import CLI_FLAGS, default_output_dir
 
     passes = [s.strip() for s in a.passes.split(",") if s.strip()]
     if not passes:
         raise UsageError(f"--passes {one_line(a.passes, 40)!r} names no pass", hint="give 'default' or pass names")
-    opts = CompileOptions(
-        model=a.model, output=a.output, timesteps=a.timesteps, target=a.target, calib_text=a.calib_text,
-        calib_samples=a.calib_samples, seq_len=a.seq_len, passes=passes,
-        plugins=a.plugin, random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
+    snn = spikec.compile(
+        a.model, output=a.output or default_output_dir(a.model), timesteps=a.timesteps, target=a.target,
+        calib_text=a.calib_text, calib_samples=a.calib_samples, seq_len=a.seq_len, passes=passes,
+        plugins=a.plugin, random_weights=a.random_weights, config=a.config, seed=a.seed, force=a.force,
         options=pass_options(a.option), device=a.device, preset=a.preset,
         attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate, coding=a.coding,
-        budget=a.budget,
+        budget=a.budget, quiet=False, names=CLI_FLAGS,
     )
-    report = compile_model(opts)
+    report = snn.compile_report
     check = report["simulator_check"]
-    print(f"wrote {opts.output_dir}/model.nir ({sum(report['node_counts'].values())} nodes, "
+    print(f"wrote {snn.path}/model.nir ({sum(report['node_counts'].values())} nodes, "
           f"{check['neuron_layers']} neuron layers) in {report['compile_seconds']:.1f} s")
     print(f"simulator vs fx module: {check['identical_layers']}/{check['neuron_layers']} layers identical, "
           f"logits max |diff| {check['logits_max_abs_diff']:.3g}")
-    print(f"next: spikec eval {opts.output_dir}")
+    print(f"next: spikec eval {snn.path}")
     return 0
 
 

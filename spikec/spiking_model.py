@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nir
 import torch
@@ -59,21 +59,37 @@ class SpikingModel:
     directory: ``save(directory)`` keeps it.
     """
 
-    def __init__(self, compiled: Compiled, module: torch.fx.GraphModule | None = None):
-        self._compiled = compiled
+    def __init__(self, compiled: Compiled | Callable[[], Compiled], module: torch.fx.GraphModule | None = None, *,
+                 path: Path | None = None, report: dict[str, Any] | None = None,
+                 names: dict[str, str] | None = None):
+        """compiled: the loaded directory, or a function loading it on first use (``spikec.compile``
+        then gives ``path`` and ``report``, which need no loading). names: how error messages
+        name the methods' arguments, ``{argument: shown name}`` (default: the argument names)."""
+        self._source = compiled
         self._module = module
+        self._path, self._report = path, report
+        self._names = dict(names or {})
+
+    @property
+    def _compiled(self) -> Compiled:
+        if not isinstance(self._source, Compiled):
+            self._source = self._source()
+        return self._source
+
+    def _name(self, argument: str) -> str:
+        return self._names.get(argument, argument)
 
     # ------------------------------------------------------------------ what it is
 
     @property
     def path(self) -> Path:
         """The compile output directory."""
-        return self._compiled.path
+        return self._path if self._path is not None else self._compiled.path
 
     @property
     def compile_report(self) -> dict[str, Any]:
         """report.json: model, options, passes, node counts, firing rates, the fx-vs-simulator check."""
-        return self._compiled.report
+        return self._report if self._report is not None else self._compiled.report
 
     @property
     def graph(self) -> nir.NIRGraph:
