@@ -116,12 +116,15 @@ def compile(
     return SpikingModel(lambda: load_compiled(out, reference_flag="reference"), result.module, path=out, report=report)
 
 
-def load(directory: str | Path, *, reference: str | None = None) -> SpikingModel:
+def load(directory: str | Path, *, reference: str | None = None, names: dict[str, str] | None = None) -> SpikingModel:
     """Read a compile output directory (``spikec compile ... -o DIR`` or ``SpikingModel.save``).
 
     reference: the original model to compare with in ``evaluate``/``generate`` (a name or a
     directory), when the source recorded at compile time has moved; by default that source
-    (or the copy kept in ``DIR/reference`` for a model compiled from an object)."""
+    (or the copy kept in ``DIR/reference`` for a model compiled from an object).
+    names: how error messages name the arguments of ``load`` and of the model's methods,
+    ``{argument: shown name}`` (the ``spikec`` commands pass their flags, e.g. ``{"reference": "--model"}``)."""
     from spikec.evaluate import load_compiled
 
-    return SpikingModel(load_compiled(directory, reference, reference_flag="reference"))
+    flag = (names or {}).get("reference", "reference")
+    return SpikingModel(load_compiled(directory, reference, reference_flag=flag), names=names)

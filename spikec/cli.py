@@ -187,17 +187,14 @@ def _cmd_compile(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from spikec.evaluate import evaluate, load_compiled, save_eval
-
-    from spikec.evaluate import describe_reference
-
-    compiled = load_compiled(a.dir, a.model)
+    snn = _load(a.dir, a.model)
     if a.backend == "lava":
-        return _eval_lava(a, compiled)
-    results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device,
-                       keep_model=False)  # nothing below runs the ANN: its memory is freed before simulating
+        return _eval_lava(a, snn)
+    results = snn.evaluate(a.text, a.tokens, a.timesteps or [snn.timesteps], a.seq_len, progress=not a.json,
+                           device=a.device, save=False,
+                           keep_reference=False)  # nothing below runs the ANN: its memory is freed before simulating
     # on stderr, once it worked: stdout stays the figures, and a failure stays one line
-    print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
+    print(f"reference ANN: {snn.reference}", file=sys.stderr, flush=True)
     # the figures are shown first: a directory that cannot take eval.json must not lose them
     if a.json:
         print(json.dumps({**results[0], "curve": results}, indent=2))
@@ -214,28 +211,16 @@ def _cmd_eval(a: argparse.Namespace) -> int:
                   f"{r['cosine']:>7.4f} {r['top1_agreement']:>7.3f}")
         print(f"({results[0]['tokens']} tokens)")
     sys.stdout.flush()
-    save_eval(compiled, results)
+    snn.save_eval(results)
     return 0
 
 
-def _eval_lava(a: argparse.Namespace, compiled) -> int:
-    """Lava needs positions fixed at compile time: evaluate the first ``seq_len`` tokens as one
-    sequence with the reference simulator and with Lava, and report both."""
-    from spikec.backends.lava.compare import evaluate_lava
-    from spikec.encoder_eval import is_encoder
-    from spikec.evaluate import evaluate, heldout_ids
-
-    if a.timesteps and len(a.timesteps) > 1:
-        raise UsageError("--backend lava takes one -T value")
-    tokens = min(a.tokens, int(compiled.report["seq_len"]))
-    if is_encoder(compiled.graph):  # no perplexity: Lava's spikes and last hidden state against the simulator's
-        result = {"timesteps": a.timesteps[0] if a.timesteps else int(compiled.report["timesteps"]), "tokens": tokens}
-    else:
-        result = evaluate(compiled, a.text, tokens, a.timesteps, tokens, progress=not a.json, device=a.device)[0]
-    ids = heldout_ids(compiled, a.text, tokens)
-    lava = evaluate_lava(compiled.path, ids, timesteps=result["timesteps"], precision=a.lava_precision)
-    result.update({k: lava[k] for k in ("spike_agreement", "spike_agreement_per_layer", "logits_max_abs_diff",
-                                        "next_token_agreement", "precision", "lava_seconds") if k in lava})
+def _eval_lava(a: argparse.Namespace, snn) -> int:
+    """``SpikingModel.evaluate(backend="lava")``: the first ``seq_len`` tokens as one sequence,
+    by the reference simulator and by Lava; both reported."""
+    result = snn.evaluate(a.text, a.tokens, a.timesteps, progress=not a.json, device=a.device, backend="lava",
+                          lava_precision=a.lava_precision)
+    tokens = min(a.tokens, int(snn.compile_report["seq_len"]))
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -248,33 +233,30 @@ def _eval_lava(a: argparse.Namespace, compiled) -> int:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from spikec.evaluate import generate, load_compiled
-
+    out = _load(a.dir, a.model).generate(a.prompt, a.max_new_tokens, a.timesteps, device=a.device, progress=True,
+                            backend=a.backend, lava_precision=a.lava_precision)
     if a.backend == "lava":
-        return _run_lava(a, load_compiled(a.dir, a.model))
-    out = generate(load_compiled(a.dir, a.model), a.prompt, a.max_new_tokens, a.timesteps, device=a.device,
-                   progress=True)
+        print(f"prompt:    {a.prompt}")
+        print(f"Lava:      {out['lava']}")
+        print(f"reference: {out['reference']}")
+        print(f"tokens equal: {out['tokens_equal']} (Lava {out['precision']}, T={out['timesteps']}, {out['lava_seconds']:.1f} s)")
+        return 0
     print(f"prompt: {a.prompt}")
     print(f"SNN:    {out['snn']}")
     print(f"ANN:    {out['ann'] if out['ann'] is not None else '(not run: ' + out['ann_unavailable'] + ')'}")
     return 0
 
 
-def _run_lava(a: argparse.Namespace, compiled) -> int:
-    import torch
+CLI_NAMES = {"reference": "--model", "timesteps": "-T", "tokens": "--tokens", "seq_len": "--seq-len",
+             "backend": "--backend", "prompt": "--prompt", "max_new_tokens": "--max-new-tokens"}
+"""How the API's errors name the arguments of eval, run, energy and report: by these commands' flags."""
 
-    from spikec.backends.lava.compare import generate_lava
 
-    tok = compiled.tokenizer
-    ids = torch.tensor([tok(a.prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
-    if ids.numel() == 0:
-        raise UsageError("--prompt is empty", hint="give some text to continue")
-    out = generate_lava(compiled.path, ids, a.max_new_tokens, timesteps=a.timesteps, precision=a.lava_precision)
-    print(f"prompt:    {a.prompt}")
-    print(f"Lava:      {tok.decode(out['tokens'])}")
-    print(f"reference: {tok.decode(out['reference_tokens'])}")
-    print(f"tokens equal: {out['tokens_equal']} (Lava {out['precision']}, T={out['timesteps']}, {out['lava_seconds']:.1f} s)")
-    return 0
+def _load(directory: str, reference: str | None = None):
+    """``spikec.load(DIR)``, ``reference`` (eval's and run's ``--model``) the reference ANN, errors naming the CLI's flags."""
+    import spikec
+
+    return spikec.load(directory, reference=reference, names=CLI_NAMES)
 
 
 def _cmd_passes(a: argparse.Namespace) -> int:

@@ -15,10 +15,16 @@ from typing import Any, Callable
 import nir
 import torch
 
-from spikec.compiled_checks import check_positions
 from spikec.core.errors import UsageError
-from spikec.evaluate import Compiled, describe_reference, evaluate, generate, load_compiled, save_eval
+from spikec.evaluate import (
+    RUN_FLAGS, Compiled, describe_reference, evaluate, evaluate_on_lava, generate, generate_on_lava, load_compiled,
+    save_eval,
+)
 from spikec.outputs import atomic_directory
+
+
+MAX_NEW_TOKENS = 2**31 - 1
+"""The most tokens ``generate`` takes (the kernels' index range, as ``spikec run``)."""
 
 
 def check_range(name: str, value: int, low: int, high: int | None = None) -> int:
@@ -137,39 +143,71 @@ class SpikingModel:
 
     def evaluate(self, text_file: str | None = None, tokens: int = 1024, timesteps: int | list[int] | None = None,
                  seq_len: int | None = None, *, device: str = "cpu", progress: bool = False,
-                 save: bool = True) -> dict[str, Any] | list[dict[str, Any]]:
+                 save: bool = True, backend: str = "sim", lava_precision: str = "floating_pt",
+                 keep_reference: bool = True) -> dict[str, Any] | list[dict[str, Any]]:
         """The reference ANN against the spiking network on the first ``tokens`` tokens of
         ``text_file`` (default: the embedded held-out docstrings), as ``spikec eval`` does.
 
         Returns a dict (a list of them when ``timesteps`` is a list): ann_ppl, snn_ppl, ppl_ratio
         (SNN/ANN), cosine (mean cosine similarity of logits), top1_agreement, timesteps, tokens,
-        spikes_per_neuron_step, seconds. With ``save``, also writes ``DIR/eval.json`` (for reports)."""
-        check_range("tokens", tokens, 2)
+        spikes_per_neuron_step, seconds. With ``save``, also writes ``DIR/eval.json`` (for reports;
+        ``save_eval`` writes it later, e.g. once the figures are shown). ``keep_reference=False`` frees
+        the reference ANN once its logits are computed (a later call loads it again).
+
+        backend ``lava``: the first ``tokens`` tokens (at most the compile's ``seq_len``; ``seq_len``
+        does not apply) as one sequence, by the simulator and by the Lava export in the Lava
+        environment (``lava_precision``: ``floating_pt`` or ``fixed_pt``, docs/lava.md), one T;
+        ``spike_agreement``, ``spike_agreement_per_layer``, ``logits_max_abs_diff``, ``lava_seconds``
+        are added to the simulator's figures. Nothing is saved."""
+        check_range(self._name("tokens"), tokens, 2)
         listed = isinstance(timesteps, list)
         ts = timesteps if listed else ([timesteps] if timesteps is not None else None)
         for t in ts or []:
-            check_range("timesteps", t, 1, 4096)
+            check_range(self._name("timesteps"), t, 1, 4096)
         if seq_len is not None:
-            check_range("seq_len", seq_len, 2, 8192)
-        results = evaluate(self._compiled, text_file, tokens, ts, seq_len, progress=progress, device=device)
+            check_range(self._name("seq_len"), seq_len, 2, 8192)
+        if self._check_backend(backend) == "lava":
+            return evaluate_on_lava(self._compiled, text_file, tokens, ts, lava_precision, progress, device,
+                                    self._internal_names())
+        results = evaluate(self._compiled, text_file, tokens, ts, seq_len, progress=progress, device=device,
+                           keep_model=keep_reference)
         if save:
             save_eval(self._compiled, results)
         return results if listed else results[0]
 
+    def save_eval(self, results: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Write ``evaluate``'s results (a dict, or the list of a curve) to ``DIR/eval.json``, which
+        ``report`` shows. ``ResourceError`` when the directory cannot take it."""
+        save_eval(self._compiled, results if isinstance(results, list) else [results])
+
     def generate(self, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None, *,
-                 compare: bool = True, device: str = "cpu", progress: bool = False) -> dict[str, str | None]:
+                 compare: bool = True, device: str = "cpu", progress: bool = False, backend: str = "sim",
+                 lava_precision: str = "floating_pt") -> dict[str, Any]:
         """Greedy continuation of ``prompt`` by the spiking network (``snn``) and, with
         ``compare``, by the reference ANN (``ann``; None with ``ann_unavailable`` saying why when
-        the original model cannot be loaded), as ``spikec run`` does."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UsageError("prompt is empty", hint="give some text to continue")
-        check_range("max_new_tokens", max_new_tokens, 1, 4096)
+        the original model cannot be loaded), as ``spikec run`` does.
+
+        backend ``lava``: the Lava export's continuation (``lava``, one Lava run per token, in the
+        Lava environment; ``lava_precision`` as for ``evaluate``) and the reference simulator's
+        (``reference``), with ``tokens_equal``, ``precision``, ``timesteps``, ``lava_seconds``."""
+        if not isinstance(prompt, str):
+            raise UsageError(f"{self._name('prompt')} must be text, got {type(prompt).__name__}")
+        check_range(self._name("max_new_tokens"), max_new_tokens, 1, MAX_NEW_TOKENS)
         if timesteps is not None:
-            check_range("timesteps", timesteps, 1, 4096)
-        check_positions(self.graph, self.encode(prompt).shape[1] + max_new_tokens - 1, str(self.path / "model.nir"),
-                        "the prompt and max_new_tokens")
+            check_range(self._name("timesteps"), timesteps, 1, 4096)
+        if self._check_backend(backend) == "lava":
+            return generate_on_lava(self._compiled, prompt, max_new_tokens, timesteps, lava_precision,
+                                    self._internal_names())
         return generate(self._compiled, prompt, max_new_tokens, timesteps, device=device, compare=compare,
-                        progress=progress)
+                        progress=progress, names=self._internal_names())
+
+    def _check_backend(self, backend: str) -> str:
+        if backend not in ("sim", "lava"):
+            raise UsageError(f"{self._name('backend')} must be sim or lava, got {backend!r}")
+        return backend
+
+    def _internal_names(self) -> dict[str, str]:
+        return {argument: self._name(argument) for argument in RUN_FLAGS}
 
     def energy(self, text_file: str | None = None, tokens: int = 1024, seq_len: int | None = None,
                timesteps: int | None = None, *, model: str = "45nm", precision: str = "fp32",
