@@ -116,15 +116,19 @@ def compile(
     return SpikingModel(lambda: load_compiled(out, reference_flag="reference"), result.module, path=out, report=report)
 
 
-def load(directory: str | Path, *, reference: str | None = None, names: dict[str, str] | None = None) -> SpikingModel:
+def load(directory: str | Path, *, reference: str | None = None, names: dict[str, str] | None = None,
+         tokenizer_from_reference: bool = True) -> SpikingModel:
     """Read a compile output directory (``spikec compile ... -o DIR`` or ``SpikingModel.save``).
 
     reference: the original model to compare with in ``evaluate``/``generate`` (a name or a
     directory), when the source recorded at compile time has moved; by default that source
     (or the copy kept in ``DIR/reference`` for a model compiled from an object).
     names: how error messages name the arguments of ``load`` and of the model's methods,
-    ``{argument: shown name}`` (the ``spikec`` commands pass their flags, e.g. ``{"reference": "--model"}``)."""
+    ``{argument: shown name}`` (the ``spikec`` commands pass their flags, e.g. ``{"reference": "--model"}``).
+    tokenizer_from_reference: a directory without ``tokenizer/`` takes the reference model's
+    tokenizer (which loads that model); False makes it an ``InputError`` (``spikec energy`` and
+    ``spikec report``, which need no reference ANN)."""
     from spikec.evaluate import load_compiled
 
     flag = (names or {}).get("reference", "reference")
-    return SpikingModel(load_compiled(directory, reference, reference_flag=flag), names=names)
+    return SpikingModel(load_compiled(directory, reference, flag, tokenizer_from_reference), names=names)

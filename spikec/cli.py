@@ -252,11 +252,11 @@ CLI_NAMES = {"reference": "--model", "timesteps": "-T", "tokens": "--tokens", "s
 """How the API's errors name the arguments of eval, run, energy and report: by these commands' flags."""
 
 
-def _load(directory: str, reference: str | None = None):
+def _load(directory: str, reference: str | None = None, tokenizer_from_reference: bool = True):
     """``spikec.load(DIR)``, ``reference`` (eval's and run's ``--model``) the reference ANN, errors naming the CLI's flags."""
     import spikec
 
-    return spikec.load(directory, reference=reference, names=CLI_NAMES)
+    return spikec.load(directory, reference=reference, names=CLI_NAMES, tokenizer_from_reference=tokenizer_from_reference)
 
 
 def _cmd_passes(a: argparse.Namespace) -> int:
@@ -313,9 +313,21 @@ def _cmd_export_nir(a: argparse.Namespace) -> int:
 
 
 def _cmd_energy(a: argparse.Namespace) -> int:
-    from spikec.energy import run
+    from spikec.analysis.energy_models import resolve_model
+    from spikec.analysis.formatting import format_estimate
+    from spikec.analysis.loihi_fit import format_fit
 
-    return run(a)
+    model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
+
+    def show(est: dict) -> None:  # before energy.json is written: the figures are shown even when it cannot be
+        text = "\n".join([format_estimate(est, per_op=a.per_op), "", *format_fit(est["loihi_fit"])])
+        print(json.dumps(est, indent=2) if a.json else text, flush=True)
+
+    _load(a.dir, tokenizer_from_reference=False).energy(a.text, a.tokens, a.seq_len, a.timesteps, model=model,
+                                                        progress=not a.json, show=show)
+    if not a.json:
+        print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
+    return 0
 
 
 def _cmd_lava_env(a: argparse.Namespace) -> int:
@@ -337,9 +349,7 @@ def _cmd_lava_env(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from spikec.report import report_from_directory
-
-    print(f"wrote {report_from_directory(a.dir)}")
+    print(f"wrote {_load(a.dir, tokenizer_from_reference=False).report()}")
     return 0
 
 

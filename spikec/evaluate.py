@@ -39,13 +39,16 @@ class Compiled:
     use of ``loaded``) the original model, the reference ANN.
 
     ``reference`` (a model name or directory) replaces the source recorded in report.json,
-    e.g. when that directory has moved; ``reference_flag`` is how a message names it."""
+    e.g. when that directory has moved; ``reference_flag`` is how a message names it.
+    ``tokenizer_from_reference=False``: no ``DIR/tokenizer`` is an ``InputError`` instead of the
+    reference ANN's tokenizer (which loads that model)."""
 
     path: Path
     report: dict[str, Any]
     graph: nir.NIRGraph
     reference: str | None = None
     reference_flag: str = "--model"
+    tokenizer_from_reference: bool = True
     _loaded: LoadedModel | None = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
 
@@ -63,17 +66,20 @@ class Compiled:
 
     @property
     def tokenizer(self) -> Any:
-        """The tokenizer saved in ``DIR/tokenizer`` (the source model's when there is none)."""
+        """The tokenizer saved in ``DIR/tokenizer`` (the source model's when there is none, unless
+        ``tokenizer_from_reference`` is False)."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.path) if (self.path / "tokenizer").is_dir() else self.loaded.tokenizer
+            saved = (self.path / "tokenizer").is_dir() or not self.tokenizer_from_reference
+            self._tokenizer = load_tokenizer(self.path) if saved else self.loaded.tokenizer
         return self._tokenizer
 
 
-def load_compiled(path: str | Path, reference: str | None = None, reference_flag: str = "--model") -> Compiled:
+def load_compiled(path: str | Path, reference: str | None = None, reference_flag: str = "--model",
+                  tokenizer_from_reference: bool = True) -> Compiled:
     """Read ``path`` (a ``spikec compile`` output directory) and check it against its tokenizer.
     The reference ANN (``reference``, or the source model in report.json) loads on first use."""
     p, report, graph = read_compiled(path)
-    compiled = Compiled(p, report, graph, reference, reference_flag)
+    compiled = Compiled(p, report, graph, reference, reference_flag, tokenizer_from_reference)
     check_vocabulary(graph, compiled.tokenizer, str(p / "model.nir"))
     return compiled
 

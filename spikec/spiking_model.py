@@ -15,11 +15,10 @@ from typing import Any, Callable
 import nir
 import torch
 
+from spikec.analysis.energy_models import EnergyModel
 from spikec.core.errors import UsageError
-from spikec.evaluate import (
-    RUN_FLAGS, Compiled, describe_reference, evaluate, evaluate_on_lava, generate, generate_on_lava, load_compiled,
-    save_eval,
-)
+import spikec.evaluate as evaluation  # called through the module: what the commands run is patchable in one place
+from spikec.evaluate import RUN_FLAGS, Compiled
 from spikec.outputs import atomic_directory
 
 
@@ -116,7 +115,7 @@ class SpikingModel:
     @property
     def reference(self) -> str:
         """Where the reference ANN (the original model) comes from, in words."""
-        return describe_reference(self._compiled)
+        return evaluation.describe_reference(self._compiled)
 
     def __repr__(self) -> str:
         return f"SpikingModel({self.compile_report['model']!r}, T={self.timesteps}, path={str(self.path)!r})"
@@ -167,18 +166,18 @@ class SpikingModel:
         if seq_len is not None:
             check_range(self._name("seq_len"), seq_len, 2, 8192)
         if self._check_backend(backend) == "lava":
-            return evaluate_on_lava(self._compiled, text_file, tokens, ts, lava_precision, progress, device,
-                                    self._internal_names())
-        results = evaluate(self._compiled, text_file, tokens, ts, seq_len, progress=progress, device=device,
-                           keep_model=keep_reference)
+            return evaluation.evaluate_on_lava(self._compiled, text_file, tokens, ts, lava_precision, progress,
+                                               device, self._internal_names())
+        results = evaluation.evaluate(self._compiled, text_file, tokens, ts, seq_len, progress=progress,
+                                      device=device, keep_model=keep_reference)
         if save:
-            save_eval(self._compiled, results)
+            evaluation.save_eval(self._compiled, results)
         return results if listed else results[0]
 
     def save_eval(self, results: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Write ``evaluate``'s results (a dict, or the list of a curve) to ``DIR/eval.json``, which
         ``report`` shows. ``ResourceError`` when the directory cannot take it."""
-        save_eval(self._compiled, results if isinstance(results, list) else [results])
+        evaluation.save_eval(self._compiled, results if isinstance(results, list) else [results])
 
     def generate(self, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None, *,
                  compare: bool = True, device: str = "cpu", progress: bool = False, backend: str = "sim",
@@ -196,10 +195,10 @@ class SpikingModel:
         if timesteps is not None:
             check_range(self._name("timesteps"), timesteps, 1, 4096)
         if self._check_backend(backend) == "lava":
-            return generate_on_lava(self._compiled, prompt, max_new_tokens, timesteps, lava_precision,
-                                    self._internal_names())
-        return generate(self._compiled, prompt, max_new_tokens, timesteps, device=device, compare=compare,
-                        progress=progress, names=self._internal_names())
+            return evaluation.generate_on_lava(self._compiled, prompt, max_new_tokens, timesteps, lava_precision,
+                                               self._internal_names())
+        return evaluation.generate(self._compiled, prompt, max_new_tokens, timesteps, device=device, compare=compare,
+                                   progress=progress, names=self._internal_names())
 
     def _check_backend(self, backend: str) -> str:
         if backend not in ("sim", "lava"):
@@ -210,33 +209,39 @@ class SpikingModel:
         return {argument: self._name(argument) for argument in RUN_FLAGS}
 
     def energy(self, text_file: str | None = None, tokens: int = 1024, seq_len: int | None = None,
-               timesteps: int | None = None, *, model: str = "45nm", precision: str = "fp32",
-               save: bool = True) -> dict[str, Any]:
+               timesteps: int | None = None, *, model: str | EnergyModel = "45nm", precision: str = "fp32",
+               save: bool = True, progress: bool = False,
+               show: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Energy per token, ANN against SNN, per layer, on ``tokens`` tokens of held-out text,
-        as ``spikec energy`` does (``model``: ``45nm``, ``45nm-memory``, ``loihi`` or a .toml/.json
-        file of constants, docs/energy.md). Returns the estimate (totals in joules per token and
-        per layer); with ``save`` also writes ``DIR/energy.json``."""
+        as ``spikec energy`` does (``model``: ``45nm``, ``45nm-memory``, ``loihi``, a .toml/.json
+        file of constants, docs/energy.md, at ``precision``; or an ``EnergyModel``). Returns the
+        estimate (totals in joules per token and per layer, ``loihi_fit``); with ``save`` also writes
+        ``DIR/energy.json``, after calling ``show`` with the estimate (so that a directory that cannot
+        take the file has shown it). ``progress``: a progress bar over the sequences simulated."""
         from spikec.analysis.energy_models import resolve_model
-        from spikec.energy import measure_energy, save_energy
+        from spikec.energy import energy_of, save_energy
 
-        check_range("tokens", tokens, 2)
+        check_range(self._name("tokens"), tokens, 2)
         if seq_len is not None:
-            check_range("seq_len", seq_len, 1)
+            check_range(self._name("seq_len"), seq_len, 1)
         if timesteps is not None:
-            check_range("timesteps", timesteps, 1, 4096)
-        constants = resolve_model(model, precision)
-        p, est, counts = measure_energy(self.path, text_file, tokens, seq_len, timesteps, constants, progress=False)
+            check_range(self._name("timesteps"), timesteps, 1, 4096)
+        constants = model if isinstance(model, EnergyModel) else resolve_model(model, precision)
+        est, counts = energy_of(self.graph, self.tokenizer, timesteps or self.timesteps, text_file, tokens, seq_len,
+                                constants, progress=progress)
+        if show is not None:
+            show(est)
         if save:
-            save_energy(p, est, counts)
+            save_energy(self.path, est, counts)
         return est
 
     # ------------------------------------------------------------------ writing it out
 
     def report(self) -> Path:
         """Write ``DIR/report.html`` again (passes, accuracy, energy, plots) and return its path."""
-        from spikec.report import report_from_directory
+        from spikec.report import write_report
 
-        return report_from_directory(self.path)
+        return write_report(self.path, self.compile_report, self.graph, self.tokenizer)
 
     def export_nir(self, output: str | Path, *, profile: str = "portable", importer: str = "nir",
                    force: bool = False) -> Path:
@@ -277,7 +282,7 @@ class SpikingModel:
         spikec wrote) and return the model there; ``spikec.load(directory)`` reads it back."""
         with atomic_directory(directory, force=force) as tmp:
             shutil.copytree(self.path, tmp, dirs_exist_ok=True)
-        return SpikingModel(load_compiled(directory, self._compiled.reference, "reference"), self._module)
+        return SpikingModel(evaluation.load_compiled(directory, self._compiled.reference, "reference"), self._module)
 
     # ------------------------------------------------------------------ torch
 
