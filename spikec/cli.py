@@ -249,7 +249,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 CLI_NAMES = {"reference": "--model", "timesteps": "-T", "tokens": "--tokens", "seq_len": "--seq-len",
              "backend": "--backend", "prompt": "--prompt", "max_new_tokens": "--max-new-tokens"}
-"""How the API's errors name the arguments of eval, run, energy and report: by these commands' flags."""
+"""How the API's errors name the arguments of eval, run, energy and report: by these commands' flags
+(spelled out: importing ``spikec.evaluate.RUN_FLAGS`` here would load torch before parsing)."""
 
 
 def _load(directory: str, reference: str | None = None, tokenizer_from_reference: bool = True):
