@@ -8,6 +8,7 @@ and the others of ``spikec.core.errors``), and name the Python arguments, not CL
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,6 +49,7 @@ def compile(
     device: str = "cpu",
     force: bool = False,
     quiet: bool = True,
+    names: dict[str, str] | None = None,
 ) -> SpikingModel:
     """Compile a transformer language model into a spiking network.
 
@@ -68,8 +70,11 @@ def compile(
     ``{"burst_spikes": 8}``), plugins (files of passes), random_weights and config (field
     overrides, with random weights), seed, target (``nir``, ``sim``, ``lava``), device: as the
     options of ``spikec compile``. quiet: no status lines on stderr.
+    names: how error messages name the options, ``{argument: shown name}`` over the argument
+    names (the ``spikec compile`` command passes its flags, ``spikec.compiler.CLI_FLAGS``).
 
-    Returns a :class:`SpikingModel` holding the fx module (``to_torch``) besides the files.
+    Returns a :class:`SpikingModel` holding the fx module (``to_torch``) besides the files; the
+    directory written is read back on first use (``compile_report`` and ``path`` need no reading).
     """
     from rich.console import Console
 
@@ -77,9 +82,10 @@ def compile(
     from spikec.evaluate import load_compiled
     from spikec.frontend.model_objects import loaded_from_object
 
-    check_range("timesteps", timesteps, 1, 4096)
-    check_range("calib_samples", calib_samples, 1)
-    check_range("seq_len", seq_len, 2, 8192)
+    n = {**ARGUMENT_NAMES, **(names or {})}
+    check_range(n["timesteps"], timesteps, 1, 4096)
+    check_range(n["calib_samples"], calib_samples, 1)
+    check_range(n["seq_len"], seq_len, 2, 8192)
     loaded = None
     if isinstance(model, torch.nn.Module):
         loaded = loaded_from_object(model, tokenizer)
@@ -101,20 +107,28 @@ def compile(
     )
     console = Console(stderr=True, quiet=quiet)
     try:
-        result = compile_network(opts, console, loaded, names=ARGUMENT_NAMES)
+        result = compile_network(opts, console, loaded, names=n)
     except BaseException:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)  # the directory this call made, nothing else
         raise
-    return SpikingModel(load_compiled(out, reference_flag="reference"), result.module)
+    report = json.loads((out / "report.json").read_text())  # as load_compiled reads it, without the graph
+    return SpikingModel(lambda: load_compiled(out, reference_flag="reference"), result.module, path=out, report=report)
 
 
-def load(directory: str | Path, *, reference: str | None = None) -> SpikingModel:
+def load(directory: str | Path, *, reference: str | None = None, names: dict[str, str] | None = None,
+         tokenizer_from_reference: bool = True) -> SpikingModel:
     """Read a compile output directory (``spikec compile ... -o DIR`` or ``SpikingModel.save``).
 
     reference: the original model to compare with in ``evaluate``/``generate`` (a name or a
     directory), when the source recorded at compile time has moved; by default that source
-    (or the copy kept in ``DIR/reference`` for a model compiled from an object)."""
+    (or the copy kept in ``DIR/reference`` for a model compiled from an object).
+    names: how error messages name the arguments of ``load`` and of the model's methods,
+    ``{argument: shown name}`` (the ``spikec`` commands pass their flags, e.g. ``{"reference": "--model"}``).
+    tokenizer_from_reference: a directory without ``tokenizer/`` takes the reference model's
+    tokenizer (which loads that model); False makes it an ``InputError`` (``spikec energy`` and
+    ``spikec report``, which need no reference ANN)."""
     from spikec.evaluate import load_compiled
 
-    return SpikingModel(load_compiled(directory, reference, reference_flag="reference"))
+    flag = (names or {}).get("reference", "reference")
+    return SpikingModel(load_compiled(directory, reference, flag, tokenizer_from_reference), names=names)

@@ -165,52 +165,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_compile(a: argparse.Namespace) -> int:
-    from spikec.compiler import CompileOptions, compile_model
+    import spikec
+    from spikec.compiler import CLI_FLAGS, default_output_dir
 
     passes = [s.strip() for s in a.passes.split(",") if s.strip()]
     if not passes:
         raise UsageError(f"--passes {one_line(a.passes, 40)!r} names no pass", hint="give 'default' or pass names")
-    opts = CompileOptions(
-        model=a.model, output=a.output, timesteps=a.timesteps, target=a.target, calib_text=a.calib_text,
-        calib_samples=a.calib_samples, seq_len=a.seq_len, passes=passes,
-        plugins=a.plugin, random_weights=a.random_weights, config_overrides=a.config, seed=a.seed, force=a.force,
+    snn = spikec.compile(
+        a.model, output=a.output or default_output_dir(a.model), timesteps=a.timesteps, target=a.target,
+        calib_text=a.calib_text, calib_samples=a.calib_samples, seq_len=a.seq_len, passes=passes,
+        plugins=a.plugin, random_weights=a.random_weights, config=a.config, seed=a.seed, force=a.force,
         options=pass_options(a.option), device=a.device, preset=a.preset,
         attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate, coding=a.coding,
-        budget=a.budget,
+        budget=a.budget, quiet=False, names=CLI_FLAGS,
     )
-    report = compile_model(opts)
+    report = snn.compile_report
     check = report["simulator_check"]
-    print(f"wrote {opts.output_dir}/model.nir ({sum(report['node_counts'].values())} nodes, "
+    print(f"wrote {snn.path}/model.nir ({sum(report['node_counts'].values())} nodes, "
           f"{check['neuron_layers']} neuron layers) in {report['compile_seconds']:.1f} s")
     print(f"simulator vs fx module: {check['identical_layers']}/{check['neuron_layers']} layers identical, "
           f"logits max |diff| {check['logits_max_abs_diff']:.3g}")
-    print(f"next: spikec eval {opts.output_dir}")
+    print(f"next: spikec eval {snn.path}")
     return 0
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from spikec import distributed
-    from spikec.evaluate import evaluate, load_compiled, save_eval
-
-    from spikec.evaluate import describe_reference
 
     place = distributed.world(a.ranks)
     if place.rank > 0:  # a worker of the pipeline: its stage only, nothing printed or written
         return distributed.run_worker(a.dir, a.ranks, a.device)
-    compiled = load_compiled(a.dir, a.model)
+    snn = _load(a.dir, a.model)
     if a.backend == "lava":
         if place.size > 1:
             raise UsageError("--backend lava runs in one process", hint="leave --ranks out")
-        return _eval_lava(a, compiled)
-    if place.size == 1:
-        results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json, device=a.device,
-                           keep_model=False)  # nothing below runs the ANN: its memory is freed before simulating
-    else:
-        with distributed.pipeline_head(compiled.graph, a.dir, a.ranks, a.device) as head:
-            results = evaluate(compiled, a.text, a.tokens, a.timesteps, a.seq_len, progress=not a.json,
-                               device=a.device, simulator=head, keep_model=False)
+        return _eval_lava(a, snn)
+    results = snn.evaluate(a.text, a.tokens, a.timesteps or [snn.timesteps], a.seq_len, progress=not a.json,
+                           device=a.device, save=False, ranks=place.size,
+                           keep_reference=False)  # nothing below runs the ANN: its memory is freed before simulating
     # on stderr, once it worked: stdout stays the figures, and a failure stays one line
-    print(f"reference ANN: {describe_reference(compiled)}", file=sys.stderr, flush=True)
+    print(f"reference ANN: {snn.reference}", file=sys.stderr, flush=True)
     # the figures are shown first: a directory that cannot take eval.json must not lose them
     if a.json:
         print(json.dumps({**results[0], "curve": results}, indent=2))
@@ -227,28 +221,16 @@ def _cmd_eval(a: argparse.Namespace) -> int:
                   f"{r['cosine']:>7.4f} {r['top1_agreement']:>7.3f}")
         print(f"({results[0]['tokens']} tokens)")
     sys.stdout.flush()
-    save_eval(compiled, results)
+    snn.save_eval(results)
     return 0
 
 
-def _eval_lava(a: argparse.Namespace, compiled) -> int:
-    """Lava needs positions fixed at compile time: evaluate the first ``seq_len`` tokens as one
-    sequence with the reference simulator and with Lava, and report both."""
-    from spikec.backends.lava.compare import evaluate_lava
-    from spikec.encoder_eval import is_encoder
-    from spikec.evaluate import evaluate, heldout_ids
-
-    if a.timesteps and len(a.timesteps) > 1:
-        raise UsageError("--backend lava takes one -T value")
-    tokens = min(a.tokens, int(compiled.report["seq_len"]))
-    if is_encoder(compiled.graph):  # no perplexity: Lava's spikes and last hidden state against the simulator's
-        result = {"timesteps": a.timesteps[0] if a.timesteps else int(compiled.report["timesteps"]), "tokens": tokens}
-    else:
-        result = evaluate(compiled, a.text, tokens, a.timesteps, tokens, progress=not a.json, device=a.device)[0]
-    ids = heldout_ids(compiled, a.text, tokens)
-    lava = evaluate_lava(compiled.path, ids, timesteps=result["timesteps"], precision=a.lava_precision)
-    result.update({k: lava[k] for k in ("spike_agreement", "spike_agreement_per_layer", "logits_max_abs_diff",
-                                        "next_token_agreement", "precision", "lava_seconds") if k in lava})
+def _eval_lava(a: argparse.Namespace, snn) -> int:
+    """``SpikingModel.evaluate(backend="lava")``: the first ``seq_len`` tokens as one sequence,
+    by the reference simulator and by Lava; both reported."""
+    result = snn.evaluate(a.text, a.tokens, a.timesteps, progress=not a.json, device=a.device, backend="lava",
+                          lava_precision=a.lava_precision)
+    tokens = min(a.tokens, int(snn.compile_report["seq_len"]))
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -261,33 +243,31 @@ def _eval_lava(a: argparse.Namespace, compiled) -> int:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from spikec.evaluate import generate, load_compiled
-
+    out = _load(a.dir, a.model).generate(a.prompt, a.max_new_tokens, a.timesteps, device=a.device, progress=True,
+                            backend=a.backend, lava_precision=a.lava_precision)
     if a.backend == "lava":
-        return _run_lava(a, load_compiled(a.dir, a.model))
-    out = generate(load_compiled(a.dir, a.model), a.prompt, a.max_new_tokens, a.timesteps, device=a.device,
-                   progress=True)
+        print(f"prompt:    {a.prompt}")
+        print(f"Lava:      {out['lava']}")
+        print(f"reference: {out['reference']}")
+        print(f"tokens equal: {out['tokens_equal']} (Lava {out['precision']}, T={out['timesteps']}, {out['lava_seconds']:.1f} s)")
+        return 0
     print(f"prompt: {a.prompt}")
     print(f"SNN:    {out['snn']}")
     print(f"ANN:    {out['ann'] if out['ann'] is not None else '(not run: ' + out['ann_unavailable'] + ')'}")
     return 0
 
 
-def _run_lava(a: argparse.Namespace, compiled) -> int:
-    import torch
+CLI_NAMES = {"reference": "--model", "timesteps": "-T", "tokens": "--tokens", "seq_len": "--seq-len",
+             "backend": "--backend", "ranks": "--ranks", "prompt": "--prompt", "max_new_tokens": "--max-new-tokens"}
+"""How the API's errors name the arguments of eval, run, energy and report: by these commands' flags
+(spelled out: importing ``spikec.evaluate.RUN_FLAGS`` here would load torch before parsing)."""
 
-    from spikec.backends.lava.compare import generate_lava
 
-    tok = compiled.tokenizer
-    ids = torch.tensor([tok(a.prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
-    if ids.numel() == 0:
-        raise UsageError("--prompt is empty", hint="give some text to continue")
-    out = generate_lava(compiled.path, ids, a.max_new_tokens, timesteps=a.timesteps, precision=a.lava_precision)
-    print(f"prompt:    {a.prompt}")
-    print(f"Lava:      {tok.decode(out['tokens'])}")
-    print(f"reference: {tok.decode(out['reference_tokens'])}")
-    print(f"tokens equal: {out['tokens_equal']} (Lava {out['precision']}, T={out['timesteps']}, {out['lava_seconds']:.1f} s)")
-    return 0
+def _load(directory: str, reference: str | None = None, tokenizer_from_reference: bool = True):
+    """``spikec.load(DIR)``, ``reference`` (eval's and run's ``--model``) the reference ANN, errors naming the CLI's flags."""
+    import spikec
+
+    return spikec.load(directory, reference=reference, names=CLI_NAMES, tokenizer_from_reference=tokenizer_from_reference)
 
 
 def _cmd_passes(a: argparse.Namespace) -> int:
@@ -344,9 +324,21 @@ def _cmd_export_nir(a: argparse.Namespace) -> int:
 
 
 def _cmd_energy(a: argparse.Namespace) -> int:
-    from spikec.energy import run
+    from spikec.analysis.energy_models import resolve_model
+    from spikec.analysis.formatting import format_estimate
+    from spikec.analysis.loihi_fit import format_fit
 
-    return run(a)
+    model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
+
+    def show(est: dict) -> None:  # before energy.json is written: the figures are shown even when it cannot be
+        text = "\n".join([format_estimate(est, per_op=a.per_op), "", *format_fit(est["loihi_fit"])])
+        print(json.dumps(est, indent=2) if a.json else text, flush=True)
+
+    _load(a.dir, tokenizer_from_reference=False).energy(a.text, a.tokens, a.seq_len, a.timesteps, model=model,
+                                                        progress=not a.json, show=show)
+    if not a.json:
+        print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
+    return 0
 
 
 def _cmd_lava_env(a: argparse.Namespace) -> int:
@@ -368,9 +360,7 @@ def _cmd_lava_env(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from spikec.report import report_from_directory
-
-    print(f"wrote {report_from_directory(a.dir)}")
+    print(f"wrote {_load(a.dir, tokenizer_from_reference=False).report()}")
     return 0
 
 

@@ -101,7 +101,13 @@ class CompileOptions:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.output) if self.output else Path("build") / self.model.replace("/", "--")
+        return Path(self.output) if self.output else default_output_dir(self.model)
+
+
+def default_output_dir(model: str) -> Path:
+    """Where ``spikec compile MODEL`` writes without ``-o``: ``build/<model>`` (a Hugging Face
+    id's ``/`` as ``--``)."""
+    return Path("build") / model.replace("/", "--")
 
 
 def resolve_pipeline(names: list[str], default: list[str] | None = None) -> list[str]:

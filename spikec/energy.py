@@ -3,12 +3,13 @@
 ``measure_operations`` runs the reference simulator on token sequences and counts what the
 ANN and the SNN spend per layer (:mod:`spikec.analysis.counts`); ``energy_on_text`` does it
 for a compile output directory and writes ``DIR/energy.json`` (which ``spikec report`` shows);
-``run`` is the command, which also prints the Loihi 2 fit (:mod:`spikec.analysis.loihi_fit`). docs/energy.md states what is counted and the constants' sources.
+``energy_of`` does it for a network already read (``SpikingModel.energy``, which the command
+runs), with the Loihi 2 fit (:mod:`spikec.analysis.loihi_fit`). docs/energy.md states what is
+counted and the constants' sources.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -19,10 +20,9 @@ import torch
 from tqdm import tqdm
 
 from spikec.analysis.counts import combine_results, count_operations
-from spikec.analysis.energy_models import EnergyModel, builtin_model, resolve_model
+from spikec.analysis.energy_models import EnergyModel, builtin_model
 from spikec.analysis.estimate import estimate
-from spikec.analysis.formatting import format_estimate
-from spikec.analysis.loihi_fit import fit_graph, format_fit
+from spikec.analysis.loihi_fit import fit_graph
 from spikec.analysis.operations import OperationCounts
 from spikec.arguments import ENERGY_TOKENS
 from spikec.backends.simulator import SimResult, simulate
@@ -87,21 +87,31 @@ def measure_energy(
     the embedded docstrings) and their energy under ``model`` (default ``45nm``): the directory,
     the estimate (with ``text`` and ``seconds`` added) and the counts. Writes nothing."""
     p, report, graph = read_compiled(directory)
-    model = model or builtin_model("45nm")
     t = int(report["timesteps"] if timesteps is None else timesteps)
     if t < 1:
         raise UsageError(f"-T must be at least 1, got {t}")
     tokenizer = load_tokenizer(p)
     check_vocabulary(graph, tokenizer, str(p / "model.nir"))
+    return p, *energy_of(graph, tokenizer, t, text_path, tokens, seq_len, model, progress)
+
+
+def energy_of(
+    graph: nir.NIRGraph, tokenizer: Any, timesteps: int, text_path: str | None = None, tokens: int = ENERGY_TOKENS,
+    seq_len: int | None = None, model: EnergyModel | None = None, progress: bool = True,
+) -> tuple[dict[str, Any], OperationCounts]:
+    """``measure_energy`` of a network already read (``graph`` and its ``tokenizer``, checked
+    against each other) at ``timesteps``: the estimate (with ``text``, ``seconds`` and
+    ``loihi_fit`` added) and the counts."""
+    model = model or builtin_model("45nm")
     stream = leading_tokens(tokenizer, text_path, HELDOUT_TEXT, tokens)
     ids = token_chunks(stream, tokens, seq_len, graph)
     start = time.perf_counter()
-    counts, _ = measure_operations(graph, ids, t, progress=progress)
+    counts, _ = measure_operations(graph, ids, timesteps, progress=progress)
     est = estimate(counts, model)
     est["text"] = text_label(text_path, HELDOUT_TEXT)
     est["seconds"] = time.perf_counter() - start
     est["loihi_fit"] = fit_graph(graph).to_dict()
-    return p, est, counts
+    return est, counts
 
 
 def save_energy(directory: Path, est: dict[str, Any], counts: OperationCounts) -> None:
@@ -120,16 +130,3 @@ def energy_on_text(
     p, est, counts = measure_energy(directory, text_path, tokens, seq_len, timesteps, model, progress)
     save_energy(p, est, counts)
     return est
-
-
-def run(a: argparse.Namespace) -> int:
-    """The ``energy`` command (its arguments: spikec/cli.py): measure, print the table or JSON,
-    then save (the figures are shown even when the directory cannot take energy.json)."""
-    model = resolve_model(a.model, a.precision)  # fail on a bad model before simulating
-    p, est, counts = measure_energy(a.dir, a.text, a.tokens, a.seq_len, a.timesteps, model, progress=not a.json)
-    text = "\n".join([format_estimate(est, per_op=a.per_op), "", *format_fit(est["loihi_fit"])])
-    print(json.dumps(est, indent=2) if a.json else text, flush=True)
-    save_energy(p, est, counts)
-    if not a.json:
-        print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")
-    return 0

@@ -28,19 +28,27 @@ from spikec.progress import progress_steps
 from spikec.text import HELDOUT_TEXT, cut_sequences, leading_tokens
 
 
+RUN_FLAGS = {"prompt": "--prompt", "max_new_tokens": "--max-new-tokens", "timesteps": "-T", "backend": "--backend"}
+"""How ``generate`` and the Lava comparisons name their arguments by default: ``spikec run``'s and
+``spikec eval``'s flags."""
+
+
 @dataclass
 class Compiled:
     """A compile output directory, loaded: the report, the NIR graph, its tokenizer and (on first
     use of ``loaded``) the original model, the reference ANN.
 
     ``reference`` (a model name or directory) replaces the source recorded in report.json,
-    e.g. when that directory has moved; ``reference_flag`` is how a message names it."""
+    e.g. when that directory has moved; ``reference_flag`` is how a message names it.
+    ``tokenizer_from_reference=False``: no ``DIR/tokenizer`` is an ``InputError`` instead of the
+    reference ANN's tokenizer (which loads that model)."""
 
     path: Path
     report: dict[str, Any]
     graph: nir.NIRGraph
     reference: str | None = None
     reference_flag: str = "--model"
+    tokenizer_from_reference: bool = True
     _loaded: LoadedModel | None = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
 
@@ -58,17 +66,20 @@ class Compiled:
 
     @property
     def tokenizer(self) -> Any:
-        """The tokenizer saved in ``DIR/tokenizer`` (the source model's when there is none)."""
+        """The tokenizer saved in ``DIR/tokenizer`` (the source model's when there is none, unless
+        ``tokenizer_from_reference`` is False)."""
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.path) if (self.path / "tokenizer").is_dir() else self.loaded.tokenizer
+            saved = (self.path / "tokenizer").is_dir() or not self.tokenizer_from_reference
+            self._tokenizer = load_tokenizer(self.path) if saved else self.loaded.tokenizer
         return self._tokenizer
 
 
-def load_compiled(path: str | Path, reference: str | None = None, reference_flag: str = "--model") -> Compiled:
+def load_compiled(path: str | Path, reference: str | None = None, reference_flag: str = "--model",
+                  tokenizer_from_reference: bool = True) -> Compiled:
     """Read ``path`` (a ``spikec compile`` output directory) and check it against its tokenizer.
     The reference ANN (``reference``, or the source model in report.json) loads on first use."""
     p, report, graph = read_compiled(path)
-    compiled = Compiled(p, report, graph, reference, reference_flag)
+    compiled = Compiled(p, report, graph, reference, reference_flag, tokenizer_from_reference)
     check_vocabulary(graph, compiled.tokenizer, str(p / "model.nir"))
     return compiled
 
@@ -197,24 +208,27 @@ def save_eval(compiled: Compiled, results: list[dict[str, Any]]) -> None:
 
 @torch.no_grad()
 def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None,
-             device: str = "cpu", compare: bool = True, progress: bool = False) -> dict[str, str | None]:
+             device: str = "cpu", compare: bool = True, progress: bool = False,
+             names: dict[str, str] | None = None) -> dict[str, str | None]:
     """Greedy continuations of ``prompt`` by the spiking network (``snn``) and, with ``compare``,
     by the original model (``ann``), on ``device``. When the original model cannot be loaded
     (its source moved away), ``ann`` is None and ``ann_unavailable`` says why; with ``progress``,
-    a progress bar (plain lines when stderr is not a terminal) counts the tokens."""
+    a progress bar (plain lines when stderr is not a terminal) counts the tokens. names: how
+    messages name ``prompt`` and ``max_new_tokens`` (default: ``spikec run``'s flags)."""
+    n = {**RUN_FLAGS, **(names or {})}
     if is_encoder(compiled.graph):
         raise UsageError(f"{str(compiled.path)!r} holds a sentence encoder, which does not generate text",
                          hint=f"compare its embeddings with 'spikec eval {compiled.path}'")
     if not prompt.strip():
-        raise UsageError("--prompt is empty", hint="give some text to continue")
+        raise UsageError(f"{n['prompt']} is empty", hint="give some text to continue")
     if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        raise UsageError(f"{n['max_new_tokens']} must be at least 1, got {max_new_tokens}")
     tok = compiled.tokenizer
     t = timesteps or int(compiled.report["timesteps"])
     dev = resolve_device(device)
     prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64, device=dev)
     check_positions(compiled.graph, prompt_ids.shape[1] + max_new_tokens - 1, str(compiled.path / "model.nir"),
-                    "the prompt and --max-new-tokens")
+                    f"the prompt and {n['max_new_tokens']}")
     sim = Simulator(compiled.graph, device=dev)
     steps: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"snn": lambda ids: sim.run(ids, t).output}
     continuations: dict[str, str | None] = {"snn": None, "ann": None}
@@ -231,3 +245,45 @@ def generate(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timestep
             ids = torch.cat([ids, nxt], dim=1)
         continuations[label] = tok.decode(ids[0, prompt_ids.shape[1]:].tolist())
     return continuations
+
+
+def evaluate_on_lava(compiled: Compiled, text_path: str | None = None, tokens: int = 1024,
+                     timesteps: list[int] | None = None, precision: str = "floating_pt", progress: bool = True,
+                     device: str = "cpu", names: dict[str, str] | None = None) -> dict[str, Any]:
+    """``spikec eval --backend lava``: Lava needs positions fixed at compile time, so the first
+    ``tokens`` tokens (at most the compile's ``seq_len``) are one sequence, run by the reference
+    simulator (``evaluate``'s figures; a sentence encoder has none) and by the Lava export, and
+    compared: ``spike_agreement``, ``spike_agreement_per_layer``, ``logits_max_abs_diff``,
+    ``next_token_agreement``, ``precision``, ``lava_seconds`` added. One T only (``timesteps``)."""
+    from spikec.backends.lava.compare import evaluate_lava
+
+    n = {**RUN_FLAGS, **(names or {})}
+    if timesteps and len(timesteps) > 1:
+        raise UsageError(f"{n['backend']} lava takes one {n['timesteps']} value")
+    tokens = min(tokens, int(compiled.report["seq_len"]))
+    if is_encoder(compiled.graph):  # no perplexity: Lava's spikes and last hidden state against the simulator's
+        result = {"timesteps": timesteps[0] if timesteps else int(compiled.report["timesteps"]), "tokens": tokens}
+    else:
+        result = evaluate(compiled, text_path, tokens, timesteps, tokens, progress=progress, device=device)[0]
+    ids = heldout_ids(compiled, text_path, tokens)
+    lava = evaluate_lava(compiled.path, ids, timesteps=result["timesteps"], precision=precision)
+    result.update({k: lava[k] for k in ("spike_agreement", "spike_agreement_per_layer", "logits_max_abs_diff",
+                                        "next_token_agreement", "precision", "lava_seconds") if k in lava})
+    return result
+
+
+def generate_on_lava(compiled: Compiled, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None,
+                     precision: str = "floating_pt", names: dict[str, str] | None = None) -> dict[str, Any]:
+    """``spikec run --backend lava``: greedy continuations of ``prompt`` by the Lava export (``lava``,
+    one Lava run per token) and by the reference simulator (``reference``), decoded, with
+    ``tokens_equal``, ``precision``, ``timesteps`` and ``lava_seconds``."""
+    from spikec.backends.lava.compare import generate_lava
+
+    n = {**RUN_FLAGS, **(names or {})}
+    tok = compiled.tokenizer
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.int64)
+    if ids.numel() == 0:
+        raise UsageError(f"{n['prompt']} is empty", hint="give some text to continue")
+    out = generate_lava(compiled.path, ids, max_new_tokens, timesteps=timesteps, precision=precision)
+    return {"lava": tok.decode(out["tokens"]), "reference": tok.decode(out["reference_tokens"]),
+            **{k: out[k] for k in ("tokens_equal", "precision", "timesteps", "lava_seconds")}}

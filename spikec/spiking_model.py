@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nir
 import torch
 
-from spikec.compiled_checks import check_positions
+from spikec.analysis.energy_models import EnergyModel
 from spikec.core.errors import UsageError
-from spikec.evaluate import Compiled, describe_reference, evaluate, generate, load_compiled, save_eval
+from spikec import distributed
+import spikec.evaluate as evaluation  # called through the module: what the commands run is patchable in one place
+from spikec.evaluate import RUN_FLAGS, Compiled
 from spikec.outputs import atomic_directory
+
+
+MAX_NEW_TOKENS = 2**31 - 1
+"""The most tokens ``generate`` takes (the kernels' index range, as ``spikec run``)."""
 
 
 def check_range(name: str, value: int, low: int, high: int | None = None) -> int:
@@ -59,21 +65,37 @@ class SpikingModel:
     directory: ``save(directory)`` keeps it.
     """
 
-    def __init__(self, compiled: Compiled, module: torch.fx.GraphModule | None = None):
-        self._compiled = compiled
+    def __init__(self, compiled: Compiled | Callable[[], Compiled], module: torch.fx.GraphModule | None = None, *,
+                 path: Path | None = None, report: dict[str, Any] | None = None,
+                 names: dict[str, str] | None = None):
+        """compiled: the loaded directory, or a function loading it on first use (``spikec.compile``
+        then gives ``path`` and ``report``, which need no loading). names: how error messages
+        name the methods' arguments, ``{argument: shown name}`` (default: the argument names)."""
+        self._source = compiled
         self._module = module
+        self._path, self._report = path, report
+        self._names = dict(names or {})
+
+    @property
+    def _compiled(self) -> Compiled:
+        if not isinstance(self._source, Compiled):
+            self._source = self._source()
+        return self._source
+
+    def _name(self, argument: str) -> str:
+        return self._names.get(argument, argument)
 
     # ------------------------------------------------------------------ what it is
 
     @property
     def path(self) -> Path:
         """The compile output directory."""
-        return self._compiled.path
+        return self._path if self._path is not None else self._compiled.path
 
     @property
     def compile_report(self) -> dict[str, Any]:
         """report.json: model, options, passes, node counts, firing rates, the fx-vs-simulator check."""
-        return self._compiled.report
+        return self._report if self._report is not None else self._compiled.report
 
     @property
     def graph(self) -> nir.NIRGraph:
@@ -94,7 +116,7 @@ class SpikingModel:
     @property
     def reference(self) -> str:
         """Where the reference ANN (the original model) comes from, in words."""
-        return describe_reference(self._compiled)
+        return evaluation.describe_reference(self._compiled)
 
     def __repr__(self) -> str:
         return f"SpikingModel({self.compile_report['model']!r}, T={self.timesteps}, path={str(self.path)!r})"
@@ -121,68 +143,117 @@ class SpikingModel:
 
     def evaluate(self, text_file: str | None = None, tokens: int = 1024, timesteps: int | list[int] | None = None,
                  seq_len: int | None = None, *, device: str = "cpu", progress: bool = False,
-                 save: bool = True) -> dict[str, Any] | list[dict[str, Any]]:
+                 save: bool = True, backend: str = "sim", lava_precision: str = "floating_pt",
+                 keep_reference: bool = True, ranks: int = 1) -> dict[str, Any] | list[dict[str, Any]]:
         """The reference ANN against the spiking network on the first ``tokens`` tokens of
         ``text_file`` (default: the embedded held-out docstrings), as ``spikec eval`` does.
 
         Returns a dict (a list of them when ``timesteps`` is a list): ann_ppl, snn_ppl, ppl_ratio
         (SNN/ANN), cosine (mean cosine similarity of logits), top1_agreement, timesteps, tokens,
-        spikes_per_neuron_step, seconds. With ``save``, also writes ``DIR/eval.json`` (for reports)."""
-        check_range("tokens", tokens, 2)
+        spikes_per_neuron_step, seconds. With ``save``, also writes ``DIR/eval.json`` (for reports;
+        ``save_eval`` writes it later, e.g. once the figures are shown). ``keep_reference=False`` frees
+        the reference ANN once its logits are computed (a later call loads it again). ``ranks`` > 1:
+        the simulator runs as a pipeline over that many local processes on ``torch.distributed``
+        (``spikec.distributed``, docs/simulator.md), with the same figures as one process.
+
+        backend ``lava``: the first ``tokens`` tokens (at most the compile's ``seq_len``; ``seq_len``
+        does not apply) as one sequence, by the simulator and by the Lava export in the Lava
+        environment (``lava_precision``: ``floating_pt`` or ``fixed_pt``, docs/lava.md), one T;
+        ``spike_agreement``, ``spike_agreement_per_layer``, ``logits_max_abs_diff``, ``lava_seconds``
+        are added to the simulator's figures. Nothing is saved."""
+        check_range(self._name("tokens"), tokens, 2)
         listed = isinstance(timesteps, list)
         ts = timesteps if listed else ([timesteps] if timesteps is not None else None)
         for t in ts or []:
-            check_range("timesteps", t, 1, 4096)
+            check_range(self._name("timesteps"), t, 1, 4096)
         if seq_len is not None:
-            check_range("seq_len", seq_len, 2, 8192)
-        results = evaluate(self._compiled, text_file, tokens, ts, seq_len, progress=progress, device=device)
+            check_range(self._name("seq_len"), seq_len, 2, 8192)
+        check_range(self._name("ranks"), ranks, 1)
+        if self._check_backend(backend) == "lava":
+            if ranks > 1:
+                raise UsageError(f"backend lava runs in one process; got {self._name('ranks')} {ranks}",
+                                 hint=f"leave {self._name('ranks')} at 1")
+            return evaluation.evaluate_on_lava(self._compiled, text_file, tokens, ts, lava_precision, progress,
+                                               device, self._internal_names())
+        if ranks > 1:
+            with distributed.pipeline_head(self._compiled.graph, str(self.path), ranks, device) as head:
+                results = evaluation.evaluate(self._compiled, text_file, tokens, ts, seq_len, progress=progress,
+                                              device=device, keep_model=keep_reference, simulator=head)
+        else:
+            results = evaluation.evaluate(self._compiled, text_file, tokens, ts, seq_len, progress=progress,
+                                          device=device, keep_model=keep_reference)
         if save:
-            save_eval(self._compiled, results)
+            evaluation.save_eval(self._compiled, results)
         return results if listed else results[0]
 
+    def save_eval(self, results: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Write ``evaluate``'s results (a dict, or the list of a curve) to ``DIR/eval.json``, which
+        ``report`` shows. ``ResourceError`` when the directory cannot take it."""
+        evaluation.save_eval(self._compiled, results if isinstance(results, list) else [results])
+
     def generate(self, prompt: str, max_new_tokens: int = 20, timesteps: int | None = None, *,
-                 compare: bool = True, device: str = "cpu", progress: bool = False) -> dict[str, str | None]:
+                 compare: bool = True, device: str = "cpu", progress: bool = False, backend: str = "sim",
+                 lava_precision: str = "floating_pt") -> dict[str, Any]:
         """Greedy continuation of ``prompt`` by the spiking network (``snn``) and, with
         ``compare``, by the reference ANN (``ann``; None with ``ann_unavailable`` saying why when
-        the original model cannot be loaded), as ``spikec run`` does."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UsageError("prompt is empty", hint="give some text to continue")
-        check_range("max_new_tokens", max_new_tokens, 1, 4096)
+        the original model cannot be loaded), as ``spikec run`` does.
+
+        backend ``lava``: the Lava export's continuation (``lava``, one Lava run per token, in the
+        Lava environment; ``lava_precision`` as for ``evaluate``) and the reference simulator's
+        (``reference``), with ``tokens_equal``, ``precision``, ``timesteps``, ``lava_seconds``."""
+        if not isinstance(prompt, str):
+            raise UsageError(f"{self._name('prompt')} must be text, got {type(prompt).__name__}")
+        check_range(self._name("max_new_tokens"), max_new_tokens, 1, MAX_NEW_TOKENS)
         if timesteps is not None:
-            check_range("timesteps", timesteps, 1, 4096)
-        check_positions(self.graph, self.encode(prompt).shape[1] + max_new_tokens - 1, str(self.path / "model.nir"),
-                        "the prompt and max_new_tokens")
-        return generate(self._compiled, prompt, max_new_tokens, timesteps, device=device, compare=compare,
-                        progress=progress)
+            check_range(self._name("timesteps"), timesteps, 1, 4096)
+        if self._check_backend(backend) == "lava":
+            return evaluation.generate_on_lava(self._compiled, prompt, max_new_tokens, timesteps, lava_precision,
+                                               self._internal_names())
+        return evaluation.generate(self._compiled, prompt, max_new_tokens, timesteps, device=device, compare=compare,
+                                   progress=progress, names=self._internal_names())
+
+    def _check_backend(self, backend: str) -> str:
+        if backend not in ("sim", "lava"):
+            raise UsageError(f"{self._name('backend')} must be sim or lava, got {backend!r}")
+        return backend
+
+    def _internal_names(self) -> dict[str, str]:
+        return {argument: self._name(argument) for argument in RUN_FLAGS}
 
     def energy(self, text_file: str | None = None, tokens: int = 1024, seq_len: int | None = None,
-               timesteps: int | None = None, *, model: str = "45nm", precision: str = "fp32",
-               save: bool = True) -> dict[str, Any]:
+               timesteps: int | None = None, *, model: str | EnergyModel = "45nm", precision: str = "fp32",
+               save: bool = True, progress: bool = False,
+               show: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Energy per token, ANN against SNN, per layer, on ``tokens`` tokens of held-out text,
-        as ``spikec energy`` does (``model``: ``45nm``, ``45nm-memory``, ``loihi`` or a .toml/.json
-        file of constants, docs/energy.md). Returns the estimate (totals in joules per token and
-        per layer); with ``save`` also writes ``DIR/energy.json``."""
+        as ``spikec energy`` does (``model``: ``45nm``, ``45nm-memory``, ``loihi``, a .toml/.json
+        file of constants, docs/energy.md, at ``precision``; or an ``EnergyModel``). Returns the
+        estimate (totals in joules per token and per layer, ``loihi_fit``); with ``save`` also writes
+        ``DIR/energy.json``, after calling ``show`` with the estimate (so that a directory that cannot
+        take the file has shown it). ``progress``: a progress bar over the sequences simulated."""
         from spikec.analysis.energy_models import resolve_model
-        from spikec.energy import measure_energy, save_energy
+        from spikec.energy import energy_of, save_energy
 
-        check_range("tokens", tokens, 2)
+        check_range(self._name("tokens"), tokens, 2)
         if seq_len is not None:
-            check_range("seq_len", seq_len, 1)
+            check_range(self._name("seq_len"), seq_len, 1)
         if timesteps is not None:
-            check_range("timesteps", timesteps, 1, 4096)
-        constants = resolve_model(model, precision)
-        p, est, counts = measure_energy(self.path, text_file, tokens, seq_len, timesteps, constants, progress=False)
+            check_range(self._name("timesteps"), timesteps, 1, 4096)
+        constants = model if isinstance(model, EnergyModel) else resolve_model(model, precision)
+        est, counts = energy_of(self.graph, self.tokenizer, timesteps or self.timesteps, text_file, tokens, seq_len,
+                                constants, progress=progress)
+        if show is not None:
+            show(est)
         if save:
-            save_energy(p, est, counts)
+            save_energy(self.path, est, counts)
         return est
 
     # ------------------------------------------------------------------ writing it out
 
     def report(self) -> Path:
         """Write ``DIR/report.html`` again (passes, accuracy, energy, plots) and return its path."""
-        from spikec.report import report_from_directory
+        from spikec.report import write_report
 
-        return report_from_directory(self.path)
+        return write_report(self.path, self.compile_report, self.graph, self.tokenizer)
 
     def export_nir(self, output: str | Path, *, profile: str = "portable", importer: str = "nir",
                    force: bool = False) -> Path:
@@ -223,7 +294,7 @@ class SpikingModel:
         spikec wrote) and return the model there; ``spikec.load(directory)`` reads it back."""
         with atomic_directory(directory, force=force) as tmp:
             shutil.copytree(self.path, tmp, dirs_exist_ok=True)
-        return SpikingModel(load_compiled(directory, self._compiled.reference, "reference"), self._module)
+        return SpikingModel(evaluation.load_compiled(directory, self._compiled.reference, "reference"), self._module)
 
     # ------------------------------------------------------------------ torch
 

@@ -150,3 +150,43 @@ def test_a_prompt_longer_than_the_position_table_names_the_arguments(by_name: sp
 def test_load_refuses_a_directory_that_is_not_a_compile_output(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not a spikec compile output"):
         spikec.load(tmp_path)
+
+
+def test_load_names_the_arguments_as_a_front_end_asks(by_name: spikec.SpikingModel) -> None:
+    flags = spikec.load(by_name.path, names={"prompt": "--prompt", "max_new_tokens": "--max-new-tokens",
+                                             "timesteps": "-T", "backend": "--backend"})
+    with pytest.raises(UsageError, match="^--prompt is empty"):
+        flags.generate("  ")
+    with pytest.raises(InputError, match="fewer than the 2000 of the prompt and --max-new-tokens"):
+        flags.generate("x", max_new_tokens=2000)
+    with pytest.raises(UsageError, match="^--backend lava takes one -T value"):
+        flags.evaluate(timesteps=[2, 4], backend="lava")
+    with pytest.raises(UsageError, match="^backend lava takes one timesteps value"):
+        by_name.evaluate(timesteps=[2, 4], backend="lava")
+    with pytest.raises(UsageError, match="^backend must be sim or lava"):
+        by_name.generate("x", backend="loihi")
+
+
+def test_figures_can_be_shown_before_the_directory_takes_them(by_name: spikec.SpikingModel, tmp_path: Path) -> None:
+    from spikec.analysis.energy_models import resolve_model
+
+    snn = by_name.save(tmp_path / "s")
+    for name in ("eval.json", "energy.json"):  # the saved copy may hold them from earlier tests
+        (snn.path / name).unlink(missing_ok=True)
+    results = snn.evaluate(tokens=32, timesteps=[4], save=False, keep_reference=False)
+    assert not (snn.path / "eval.json").exists()
+    snn.save_eval(results)
+    assert (snn.path / "eval.json").is_file()
+    shown: list[bool] = []
+    est = snn.energy(tokens=32, model=resolve_model("loihi"),
+                     show=lambda e: shown.append((snn.path / "energy.json").exists()))
+    assert shown == [False] and (snn.path / "energy.json").is_file()
+    assert est["snn_pj_per_token"] == snn.energy(tokens=32, model="loihi", save=False)["snn_pj_per_token"]
+
+
+def test_a_directory_without_its_tokenizer_is_refused_when_asked(by_name: spikec.SpikingModel, tmp_path: Path) -> None:
+    snn = by_name.save(tmp_path / "t")
+    shutil.rmtree(snn.path / "tokenizer")
+    with pytest.raises(InputError, match="has no tokenizer/ directory"):
+        spikec.load(snn.path, tokenizer_from_reference=False)
+    assert spikec.load(snn.path).tokenizer is not None  # the reference model's (random-weight GPT-2: GPT-2's)

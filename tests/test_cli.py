@@ -237,3 +237,28 @@ def test_debug_is_accepted_after_the_command(tmp_path: Path, capsys) -> None:
     assert "Traceback" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.nir")]) == 3
     assert "Traceback" not in one_error_line(capsys)
+
+
+def test_the_commands_run_the_python_api_with_the_cli_flag_names(tiny_gpt2: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """The CLI is a thin layer over docs/api.md: each command parses, calls spikec.compile or
+    spikec.load(DIR).<method>, and prints; errors raised in the API name the flags."""
+    import spikec
+    from spikec.compiler import CLI_FLAGS
+
+    calls: list[tuple[str, dict]] = []
+    real_compile, real_load = spikec.compile, spikec.load
+    monkeypatch.setattr(spikec, "compile", lambda *a, **k: calls.append(("compile", k)) or real_compile(*a, **k))
+    monkeypatch.setattr(spikec, "load", lambda *a, **k: calls.append(("load", k)) or real_load(*a, **k))
+    assert compile_cli(tmp_path / "c", TINY_GPT2) == 0
+    assert main(["eval", str(tiny_gpt2), "--tokens", "32", "--json"]) == 0
+    assert main(["run", str(tiny_gpt2), "--prompt", "Hi", "--max-new-tokens", "1"]) == 0
+    assert main(["energy", str(tiny_gpt2), "--tokens", "32", "--json"]) == 0
+    assert main(["report", str(tiny_gpt2)]) == 0
+    assert [c for c, _ in calls] == ["compile", "load", "load", "load", "load"]
+    assert calls[0][1]["names"] == CLI_FLAGS and calls[0][1]["quiet"] is False
+    assert all(k["names"]["reference"] == "--model" for c, k in calls[1:])
+    capsys.readouterr()
+    # an error the API raises (its bound, not argparse's) names the flag, not the argument
+    assert main(["eval", str(tiny_gpt2), "--backend", "lava", "-T", "4,8"]) == 2
+    assert one_error_line(capsys) == "spikec: error: --backend lava takes one -T value"
