@@ -30,7 +30,7 @@ from spikec.analysis.spiking_parts import spiking_parts
 from spikec.backends import nirio
 from spikec.backends.lava.export import export_lava
 from spikec.backends.simulator import resolve_device
-from spikec.budget import choose_steps
+from spikec.budget import SEARCH_SAMPLES, choose_steps, search_sequences
 from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
@@ -209,8 +209,9 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
                 )
         else:
             save_weights(loaded.model, tmp / REFERENCE_DIR)
+        search = SEARCH_SAMPLES if opts.budget is not None else 0  # --budget measures on later sequences
         calib_stream = leading_tokens(loaded.tokenizer, opts.calib_text, CALIBRATION_TEXT,
-                                      opts.calib_samples * opts.seq_len)
+                                      (opts.calib_samples + search) * opts.seq_len)
         calibration = cut_samples(calib_stream, opts.calib_samples, opts.seq_len, "calibration")
         t0 = step_done("load", t0)
         with status(console, "capturing with torch.export and canonicalizing"):
@@ -233,8 +234,9 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
         budget = None
         if opts.budget is not None:
             with status(console, "choosing per-layer steps (--budget)") as update:
-                budget = choose_steps(gm, lambda ids: loaded.model(ids).logits, calibration, opts.timesteps,
-                                      opts.budget, on_step=update).to_json()
+                search_ids, search_text = search_sequences(calib_stream, calibration.shape[0], opts.seq_len)
+                budget = choose_steps(gm, lambda ids: loaded.model(ids).logits, search_ids, opts.timesteps,
+                                      opts.budget, on_step=update, text=search_text).to_json()
             t0 = step_done("budget", t0)
         example = calibration[:1]
         with status(console, "lowering to NIR"):

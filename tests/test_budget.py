@@ -12,6 +12,7 @@ from spikec.analysis.counts import count_operations
 from spikec.backends import nirio
 from spikec.backends.lava import compare, export
 from spikec.backends.simulator import simulate
+import spikec.budget as budget_search
 from spikec.budget import choose_steps, few_spike_layers
 from spikec.cli import build_parser
 from spikec.compiler import CompileOptions, compile_model
@@ -97,10 +98,21 @@ def test_compile_records_the_choice_in_report_json_and_the_report(tmp_path):
                                  config_overrides={"n_layer": "1", "n_embd": "32", "n_head": "2"}))
     report = json.loads((out / "report.json").read_text())
     budget = report["budget"]
-    assert budget["text"] == "calibration" and budget["budget"] == 1.5
+    assert budget["text"].startswith("calibration, the 4 sequences after the") and budget["budget"] == 1.5
     assert set(budget["steps"]) and all(1 <= s <= T for s in budget["steps"].values())
     assert report["simulator_check"]["identical_layers"] == report["simulator_check"]["neuron_layers"]
     assert "Per-layer steps (--budget)" in (out / "report.html").read_text()
+
+
+def test_the_search_measures_calibration_sequences_the_thresholds_were_not_fitted_to():
+    stream = torch.arange(10 * 8)
+    ids, label = budget_search.search_sequences(stream, fitted=3, seq_len=8)
+    assert ids.shape == (budget_search.SEARCH_SAMPLES, 8) and int(ids[0, 0]) == 3 * 8
+    assert label == f"calibration, the {budget_search.SEARCH_SAMPLES} sequences after the 3 fitted ones"
+    ids, _ = budget_search.search_sequences(stream, fitted=9, seq_len=8)  # one sequence left
+    assert ids.shape == (1, 8) and int(ids[0, 0]) == 72
+    ids, label = budget_search.search_sequences(stream, fitted=10, seq_len=8)  # none left: the fitted ones
+    assert int(ids[0, 0]) == 0 and "the text has no more" in label
 
 
 def test_the_budget_needs_binary_coding_and_a_ratio_of_at_least_one():
