@@ -1,7 +1,7 @@
 """The accuracy / energy / latency trade-off of SmolLM2-135M over codings, T and budgets (issue 17 item 4).
 
-For each setting (rate T in {8, 16, 32, 64}, binary T in {6, 7, 8, 9}, binary T=8 with ``--budget
-1.04``) compiles SmolLM2-135M (real weights, offline) and on held-out text (the embedded
+For each setting (rate T in {8, 16, 32, 64}, binary T in {6, 7, 8, 9}, ternary T in {6, 7, 8},
+binary and ternary T=8 with ``--budget 1.04``) compiles SmolLM2-135M (real weights, offline) and on held-out text (the embedded
 docstrings, ``--tokens`` tokens, never used to choose anything) measures:
 
 * the perplexity ratio SNN/ANN (``spikec eval``);
@@ -49,10 +49,14 @@ SETTINGS = {  # name -> (coding, T, budget)
     "binary_T8": ("binary", 8, None),
     "binary_T9": ("binary", 9, None),
     "binary_T8_budget1.04": ("binary", 8, 1.04),
+    "ternary_T6": ("ternary", 6, None),
+    "ternary_T7": ("ternary", 7, None),
+    "ternary_T8": ("ternary", 8, None),
+    "ternary_T8_budget1.04": ("ternary", 8, 1.04),
 }
 ORDER = ("binary_T8", "rate_T16", "binary_T6", "rate_T8", "binary_T9", "rate_T32", "binary_T7", "rate_T64",
-         "binary_T8_budget1.04")
-SLOW = ("rate_T64", "binary_T8_budget1.04")  # skipped by --quick
+         "ternary_T7", "ternary_T6", "ternary_T8", "binary_T8_budget1.04", "ternary_T8_budget1.04")
+SLOW = ("rate_T64", "binary_T8_budget1.04", "ternary_T8_budget1.04")  # skipped by --quick
 FEW_SPIKE = RESULTS / "few_spike.json"
 
 

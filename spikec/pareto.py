@@ -36,7 +36,7 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
 )
 
 _COLORS = {"45nm": "#4c72b0", "45nm-memory": "#55a868", "loihi": "#c44e52"}
-_MARKERS = {"rate": "o", "binary": "s", "budget": "D"}  # budget: binary with --budget, points off the lines
+_MARKERS = {"rate": "o", "binary": "s", "ternary": "^", "budget": "D"}  # budget: with --budget, points off the lines
 
 
 def load_pareto(path: str | Path | None = None) -> dict[str, Any] | None:
@@ -62,7 +62,7 @@ def pareto_figure(plt: Any, curve: dict[str, Any], own: dict[str, Any] | None = 
     for coding, marker in _MARKERS.items():
         rows = sorted((p for p in points if ("budget" if p.get("budget") else p["coding"]) == coding),
                       key=lambda p: p["timesteps"])
-        line, shown = ("none", "binary --budget") if coding == "budget" else ("-", coding)
+        line, shown = ("none", "few-spike --budget") if coding == "budget" else ("-", coding)
         for energy_model, color in _COLORS.items():
             xy = [(100 * p["energy_reduction"][energy_model], p["ppl_ratio"], p) for p in rows
                   if p.get("energy_reduction", {}).get(energy_model) is not None]
@@ -72,7 +72,8 @@ def pareto_figure(plt: Any, curve: dict[str, Any], own: dict[str, Any] | None = 
                       alpha=0.8, label=f"{shown}, {energy_model}")
             if energy_model == "45nm":
                 for x, y, p in xy:
-                    tag = f"T={p['timesteps']}" + (f" b{p['budget']:g}" if p.get("budget") else "")
+                    tag = (f"T={p['timesteps']}" + (f" {p['coding'][0]}" if p.get("budget") else "")
+                           + (f" b{p['budget']:g}" if p.get("budget") else ""))
                     ax_e.annotate(tag, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if not rows:
             continue
