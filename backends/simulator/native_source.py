@@ -72,26 +72,40 @@ int64_t signed_if_constant(const float* x, const float* theta, int64_t F, int64_
 int64_t few_spike_binary(const float* x, const float* theta, int64_t F, int64_t r0, int64_t r1, int S, int G,
                          double* counts, int64_t N) {
     const float off = ldexpf(1.0f, -S), scale = ldexpf(1.0f, S - 1), top = (float)((1L << S) - 1);
+    double gscale[4];  /* S <= 24: at most 3 groups of the code, later ones silent */
+    for (int g = 0; g < G && g < 4; ++g) gscale[g] = ldexp(1.0, 1 - (8 * g + 8 < S ? 8 * g + 8 : S));
     int64_t total = 0;
+    float sg[BLK], nf[BLK];
+    uint32_t n[BLK];
     for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = x + r * F;
-        int64_t i0 = r * F;
-        for (int64_t f = 0; f < F; ++f) {
-            float u = xr[f] / theta[f];
-            float a = fabsf(u) + off;
-            float nf = floorf(a * scale);
-            nf = nf > top ? top : nf;
-            uint32_t n = nf >= 0.0f ? (uint32_t)nf : 0u;  /* NaN: no spikes */
-            double sg = u > 0.0f ? 1.0 : (u < 0.0f ? -1.0 : 0.0);  /* torch.sign: +0 for -0 and NaN */
-            total += __builtin_popcount(n);
+        for (int64_t f0 = 0; f0 < F; f0 += BLK) {
+            int64_t len = F - f0 < BLK ? F - f0 : BLK;
+            int64_t i0 = r * F + f0;
+            for (int64_t i = 0; i < len; ++i) {
+                float u = x[i0 + i] / theta[f0 + i];
+                float v = floorf((fabsf(u) + off) * scale);
+                v = v > top ? top : v;
+                v = v >= 0.0f ? v : 0.0f;  /* NaN: no spikes */
+                nf[i] = v;
+                sg[i] = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);  /* torch.sign: +0 for -0 and NaN */
+            }
+            for (int64_t i = 0; i < len; ++i) n[i] = (uint32_t)(int32_t)nf[i];
+            int64_t acc = 0;
+            for (int64_t i = 0; i < len; ++i) acc += __builtin_popcount(n[i]);
+            total += acc;
             for (int g = 0; g < G; ++g) {
+                double* out = counts + (int64_t)g * N + i0;
                 int start = 8 * g, stop = start + 8 < S ? start + 8 : S;
-                double v = 0.0;
-                if (start < S) {
-                    uint32_t bits = (n >> (S - stop)) & ((1u << (stop - start)) - 1u);
-                    v = sg * (double)bits * ldexp(1.0, 1 - stop);
+                if (start >= S) {
+                    for (int64_t i = 0; i < len; ++i) out[i] = 0.0;
+                } else if (G == 1 || S <= 8) {  /* the group holds the whole code: its bits are n */
+                    for (int64_t i = 0; i < len; ++i) out[i] = (double)(sg[i] * nf[i]) * gscale[g];
+                } else {
+                    int shift = S - stop;
+                    uint32_t mask = (1u << (stop - start)) - 1u;
+                    for (int64_t i = 0; i < len; ++i)
+                        out[i] = (double)(sg[i] * (float)((n[i] >> shift) & mask)) * gscale[g];
                 }
-                counts[(int64_t)g * N + i0 + f] = v;
             }
         }
     }
