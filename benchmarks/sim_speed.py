@@ -32,7 +32,8 @@ Writes benchmarks/results/sim_speed.json.
    (less sensitive to other jobs on a shared machine) are both reported, each as a ratio to rate
    T=16. Run it with ``OMP_NUM_THREADS=1`` for the one-thread figures.
 
-Sections not measured in a run keep their rows from the previous results file.
+Sections not measured in a run keep their rows from the previous results file, with the threads and
+load of the run that measured them (``measured_with``).
 
     python benchmarks/sim_speed.py [--gpt2-dir DIR] [--repeats 5] [--smollm2 [--smollm2-dir DIR]]
     OMP_NUM_THREADS=1 python benchmarks/sim_speed.py --sections few_spike --repeats 3 \
@@ -496,8 +497,9 @@ def main() -> None:
     if previous.exists():  # keep the rows of the sections this run did not measure
         kept = json.loads(previous.read_text())
         for name in ("crossover", "nir", "gpt2", "smollm2", "few_spike"):
-            if name not in payload and name in kept:
-                payload[name] = kept[name]
+            if name not in payload and name in kept:  # with the facts of the run that measured it
+                payload[name] = {"measured_with": {k: kept.get(k) for k in ("threads", "load_average_1min")},
+                                 **kept[name]}
     write_results("sim_speed", payload)
 
 
