@@ -21,8 +21,23 @@ Writes benchmarks/results/sim_speed.json.
    spike densities; the density where events stop paying (``native_loops.SPARSE_CROSSOVER``).
 4. ``smollm2`` (with ``--smollm2``): ``spikec eval`` of SmolLM2-135M, 1024 tokens, T=32,
    wall time and peak RSS of the child process; bar < 300 s.
+5. ``few_spike`` (with ``--sections few_spike``; compiles three SmolLM2-135M networks unless
+   ``--few-spike-dirs`` names them, minutes): simulation time of the same 512 held-out tokens
+   (one sequence) by the binary and the ternary network at T=7 and the rate network at T=16
+   (issue 17's bar: few-spike T=7 / rate T=16 <= 1), best of ``--repeats``, interleaved. Each
+   few-spike network runs twice: with the compiled few-spike kernel (``native_loops.few_spike_counts``,
+   the default) and with the torch closed forms it replaces (``few_spike.binary_code`` /
+   ``ternary_code``, the fallback, here by stubbing the kernel to decline), outputs required
+   identical. The rounds rotate the order; the best wall time and the best CPU time of the process
+   (less sensitive to other jobs on a shared machine) are both reported, each as a ratio to rate
+   T=16. Run it with ``OMP_NUM_THREADS=1`` for the one-thread figures.
+
+Sections not measured in a run keep their rows from the previous results file, with the threads and
+load of the run that measured them (``measured_with``).
 
     python benchmarks/sim_speed.py [--gpt2-dir DIR] [--repeats 5] [--smollm2 [--smollm2-dir DIR]]
+    OMP_NUM_THREADS=1 python benchmarks/sim_speed.py --sections few_spike --repeats 3 \
+        [--few-spike-dirs BINARY_T7 TERNARY_T7 RATE_T16]
 """
 
 from __future__ import annotations
@@ -36,17 +51,19 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+from unittest import mock
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_results  # noqa: E402
+from results_file import RESULTS, write_results  # noqa: E402
 
 import nir  # noqa: E402
 
 from spikec.backends.simulator import native_build, native_loops  # noqa: E402
 from spikec.backends.simulator import Simulator  # noqa: E402
+from spikec.evaluate import heldout_ids, load_compiled  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -395,6 +412,58 @@ def smollm2_section(directory: str | None, timesteps: int = 32, tokens: int = 10
             "metrics": metrics, "bar": "< 300 s", "passes": wall < 300}
 
 
+# --- 5. few-spike kernels: binary and ternary T=7 against rate T=16 on SmolLM2-135M --------------
+
+FEW_SPIKE_NETWORKS = {"binary_T7": ["--coding", "binary", "-T", "7"], "ternary_T7": ["--coding", "ternary", "-T", "7"],
+                      "rate_T16": ["-T", "16"]}
+
+
+def few_spike_section(dirs: list[str] | None, repeats: int, tokens: int = 512) -> dict[str, Any]:
+    spikec = str(Path(sys.executable).parent / "spikec")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not dirs:
+            dirs = [f"{tmp}/{name}" for name in FEW_SPIKE_NETWORKS]
+            for name, directory in zip(FEW_SPIKE_NETWORKS, dirs):
+                subprocess.run([spikec, "compile", "smollm2-135m", *FEW_SPIKE_NETWORKS[name], "-o", directory],
+                               check=True, stdout=subprocess.DEVNULL)
+        compiled = {name: load_compiled(d) for name, d in zip(FEW_SPIKE_NETWORKS, dirs)}
+        ids = heldout_ids(compiled["rate_T16"], None, tokens)[:1]
+    sims = {name: (Simulator(c.graph), int(c.report["timesteps"])) for name, c in compiled.items()}
+
+    def run(name: str, kernel: bool) -> torch.Tensor:
+        sim, timesteps = sims[name]
+        if kernel:
+            return sim.run(ids, timesteps).output
+        with mock.patch.object(native_loops, "few_spike_counts", return_value=None):  # the torch closed forms
+            return sim.run(ids, timesteps).output
+
+    variants = {"rate_T16": ("rate_T16", True)}
+    for name in ("binary_T7", "ternary_T7"):
+        variants[name] = (name, True)
+        variants[f"{name}_torch"] = (name, False)
+    outputs = {v: run(*args) for v, args in variants.items()}  # warm-up
+    for name in ("binary_T7", "ternary_T7"):
+        assert torch.equal(outputs[name], outputs[f"{name}_torch"]), f"{name}: kernel and closed form differ"
+    best = {v: float("inf") for v in variants}
+    cpu = dict(best)
+    order = list(variants)
+    for r in range(repeats):  # interleaved, the order rotated each round so no variant always follows another
+        for v in order[r % len(order):] + order[:r % len(order)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run(*variants[v])
+            best[v] = min(best[v], time.perf_counter() - start)
+            cpu[v] = min(cpu[v], time.process_time() - start_cpu)
+    ratios = {v: best[v] / best["rate_T16"] for v in variants if v != "rate_T16"}
+    cpu_ratios = {v: cpu[v] / cpu["rate_T16"] for v in variants if v != "rate_T16"}
+    for v, r in ratios.items():
+        print(f"{tokens} tokens, {v}: {best[v]:.2f} s, / rate T=16 ({best['rate_T16']:.2f} s) = {r:.2f}; "
+              f"CPU time {cpu[v]:.2f} s / {cpu['rate_T16']:.2f} s = {cpu_ratios[v]:.2f}")
+    return {"tokens": int(ids.numel()), "threads": torch.get_num_threads(), "repeats": repeats,
+            "seconds": best, "over_rate_T16": ratios, "cpu_seconds": cpu, "cpu_over_rate_T16": cpu_ratios,
+            "bar": "few-spike T=7 / rate T=16 <= 1",
+            "passes": {name: ratios[name] <= 1.0 for name in ("binary_T7", "ternary_T7")}}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
@@ -402,16 +471,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpt2-dir", help="an existing `spikec compile gpt2 --random-weights -T 8` output")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--sections", default="gpt2,nir,crossover", help="comma list of gpt2, nir, crossover")
+    ap.add_argument("--sections", default="gpt2,nir,crossover",
+                    help="comma list of gpt2, nir, crossover, few_spike (minutes: compiles SmolLM2-135M three times)")
     ap.add_argument("--smollm2", action="store_true", help="also time `spikec eval` of SmolLM2-135M (minutes)")
     ap.add_argument("--smollm2-dir", help="an existing `spikec compile smollm2-135m -T 32` output")
+    ap.add_argument("--few-spike-dirs", nargs=3, metavar=("BINARY_T7", "TERNARY_T7", "RATE_T16"),
+                    help="existing `spikec compile smollm2-135m` outputs for the few_spike section")
     a = ap.parse_args()
     loads: list[float] = []
     payload: dict[str, Any] = {"threads": torch.get_num_threads(),
                                "compiled_kernels": native_build.compiled_library() is not None}
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     for name, run in (("crossover", lambda: crossover_section(a.repeats)), ("nir", lambda: nir_section(a.repeats)),
-                      ("gpt2", lambda: gpt2_section(a.gpt2_dir, a.repeats))):
+                      ("gpt2", lambda: gpt2_section(a.gpt2_dir, a.repeats)),
+                      ("few_spike", lambda: few_spike_section(a.few_spike_dirs, a.repeats))):
         if name in sections:
             _load(loads)
             payload[name] = run()
@@ -420,6 +493,13 @@ def main() -> None:
         payload["smollm2"] = smollm2_section(a.smollm2_dir)
     _load(loads)
     payload["load_average_1min"] = loads  # other work on the machine while this ran
+    previous = RESULTS / "sim_speed.json"
+    if previous.exists():  # keep the rows of the sections this run did not measure
+        kept = json.loads(previous.read_text())
+        for name in ("crossover", "nir", "gpt2", "smollm2", "few_spike"):
+            if name not in payload and name in kept:  # with the facts of the run that measured it
+                payload[name] = {"measured_with": {k: kept.get(k) for k in ("threads", "load_average_1min")},
+                                 **kept[name]}
     write_results("sim_speed", payload)
 
 

@@ -17,7 +17,7 @@ from spikec.analysis.counts import count_operations
 from spikec.backends import nirio, portable
 from spikec.backends.lava import compare, export
 from spikec.backends.lava.runtime import fixed_point
-from spikec.backends.simulator import simulate
+from spikec.backends.simulator import native_build, native_loops, simulate
 from spikec.cli import build_parser
 from spikec.core import few_spike, ir, ops
 from spikec.core.errors import NIRFormatError, UnsupportedError, UsageError
@@ -29,6 +29,7 @@ from spikec.verify import compare_fx_and_simulator
 PIPELINE = ["fold-norm-affine", "calibrate", "binary-encode"]
 FAMILIES = {"gpt2": gpt2_like, "llama": llama_like}
 T = 7
+COMPILED = native_build.compiled_library() is not None
 POSITIONS = 16
 
 
@@ -196,6 +197,21 @@ def test_fx_module_and_simulator_agree_spike_for_spike(family, digits, timesteps
     assert torch.equal(fast.output, reference.output)
     counted = simulate(graph, ids, timesteps)  # counts only, nothing recorded
     assert torch.equal(counted.output, reference.output) and counted.firing_rates == reference.firing_rates
+
+
+@pytest.mark.parametrize("digits", ["binary", "ternary"])
+def test_counting_simulation_gives_the_same_output_with_the_compiled_kernel_or_the_torch_closed_form(
+        monkeypatch, digits):
+    _, graph, ids, _ = converted("llama", digits, T)
+    calls, kernel = [], native_loops.few_spike_counts
+    monkeypatch.setattr(native_loops, "few_spike_counts", lambda *args: calls.append(kernel(*args)) or calls[-1])
+    compiled = simulate(graph, ids, T)
+    assert len(calls) == 9 and all((c is not None) == COMPILED for c in calls)
+    monkeypatch.setenv("SPIKEC_KERNELS", "torch")  # the fallback: few_spike.binary_code / ternary_code
+    fallback = simulate(graph, ids, T)
+    reference = simulate(graph, ids, T, mode="reference")
+    for run in (compiled, fallback):
+        assert torch.equal(run.output, reference.output) and run.spike_counts == reference.spike_counts
 
 
 def test_a_ternary_nir_file_records_its_radix_and_a_binary_one_does_not(tmp_path):

@@ -7,7 +7,9 @@ train is made; the closed form ``few_spike.binary_code`` gives each neuron's wei
 ``sum_k 2^-k s_k`` per readout group of 8 steps (exact in float64) and its spike count (the
 popcount of its code), ``few_spike.ternary_code`` the ternary groups' integer counts with the
 neuron's own float32 steps, the same numbers the train would give (tests/test_few_spike.py
-checks it against the reference mode).
+checks it against the reference mode). On CPU both run as one compiled pass
+(``native_loops.few_spike_counts``, bit for bit the same numbers); the torch closed forms are the
+specification and the fallback (no compiler, ``SPIKEC_KERNELS=torch``, CUDA, other dtypes).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from spikec.core import few_spike, ir, ops
 from spikec.core.errors import UnsupportedError
 
+from . import native_loops
 from .values import Context, Kernel, Value
 
 
@@ -32,6 +35,10 @@ def _few_spike(ctx: Context, name: str, node: nir.NIRNode, x: Value) -> Value:
     steps = int(getattr(node, "steps", 0) or 0)
     radix = int(getattr(node, "radix", 2))
     counts_only = ctx.fast and name in ctx.count_only
+    if counts_only and (radix == 3 or not signed_digits) and not ctx.recording:
+        compiled = native_loops.few_spike_counts(x.data, thr, ctx.timesteps, steps, radix)
+        if compiled is not None:
+            return Value(compiled[0], True, count=True, total=compiled[1])
     if counts_only and radix == 3 and not ctx.recording:
         counts, spikes = few_spike.ternary_code(x.data, thr, ctx.timesteps, steps)
         return Value(counts, True, count=True, total=int(spikes.sum()))

@@ -172,6 +172,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.count_events.restype = None
     lib.to_spikes.argtypes = [ptr, i64, ptr]
     lib.to_spikes.restype = i64
+    lib.few_spike_binary.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, i64]
+    lib.few_spike_binary.restype = i64
+    lib.few_spike_ternary.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, i64]
+    lib.few_spike_ternary.restype = i64
 
 
 class KernelsUnavailable(RuntimeWarning):

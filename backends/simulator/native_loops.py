@@ -10,6 +10,9 @@ so the spikes are identical; tests/test_sim_speed.py checks them against the ref
 * ``signed_if_constant``: ``SignedIF`` driven by a constant current. Returns the
   spike *count* per neuron (sum over the T steps) and, if asked, the spike train.
   A readout affine needs only the count, so no ``[T, ...]`` tensor is made.
+* ``few_spike_counts``: few-spike neurons (binary or balanced-ternary digits) driven by a
+  constant current, as a fused readout reads them: per-group counts and the spike total,
+  no spike train (``few_spike.binary_code`` / ``ternary_code`` in one pass).
 * ``nir_if``: NIR ``IF`` (reset to ``v_reset``, strict threshold) on a constant or a
   time-series current; spikes come back as int8 (compact; 0/1).
 * ``event_matmul``: ``spikes @ W.T + b`` for a small-integer spike matrix, as events:
@@ -36,6 +39,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from spikec.core import few_spike
 
 from . import native_build
 
@@ -152,6 +157,43 @@ def signed_if_constant_torch(
         if spikes is not None:
             spikes[t] = s.to(torch.int8)
     return count, spikes, int(round(float(total)))
+
+
+# ---------------------------------------------------------------------------
+# few-spike neurons (counts only)
+# ---------------------------------------------------------------------------
+
+
+def few_spike_counts(
+    x: torch.Tensor, threshold: torch.Tensor, timesteps: int, steps: int, radix: int,
+) -> tuple[torch.Tensor, int] | None:
+    """Few-spike neurons driven by the constant current ``x [..., F]`` (thresholds ``[F]``), binary
+    digits (``radix`` 2, not signed digits) or balanced ternary (3), as a fused readout needs them:
+    ``(group counts float64 [G, ..., F], total spikes)`` with ``G = len(step_groups(timesteps))``,
+    a code of ``steps`` steps (``1 .. timesteps``; later steps silent). The same numbers as
+    ``few_spike.binary_code`` (padded with silent groups) and ``few_spike.ternary_code``, in one pass
+    over the neurons. None when the compiled kernel cannot take these tensors (then use those)."""
+    lib = _use_compiled(x, threshold)
+    if (lib is None or x.dtype != torch.float32 or threshold.dtype != torch.float32 or threshold.ndim != 1
+            or x.ndim == 0 or x.shape[-1] != threshold.shape[0] or radix not in (2, 3)):
+        return None
+    few_spike.check_steps(timesteps, radix)
+    steps = few_spike.code_steps(timesteps, steps)
+    xc, theta = x.contiguous(), threshold.contiguous()
+    features = theta.shape[0]
+    rows = xc.numel() // max(features, 1)
+    groups = len(few_spike.step_groups(timesteps))
+    counts = torch.empty((groups, *xc.shape), dtype=torch.float64)
+
+    def run(start: int, stop: int) -> int:
+        if radix == 3:
+            return lib.few_spike_ternary(_ptr(xc), _ptr(theta), features, start, stop, timesteps, steps,
+                                         _ptr(counts), xc.numel())
+        return lib.few_spike_binary(_ptr(xc), _ptr(theta), features, start, stop, steps, groups, _ptr(counts),
+                                    xc.numel())
+
+    total = sum(_parallel_rows(run, rows, grain=max(1, (1 << 15) // max(features, 1))))
+    return counts, int(total)
 
 
 # ---------------------------------------------------------------------------

@@ -64,6 +64,102 @@ int64_t signed_if_constant(const float* x, const float* theta, int64_t F, int64_
     return total;
 }
 
+/* The blocks of up to BLK neurons of rows [r0, r1) of a [rows, F] tensor: len neurons from
+   feature f0, flat index i0. */
+#define FOR_ROW_BLOCKS(F, r0, r1)                                                          \
+    for (int64_t r = (r0); r < (r1); ++r)                                                  \
+        for (int64_t f0 = 0, len = 0, i0 = 0;                                              \
+             f0 < (F) && (len = (F) - f0 < BLK ? (F) - f0 : BLK, i0 = r * (F) + f0, 1); f0 += BLK)
+
+/* Few-spike neurons, binary digits (few_spike.binary_code), rows [r0, r1) of x [rows, F]: a code of
+   S steps read in G groups of 8 steps. u = x / theta (one IEEE division);
+   n = min(floor((|u| + 2^-S) * 2^(S-1)), 2^S - 1) (float32, in this order); group g (steps
+   [8g, min(8g+8, S)), none when 8g >= S) gets sgn(u) * (its bits of n) * 2^(1 - stop) in float64
+   at counts[g*N + i] (N = rows*F, i = r*F + f). Returns the spikes, sum of popcount(n). */
+int64_t few_spike_binary(const float* x, const float* theta, int64_t F, int64_t r0, int64_t r1, int S, int G,
+                         double* counts, int64_t N) {
+    const float off = ldexpf(1.0f, -S), scale = ldexpf(1.0f, S - 1), top = (float)((1L << S) - 1);
+    double gscale[4];  /* S <= 24: at most 3 groups of the code, later ones silent */
+    for (int g = 0; g < G && g < 4; ++g) gscale[g] = ldexp(1.0, 1 - (8 * g + 8 < S ? 8 * g + 8 : S));
+    int64_t total = 0;
+    float sg[BLK], nf[BLK];
+    uint32_t n[BLK];
+    FOR_ROW_BLOCKS(F, r0, r1) {
+        for (int64_t i = 0; i < len; ++i) {
+            float u = x[i0 + i] / theta[f0 + i];
+            float v = floorf((fabsf(u) + off) * scale);
+            v = v > top ? top : v;
+            v = v >= 0.0f ? v : 0.0f;  /* NaN: no spikes */
+            nf[i] = v;
+            sg[i] = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);  /* torch.sign: +0 for -0 and NaN */
+        }
+        for (int64_t i = 0; i < len; ++i) n[i] = (uint32_t)(int32_t)nf[i];
+        int64_t acc = 0;
+        for (int64_t i = 0; i < len; ++i) acc += __builtin_popcount(n[i]);
+        total += acc;
+        for (int g = 0; g < G; ++g) {
+            double* out = counts + (int64_t)g * N + i0;
+            int start = 8 * g, stop = start + 8 < S ? start + 8 : S;
+            if (start >= S) {
+                for (int64_t i = 0; i < len; ++i) out[i] = 0.0;
+            } else if (S <= 8) {  /* one group holds the whole code: its bits are n */
+                for (int64_t i = 0; i < len; ++i) out[i] = (double)(sg[i] * nf[i]) * gscale[g];
+            } else {
+                int shift = S - stop;
+                uint32_t mask = (1u << (stop - start)) - 1u;
+                for (int64_t i = 0; i < len; ++i)
+                    out[i] = (double)(sg[i] * (float)((n[i] >> shift) & mask)) * gscale[g];
+            }
+        }
+    }
+    return total;
+}
+
+/* Few-spike neurons, balanced ternary (few_spike.ternary_code), rows [r0, r1) of x [rows, F]: a code
+   of S steps in a window of T steps read in groups of 8. m = fl32(fl32(x / theta) * 3^(S-1)); step k
+   (k < S): s = sgn(m) [|m| >= W_k / 2], m -= s * W_k, W_k = 3^(S-1-k) (float32, in this order);
+   group g's Horner count c = 3c + s over its steps, times 3^(stop - S) when the code ends inside it,
+   at counts[g*N + i] (float64, N = rows*F). Returns the spikes, sum |s|. */
+int64_t few_spike_ternary(const float* x, const float* theta, int64_t F, int64_t r0, int64_t r1, int T, int S,
+                          double* counts, int64_t N) {
+    float W[32], L[32];
+    float p = 1.0f;
+    for (int k = S - 1; k >= 0; --k) { W[k] = p; L[k] = p / 2.0f; p *= 3.0f; }
+    const float scale = W[0];
+    const int G = (T + 7) / 8;
+    int64_t total = 0;
+    float m[BLK], c[BLK], a[BLK];
+    FOR_ROW_BLOCKS(F, r0, r1) {
+        for (int64_t i = 0; i < len; ++i) {
+            float u = x[i0 + i] / theta[f0 + i];
+            m[i] = u * scale;
+            a[i] = 0.0f;
+        }
+        for (int g = 0; g < G; ++g) {
+            int start = 8 * g, stop = start + 8 < T ? start + 8 : T, end = stop < S ? stop : S;
+            double tail = 1.0;
+            for (int k = stop; k > end && end > start; --k) tail *= 3.0;
+            for (int64_t i = 0; i < len; ++i) c[i] = 0.0f;
+            for (int k = start; k < end; ++k) {
+                const float w = W[k], l = L[k];
+                for (int64_t i = 0; i < len; ++i) {
+                    float v = m[i];
+                    float s = fabsf(v) >= l ? (v > 0.0f ? 1.0f : -1.0f) : 0.0f;
+                    m[i] = v - s * w;
+                    c[i] = 3.0f * c[i] + s;
+                    a[i] += fabsf(s);
+                }
+            }
+            double* out = counts + (int64_t)g * N + i0;
+            for (int64_t i = 0; i < len; ++i) out[i] = (double)c[i] * tail;
+        }
+        int64_t acc = 0;  /* a[i] holds an exact integer (at most 15) */
+        for (int64_t i = 0; i < len; ++i) acc += (int64_t)a[i];
+        total += acc;
+    }
+    return total;
+}
+
 /* NIR IF: v += r*I; s = v > th; v = s ? reset : v. cur[t*ctstride + i] (ctstride 0: constant).
    r, th, reset: per-neuron arrays of length n. spikes[t*tstride + i] = s (0/1). Returns the spike total. */
 int64_t nir_if(const float* cur, int64_t ctstride, int64_t n, int T, const float* r, const float* th,
