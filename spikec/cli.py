@@ -197,7 +197,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     place = distributed.world(a.ranks)
     if place.rank > 0:  # a worker of the pipeline: its stage only, nothing printed or written
         return distributed.run_worker(a.dir, a.ranks, a.device)
-    compiled = load_compiled(a.dir, a.model)
+    compiled = load_compiled(a.dir, a.model, lazy=True)  # the weights stay in model.nir until simulated
     if a.backend == "lava":
         if place.size > 1:
             raise UsageError("--backend lava runs in one process", hint="leave --ranks out")
