@@ -85,12 +85,14 @@ def measure(name: str, case: dict[str, list[str]], work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="also the random SmolLM2-1.7B-shaped model (~10 min)")
+    parser.add_argument("--case", action="append", choices=list(CASES),
+                        help="run only this case (repeatable); the others keep their figures from the file")
     args = parser.parse_args()
-    names = list(CASES) if args.large else ["smollm2-135m"]
+    names = args.case or (list(CASES) if args.large else ["smollm2-135m"])
     with tempfile.TemporaryDirectory(prefix="spikec-memory-") as tmp:
         results = {name: measure(name, CASES[name], Path(tmp)) for name in names}
     previous = Path(__file__).resolve().parent / "results" / "memory.json"
-    if previous.is_file() and not args.large:  # keep the large run's figures from an earlier --large
+    if previous.is_file():  # keep the figures of the cases not run this time
         old = json.loads(previous.read_text()).get("cases", {})
         results = {**{k: v for k, v in old.items() if k not in results}, **results}
     write_results("memory", {"cases": results})
