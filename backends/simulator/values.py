@@ -40,7 +40,7 @@ class Value:
 
 class Context:
     """Per-simulator state: device, mode, the parameters converted to tensors by node name
-    (kept across runs) and, per run, the timesteps."""
+    (kept across runs until ``forget``) and, per run, the timesteps."""
 
     def __init__(self, device: torch.device, mode: str, sparse: str):
         self.device = device
