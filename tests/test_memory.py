@@ -14,8 +14,9 @@ import torch
 from canonical_models import gpt2_like, llama_like, token_ids
 from spikec.backends import nirio
 from spikec.backends.simulator import Simulator, simulate
+from spikec.backends.simulator.pipeline import node_cost
 from spikec.compiler import CompileOptions, compile_model
-from spikec.core.errors import NIRFormatError
+from spikec.core.errors import NIRFormatError, ResourceError
 from spikec.core.lazy import LazyArray, is_lazy
 from spikec.energy import measure_energy
 from spikec.core.passes import PassContext, run_passes
@@ -215,3 +216,22 @@ def test_a_lazy_read_still_checks_every_value(tiny_dir, everything_lazy, tmp_pat
     for lazy in (False, True):
         with pytest.raises(NIRFormatError, match="NaN or Inf"):
             nirio.read(copy, lazy=lazy)
+
+
+def test_a_lazy_read_asks_memory_for_the_small_arrays_and_one_node_only(tiny_dir, monkeypatch) -> None:
+    """The eager read wants memory for every array; the lazy one for the arrays under
+    ``LAZY_MIN_BYTES`` plus the largest node's (here the 6.4 MB embedding table)."""
+    eager = nirio.read(tiny_dir / "model.nir")
+    sizes = [sum(v.nbytes for v in vars(n).values() if isinstance(v, np.ndarray)) for n in eager.nodes.values()]
+    total = sum(sizes)
+    monkeypatch.setattr(nirio, "available_memory", lambda: total - max(sizes) // 2)
+    with pytest.raises(ResourceError, match="of memory is available"):
+        nirio.read(tiny_dir / "model.nir")
+    assert any(is_lazy(n) for n in nirio.read(tiny_dir / "model.nir", lazy=True).nodes.values())
+
+
+def test_pipeline_stages_weigh_a_lazy_graph_as_the_eager_one(tiny_dir) -> None:
+    """Ranks cut the graph by parameter counts; rank 0 may hold a lazy graph, the workers an eager one."""
+    eager = nirio.read(tiny_dir / "model.nir")
+    lazy = nirio.read(tiny_dir / "model.nir", lazy=True)
+    assert [node_cost(n) for n in lazy.nodes.values()] == [node_cost(n) for n in eager.nodes.values()]
