@@ -57,11 +57,6 @@ class LazyArray:
         return f"LazyArray(shape={self.shape}, dtype={self.dtype}, field={self.field!r})"
 
 
-def lazy_fields(node: Any) -> list[str]:
-    """Names of ``node``'s fields that are ``LazyArray``s (empty for an eagerly read node)."""
-    return [k for k, v in vars(node).items() if isinstance(v, LazyArray)]
-
-
 def is_lazy(node: Any) -> bool:
     """Whether ``node`` holds any field still in its file."""
     return any(isinstance(v, LazyArray) for v in vars(node).values())
