@@ -42,6 +42,7 @@ from nir.serialization import read_node
 
 from spikec.core.errors import InputError, NIRFormatError, ResourceError, UsageError
 from spikec.core.ir import EXTENSION_TYPES
+from spikec.core.lazy import LazyArray
 
 from .nir_checks import CORRUPT_HINT, check_edges, check_node
 
@@ -73,6 +74,8 @@ COMPRESSIONS = (None, "gzip", "lzf")
 MAX_BYTES_ENV = "SPIKEC_MAX_NIR_BYTES"
 DEFAULT_MAX_BYTES = 16 * 2**30
 MAX_DEPTH = 32  # nesting of HDF5 groups (a NIR graph uses 3 levels per subgraph)
+LAZY_MIN_BYTES = 2**20
+"""With ``read(..., lazy=True)``, array fields of at least this many bytes stay in the file."""
 
 
 def max_nir_bytes() -> int:
@@ -266,11 +269,35 @@ def _read_metadata_group(group: h5py.Group) -> dict[str, Any]:
     }
 
 
-class _Reader:
-    """Reads one file; ``file`` is only used to name it in error messages."""
+def _stamp(path: Path) -> tuple[int, ...]:
+    """What identifies the file's content without reading it: device, inode, size, mtime."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
-    def __init__(self, file: str):
+
+class _NodeSource:
+    """Reads one node of a lazily read file again, whole and checked (``spikec.core.lazy``);
+    a file changed since it was read is a ``NIRFormatError``."""
+
+    def __init__(self, path: Path, file: str, group: str, name: str, stamp: tuple[int, ...]):
+        self.path, self.file, self.group, self.name, self.stamp = path, file, group, name, stamp
+
+    def __call__(self) -> nir.NIRNode:
+        with _file_errors(self.file):
+            if _stamp(self.path) != self.stamp:
+                raise NIRFormatError(f"{self.file}: the file changed since it was read",
+                                     hint="run the command again on the new file")
+            with h5py.File(self.path, "r") as f:
+                return _Reader(self.file).node(f[self.group], self.name)
+
+
+class _Reader:
+    """Reads one file; ``file`` is only used to name it in error messages. With ``lazy`` (the
+    file's path and stamp), large array fields are left in the file (``LazyArray``)."""
+
+    def __init__(self, file: str, lazy: tuple[Path, tuple[int, ...]] | None = None):
         self.file = file
+        self.lazy = lazy
 
     def error(self, message: str, hint: str | None = None) -> NIRFormatError:
         return NIRFormatError(f"{self.file}: {message}", hint=hint)
@@ -296,13 +323,17 @@ class _Reader:
         root.id.links.visit(on_link, info=True)  # each group once, even through cycles
         if problems:
             raise problems[0]
-        objects, total = 0, 0
+        objects, total, small = 0, 0, 0
+        per_group: Counter[str] = Counter()
 
         def on_object(name: str, obj: Any) -> None:
-            nonlocal objects, total
+            nonlocal objects, total, small
             objects += 1
             if isinstance(obj, h5py.Dataset) and obj.shape is not None:
-                total += math.prod(obj.shape) * obj.dtype.itemsize
+                size = math.prod(obj.shape) * obj.dtype.itemsize
+                total += size
+                small += size if size < LAZY_MIN_BYTES else 0
+                per_group[name.rpartition("/")[0]] += size
 
         root.visititems(on_object)  # each object once
         if hard_links != objects:
@@ -312,9 +343,12 @@ class _Reader:
         if total > limit:
             raise self.error(f"the file declares {_gib(total)} of arrays, more than the limit of {_gib(limit)}",
                              hint=f"if the file is genuine, raise the limit with {MAX_BYTES_ENV}=BYTES")
+        # read lazily, memory holds the small arrays and one node's at a time
+        needed = total if self.lazy is None else small + max(per_group.values(), default=0)
         available = available_memory()
-        if available is not None and total > available:
-            raise ResourceError(f"{self.file}: the file declares {_gib(total)} of arrays but only "
+        if available is not None and needed > available:
+            held = "" if self.lazy is None else " to hold at once"
+            raise ResourceError(f"{self.file}: the file declares {_gib(needed)} of arrays{held} but only "
                                 f"{_gib(available)} of memory is available", hint="free memory or use a larger machine")
         return total
 
@@ -403,7 +437,19 @@ class _Reader:
             raise self.error(f"node {name!r} has unknown type {kind!r}",
                              hint=f"known types: {', '.join(known_types())}")
         check_node(node, name, kind, self.error)
+        if self.lazy is not None:
+            self.leave_in_file(node, group, name)
         return node
+
+    def leave_in_file(self, node: nir.NIRNode, group: h5py.Group, name: str) -> None:
+        """Replace ``node``'s large array fields (checked already) by ``LazyArray``s that read
+        the node again from the file."""
+        assert self.lazy is not None
+        source = _NodeSource(self.lazy[0], self.file, group.name, name, self.lazy[1])
+        for field in dataclasses.fields(node):
+            value = getattr(node, field.name, None)
+            if isinstance(value, np.ndarray) and value.nbytes >= LAZY_MIN_BYTES:
+                setattr(node, field.name, LazyArray(tuple(value.shape), value.dtype, source, field.name))
 
     def extension(self, group: h5py.Group, name: str, kind: str) -> nir.NIRNode:
         cls = EXTENSION_TYPES[kind]
@@ -424,8 +470,14 @@ class _Reader:
                              hint=CORRUPT_HINT) from e
 
 
-def read(path: str | os.PathLike) -> nir.NIRGraph:
+def read(path: str | os.PathLike, lazy: bool = False) -> nir.NIRGraph:
     """Read a NIR file written by any NIR tool or by ``write``.
+
+    lazy: leave every array field of at least ``LAZY_MIN_BYTES`` in the file (a
+    ``spikec.core.lazy.LazyArray``: shape and dtype; the simulator reads each node when it
+    runs it). Each node is still read whole once and checked as below, one at a time, and the
+    memory check asks only for the small arrays plus the largest node. A node read again finds
+    the file unchanged (device, inode, size, mtime) or raises ``NIRFormatError``.
 
     Returns a ``NIRGraph`` built with ``type_check=False`` (extension nodes carry only
     feature counts, not full shapes). Raises ``NIRFormatError`` for a missing or
@@ -443,19 +495,25 @@ def read(path: str | os.PathLike) -> nir.NIRGraph:
         raise NIRFormatError(f"{file}: is a directory, not a NIR file", hint="pass the .nir file inside it")
     if not path.is_file():  # a FIFO or device would block or never end
         raise NIRFormatError(f"{file}: not a regular file", hint="pass a NIR file written by `spikec compile`")
-    reader = _Reader(file)
+    reader = _Reader(file, (path, _stamp(path)) if lazy else None)
+    with _file_errors(file), h5py.File(path, "r") as f:
+        if "node" not in f:
+            raise reader.error("no 'node' group: not a NIR file", hint="pass a file written by nir.write")
+        root = f["node"]
+        if not isinstance(root, h5py.Group):
+            raise reader.error("'node' is not a group: not a NIR file", hint="pass a file written by nir.write")
+        reader.survey(f)
+        kind = reader.node_type(root, "<root>")
+        if kind != "NIRGraph":
+            raise reader.error(f"the root node is a {kind}, not a NIRGraph", hint="spikec reads whole graphs")
+        return reader.graph(root, "<root>")
+
+
+@contextlib.contextmanager
+def _file_errors(file: str) -> Iterator[None]:
+    """h5py's and numpy's errors on a damaged file as one-line ``NIRFormatError``s naming ``file``."""
     try:
-        with h5py.File(path, "r") as f:
-            if "node" not in f:
-                raise reader.error("no 'node' group: not a NIR file", hint="pass a file written by nir.write")
-            root = f["node"]
-            if not isinstance(root, h5py.Group):
-                raise reader.error("'node' is not a group: not a NIR file", hint="pass a file written by nir.write")
-            reader.survey(f)
-            kind = reader.node_type(root, "<root>")
-            if kind != "NIRGraph":
-                raise reader.error(f"the root node is a {kind}, not a NIRGraph", hint="spikec reads whole graphs")
-            return reader.graph(root, "<root>")
+        yield
     except (NIRFormatError, ResourceError):
         raise
     except OSError as e:  # h5py: not HDF5, truncated, unreadable

@@ -117,7 +117,7 @@ def compile(
 
 
 def load(directory: str | Path, *, reference: str | None = None, names: dict[str, str] | None = None,
-         tokenizer_from_reference: bool = True) -> SpikingModel:
+         tokenizer_from_reference: bool = True, lazy: bool = False) -> SpikingModel:
     """Read a compile output directory (``spikec compile ... -o DIR`` or ``SpikingModel.save``).
 
     reference: the original model to compare with in ``evaluate``/``generate`` (a name or a
@@ -127,8 +127,9 @@ def load(directory: str | Path, *, reference: str | None = None, names: dict[str
     ``{argument: shown name}`` (the ``spikec`` commands pass their flags, e.g. ``{"reference": "--model"}``).
     tokenizer_from_reference: a directory without ``tokenizer/`` takes the reference model's
     tokenizer (which loads that model); False makes it an ``InputError`` (``spikec energy`` and
-    ``spikec report``, which need no reference ANN)."""
+    ``spikec report``, which need no reference ANN). lazy: the network's large arrays stay in
+    ``model.nir`` until the simulator runs their node (docs/memory.md): less memory, a second read."""
     from spikec.evaluate import load_compiled
 
     flag = (names or {}).get("reference", "reference")
-    return SpikingModel(load_compiled(directory, reference, flag, tokenizer_from_reference), names=names)
+    return SpikingModel(load_compiled(directory, reference, flag, tokenizer_from_reference, lazy), names=names)

@@ -195,7 +195,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     place = distributed.world(a.ranks)
     if place.rank > 0:  # a worker of the pipeline: its stage only, nothing printed or written
         return distributed.run_worker(a.dir, a.ranks, a.device)
-    snn = _load(a.dir, a.model)
+    snn = _load(a.dir, a.model, lazy=True)  # the weights stay in model.nir until simulated
     if a.backend == "lava":
         if place.size > 1:
             raise UsageError("--backend lava runs in one process", hint="leave --ranks out")
@@ -263,11 +263,12 @@ CLI_NAMES = {"reference": "--model", "timesteps": "-T", "tokens": "--tokens", "s
 (spelled out: importing ``spikec.evaluate.RUN_FLAGS`` here would load torch before parsing)."""
 
 
-def _load(directory: str, reference: str | None = None, tokenizer_from_reference: bool = True):
+def _load(directory: str, reference: str | None = None, tokenizer_from_reference: bool = True, lazy: bool = False):
     """``spikec.load(DIR)``, ``reference`` (eval's and run's ``--model``) the reference ANN, errors naming the CLI's flags."""
     import spikec
 
-    return spikec.load(directory, reference=reference, names=CLI_NAMES, tokenizer_from_reference=tokenizer_from_reference)
+    return spikec.load(directory, reference=reference, names=CLI_NAMES, tokenizer_from_reference=tokenizer_from_reference,
+                       lazy=lazy)
 
 
 def _cmd_passes(a: argparse.Namespace) -> int:
@@ -334,7 +335,7 @@ def _cmd_energy(a: argparse.Namespace) -> int:
         text = "\n".join([format_estimate(est, per_op=a.per_op), "", *format_fit(est["loihi_fit"])])
         print(json.dumps(est, indent=2) if a.json else text, flush=True)
 
-    _load(a.dir, tokenizer_from_reference=False).energy(a.text, a.tokens, a.seq_len, a.timesteps, model=model,
+    _load(a.dir, tokenizer_from_reference=False, lazy=True).energy(a.text, a.tokens, a.seq_len, a.timesteps, model=model,
                                                         progress=not a.json, show=show)
     if not a.json:
         print(f"(wrote {a.dir}/energy.json; 'spikec report {a.dir}' adds it to report.html)")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from spikec.backends.simulator import Simulator, resolve_device
+from spikec.core.lazy import graph_is_lazy
 from spikec.core.errors import InputError, UsageError
 from spikec.core.ir import SpikecAttention
 from spikec.text import HELDOUT_TEXT, read_text
@@ -129,7 +130,8 @@ def evaluate_encoder(compiled: Any, text_path: str | None = None, tokens: int = 
     dev = resolve_device(device)
     model = compiled.loaded.model.to(dev)
     ann = torch.cat([model(input_ids=ids.to(dev)).last_hidden_state.float().mean(1).cpu() for ids in sentences])
-    sim = simulator if simulator is not None else Simulator(compiled.graph, device=dev)
+    sim = simulator if simulator is not None else Simulator(
+        compiled.graph, device=dev, keep_parameters=not graph_is_lazy(compiled.graph))
     results = []
     for t in timesteps:
         start = time.perf_counter()

@@ -65,11 +65,13 @@ def measure_operations(
     """Simulate ``graph`` on every sequence of ``ids`` ``[sequences, positions]`` at ``timesteps``
     and count operations. Returns the counts and the combined result; with ``record_first``
     the first sequence's spike trains are kept in its ``spikes`` (for rasters), only their first
-    ``record_positions`` positions when given."""
+    ``record_positions`` positions when given. Each sequence runs in a new simulator that keeps
+    no node's parameters after the node ran (``keep_parameters=False``: the same counts; with a
+    lazily read graph, one node's arrays are resident at a time)."""
     results, first_spikes = [], {}
     for i in tqdm(range(ids.shape[0]), desc=f"simulating T={timesteps}", disable=not progress, leave=False):
         r = simulate(graph, ids[i : i + 1], timesteps, record=record_first and i == 0,
-                     record_positions=record_positions)
+                     record_positions=record_positions, keep_parameters=False)
         if i == 0:
             first_spikes = r.spikes
         results.append(SimResult(outputs={}, spike_counts=r.spike_counts, firing_rates=r.firing_rates,
@@ -85,8 +87,9 @@ def measure_energy(
 ) -> tuple[Path, dict[str, Any], OperationCounts]:
     """Operation counts of a compiled network on ``tokens`` tokens of held-out text (default:
     the embedded docstrings) and their energy under ``model`` (default ``45nm``): the directory,
-    the estimate (with ``text`` and ``seconds`` added) and the counts. Writes nothing."""
-    p, report, graph = read_compiled(directory)
+    the estimate (with ``text`` and ``seconds`` added) and the counts. Writes nothing. The
+    graph's large arrays stay in model.nir until their node runs (``read_compiled(..., lazy=True)``)."""
+    p, report, graph = read_compiled(directory, lazy=True)
     t = int(report["timesteps"] if timesteps is None else timesteps)
     if t < 1:
         raise UsageError(f"-T must be at least 1, got {t}")

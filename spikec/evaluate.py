@@ -19,6 +19,7 @@ from tqdm import tqdm
 from spikec.backends.simulator import Simulator, resolve_device
 from spikec.compiled_checks import check_positions, check_vocabulary
 from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError
+from spikec.core.lazy import graph_is_lazy
 from spikec.encoder_eval import evaluate_encoder, is_encoder
 from spikec.frontend.model_objects import describe_spec, loaded_from_directory
 from spikec.frontend.models import LoadedModel, load_from_spec, load_model
@@ -75,10 +76,12 @@ class Compiled:
 
 
 def load_compiled(path: str | Path, reference: str | None = None, reference_flag: str = "--model",
-                  tokenizer_from_reference: bool = True) -> Compiled:
+                  tokenizer_from_reference: bool = True, lazy: bool = False) -> Compiled:
     """Read ``path`` (a ``spikec compile`` output directory) and check it against its tokenizer.
-    The reference ANN (``reference``, or the source model in report.json) loads on first use."""
-    p, report, graph = read_compiled(path)
+    The reference ANN (``reference``, or the source model in report.json) loads on first use.
+    ``lazy``: the graph's large arrays stay in model.nir until the simulator runs their node
+    (``nirio.read(path, lazy=True)``), so that they and the reference ANN are not resident together."""
+    p, report, graph = read_compiled(path, lazy)
     compiled = Compiled(p, report, graph, reference, reference_flag, tokenizer_from_reference)
     check_vocabulary(graph, compiled.tokenizer, str(p / "model.nir"))
     return compiled
@@ -166,7 +169,9 @@ def evaluate(
     seconds (simulator). A sentence encoder (``is_encoder``) is evaluated on sentence embeddings
     instead (``spikec.encoder_eval.evaluate_encoder``; ``seq_len`` does not apply).
     simulator: what runs the graph, an object with ``Simulator.run_many`` (e.g.
-    rank 0 of a pipeline, ``spikec.distributed``); default a ``Simulator`` on ``device``."""
+    rank 0 of a pipeline, ``spikec.distributed``); default a ``Simulator`` on ``device``, which
+    for a lazily read graph (``load_compiled(..., lazy=True)``) reads each node's arrays from the
+    file when it runs and frees them after (``keep_parameters=False``): one node's weights resident."""
     if is_encoder(compiled.graph):
         return evaluate_encoder(compiled, text_path, tokens, timesteps, progress=progress, device=device,
                                 simulator=simulator)
@@ -180,7 +185,8 @@ def evaluate(
     ann = compiled.loaded.model.to(dev)(input_ids=ids.to(dev), use_cache=False).logits.float().cpu()
     if not keep_model:
         compiled.release_model()
-    sim = simulator if simulator is not None else Simulator(compiled.graph, device=dev)
+    sim = simulator if simulator is not None else Simulator(
+        compiled.graph, device=dev, keep_parameters=not graph_is_lazy(compiled.graph))
     results = []
     for t in timesteps:
         start = time.perf_counter()

@@ -288,9 +288,10 @@ def load_tokenizer(directory: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def read_compiled(directory: str | Path) -> "tuple[Path, dict[str, Any], nir.NIRGraph]":
+def read_compiled(directory: str | Path, lazy: bool = False) -> "tuple[Path, dict[str, Any], nir.NIRGraph]":
     """The directory, the report.json and the NIR graph of a compile output directory;
-    ``InputError`` when it is not one."""
+    ``InputError`` when it is not one. ``lazy``: large arrays stay in the file
+    (``nirio.read(path, lazy=True)``)."""
     from spikec.backends import nirio
     from spikec.compiled_checks import check_compiled
 
@@ -299,6 +300,6 @@ def read_compiled(directory: str | Path) -> "tuple[Path, dict[str, Any], nir.NIR
         raise InputError(f"{str(p)!r} is not a spikec compile output (needs report.json and model.nir)",
                          hint="run 'spikec compile MODEL -o DIR' first")
     report = check_compile_report(read_json(p / "report.json"), str(p / "report.json"))
-    graph = nirio.read(p / "model.nir")
+    graph = nirio.read(p / "model.nir", lazy=lazy)
     check_compiled(p, report, graph)  # report.json describes this model.nir; widths agree
     return p, report, graph

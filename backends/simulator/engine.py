@@ -19,6 +19,7 @@ from spikec.core import ir
 from spikec.core.errors import InputError, NIRFormatError, UnsupportedError, UsageError
 from spikec.core.graph import topology
 from spikec.core.ir import is_spiking
+from spikec.core.lazy import is_lazy, loaded
 
 from . import few_spike, rate, ssa, standard, streaming
 from .values import Context, Kernel, Value
@@ -192,10 +193,15 @@ class Simulator:
     only where the event sum provably equals the dense product bit for bit; ``"never"``;
     ``"inexact"`` (opt-in: below the crossover density even where float sums in the event
     order differ from the dense product's in the last bits, which can flip spikes).
+    keep_parameters: keep each node's parameters (as tensors on ``device``) and, for a graph
+    read with ``nirio.read(path, lazy=True)``, its arrays once read, for the next runs (the
+    default: about the memory of the weights); False forgets them once the node has run, so
+    that with a lazy graph memory holds one node's arrays at a time (each run reads the file
+    again). The same values either way.
     """
 
     def __init__(self, graph: nir.NIRGraph, *, device: str | torch.device | None = None, mode: str = "fast",
-                 sparse: str = "auto"):
+                 sparse: str = "auto", keep_parameters: bool = True):
         if mode not in MODES:
             raise UsageError(f"unknown simulator mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
         if sparse not in SPARSE_POLICIES:
@@ -208,6 +214,8 @@ class Simulator:
         self.fused = {n: FUSED_READOUTS[type(graph.nodes[self.succs[n][0]])] for n in self.order
                       if _fused_readout(n, graph.nodes[n], graph, self.preds, self.succs)}
         self.ctx = Context(resolve_device(device), mode, sparse)
+        self.keep_parameters = keep_parameters
+        self.loaded: dict[str, nir.NIRNode] = {}  # lazy nodes read whole, kept with keep_parameters
         if self.ctx.fast:
             self.ctx.count_only = {n for n in self.order
                                    if _count_only(n, graph, self.fused, self.preds, self.succs)}
@@ -227,6 +235,18 @@ class Simulator:
         storage = x.data.untyped_storage().data_ptr()
         others = [v.data for k, v in values.items() if k != p] + held
         return not any(t.untyped_storage().data_ptr() == storage for t in others)
+
+    def node(self, name: str) -> nir.NIRNode:
+        """Node ``name`` with its arrays (read from the file when the graph is lazy)."""
+        node = self.graph.nodes[name]
+        if not is_lazy(node):
+            return node
+        if name in self.loaded:
+            return self.loaded[name]
+        node = loaded(node)
+        if self.keep_parameters:
+            self.loaded[name] = node
+        return node
 
     @torch.no_grad()
     def run(
@@ -298,14 +318,14 @@ class Simulator:
         recorded, operations = result.spikes, result.operations
 
         for name in tqdm(order, desc="simulate", unit="node", file=sys.stderr, disable=not progress):
-            node = graph.nodes[name]
+            node = self.node(name)
             if not isinstance(node, nir.Input):
                 if not preds[name]:
                     raise NIRFormatError(f"node {name!r} ({type(node).__name__}) has no incoming edge",
                                          hint="connect it or remove it")
                 x = _fan_in([values[p] for p in preds[name]])
                 if x.series and name in self.fused:
-                    values[name] = self.fused[name](ctx, name, node, x, graph.nodes[self.succs[name][0]])
+                    values[name] = self.fused[name](ctx, name, node, x, self.node(self.succs[name][0]))
                 else:
                     if x.count:  # only readout affines take counts (see _count_only)
                         raise AssertionError(f"spike counts reached {name!r}, which is not a readout affine")
@@ -339,6 +359,9 @@ class Simulator:
                 outputs[name] = value.dense()
             if remaining[name] == 0 and not isinstance(node, nir.Output):
                 del values[name]
+            if not self.keep_parameters:
+                ctx.forget(name)
+            del node
 
 
 def _kept(train: torch.Tensor, positions: int | None) -> torch.Tensor:
@@ -362,6 +385,7 @@ def simulate(
     mode: str = "fast",
     sparse: str = "auto",
     record_positions: int | None = None,
+    keep_parameters: bool = True,
 ) -> SimResult:
     """Run ``graph`` for ``timesteps`` steps (see the module docstring for semantics).
 
@@ -371,11 +395,11 @@ def simulate(
     record_positions: with ``record``, keep only each train's first positions (axis 2 of
     ``[T, batch, positions, ...]``): what a raster plot needs, without the memory of them all.
     progress: show a progress bar over nodes on stderr.
-    device, mode, sparse: see :class:`Simulator` (outputs stay on ``device``).
+    device, mode, sparse, keep_parameters: see :class:`Simulator` (outputs stay on ``device``).
     To run one graph many times, build a ``Simulator`` once and call its ``run``.
     """
     if int(timesteps) < 1:
         raise UsageError(f"timesteps must be at least 1, got {timesteps}")
-    return Simulator(graph, device=device, mode=mode, sparse=sparse).run(
+    return Simulator(graph, device=device, mode=mode, sparse=sparse, keep_parameters=keep_parameters).run(
         inputs, timesteps, record=record, progress=progress, inputs_are_series=inputs_are_series,
         record_positions=record_positions)

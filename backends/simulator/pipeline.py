@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from spikec.core.errors import ResourceError, UsageError
+from spikec.core.lazy import array_size
 
 from .engine import SimResult, Simulator
 from .streaming import Spikes, Stream
@@ -50,7 +51,7 @@ class Stage:
 
 def node_cost(node: Any) -> int:
     """A node's share of the work: its parameters (elements of its array fields) plus one."""
-    return 1 + sum(v.size for v in vars(node).values() if isinstance(v, np.ndarray))
+    return 1 + sum(array_size(v) or 0 for v in vars(node).values())  # lazy arrays too
 
 
 def crossing(sim: Simulator, cut: int) -> list[str]:

@@ -40,7 +40,7 @@ class Value:
 
 class Context:
     """Per-simulator state: device, mode, the parameters converted to tensors by node name
-    (kept across runs) and, per run, the timesteps."""
+    (kept across runs until ``forget``) and, per run, the timesteps."""
 
     def __init__(self, device: torch.device, mode: str, sparse: str):
         self.device = device
@@ -62,6 +62,12 @@ class Context:
                 array = array.copy()
             self._params[key] = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         return self._params[key]
+
+    def forget(self, name: str) -> None:
+        """Drop node ``name``'s converted parameters (``param``, ``packed``): the next use converts
+        them again. The exactness limits (integers) are kept."""
+        for key in [k for k in self._params if k[0] == name]:
+            del self._params[key]
 
     def packed(self, name: str, node: nir.NIRNode) -> torch.Tensor:
         """The Affine/Linear weight in ``native_loops.event_matmul``'s layout (packed once)."""

@@ -188,8 +188,8 @@ def fit_graph(graph: nir.NIRGraph, positions: int | None = None, weight_bits: in
         if isinstance(node, ir.SpikecSignedIF):
             fit.layers.append(neuron_layer(name, int(node.threshold.shape[0]), p))
         elif isinstance(node, (nir.Affine, nir.Linear)):
-            w = np.asarray(node.weight)
-            fit.layers.append(synaptic_layer(name, int(w.shape[0]), int(w.shape[-1]), p, weight_bits))
+            shape = np.shape(node.weight)  # not its values: a lazily read weight stays in its file
+            fit.layers.append(synaptic_layer(name, int(shape[0]), int(shape[-1]), p, weight_bits))
         elif isinstance(node, ir.SpikecNode) and node.kind == "real":
             fit.off_core.append(name)
     return fit

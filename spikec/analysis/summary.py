@@ -10,16 +10,17 @@ import nir
 import numpy as np
 
 from spikec.core.ir import is_extension
+from spikec.core.lazy import LazyArray
 
 _NOT_PARAMETERS = ("input_type", "output_type", "metadata")
 
 
-def _arrays(node: nir.NIRNode) -> dict[str, np.ndarray]:
-    """Array-valued fields of a node (its parameters), by field name."""
+def _arrays(node: nir.NIRNode) -> dict[str, np.ndarray | LazyArray]:
+    """Array-valued fields of a node (its parameters, also those left in the file), by field name."""
     out = {}
     for f in dataclasses.fields(node):
         value = getattr(node, f.name, None)
-        if f.name not in _NOT_PARAMETERS and isinstance(value, np.ndarray):
+        if f.name not in _NOT_PARAMETERS and isinstance(value, (np.ndarray, LazyArray)):
             out[f.name] = value
     return out
 
