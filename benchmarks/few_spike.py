@@ -125,6 +125,8 @@ def main() -> None:
             compile_model(CompileOptions(model=MODEL, output=dirs[name], timesteps=t, coding=coding, budget=budget))
             row = {"coding": coding, "timesteps": t, "budget": budget, "compile_seconds": time.perf_counter() - start}
             row.update(accuracy_and_energy(dirs[name], a.tokens))
+            if budget:
+                row["budget_choice"] = load_compiled(dirs[name]).report.get("budget")
             out["settings"][name] = row
             acc, e = row["accuracy"], row["energy"]
             print(f"{name:10} ppl ratio {acc['ppl_ratio']:.4f}  top-1 {acc['top1_agreement']:.3f}  "
