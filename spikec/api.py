@@ -73,7 +73,7 @@ def compile(
     options of ``spikec compile``. dtype: ``float32`` (default) or ``bfloat16``, the named model's
     parameters while it is loaded and captured (half the memory; the network is then built in
     float32 on the bfloat16-rounded weights, and ``evaluate`` loads the reference ANN in bfloat16);
-    a model object is used in its own dtype. quiet: no status lines on stderr.
+    a model object is refused with ``bfloat16``. quiet: no status lines on stderr.
     names: how error messages name the options, ``{argument: shown name}`` over the argument
     names (the ``spikec compile`` command passes its flags, ``spikec.compiler.CLI_FLAGS``).
 
@@ -92,6 +92,9 @@ def compile(
     check_range(n["seq_len"], seq_len, 2, 8192)
     loaded = None
     if isinstance(model, torch.nn.Module):
+        if dtype != "float32":
+            raise UsageError(f"{n['dtype']}: only for a named model; a model object is captured in float32",
+                             hint="compile it by name or directory to load it in bfloat16")
         loaded = loaded_from_object(model, tokenizer)
         name = loaded.name
     elif isinstance(model, (str, Path)):

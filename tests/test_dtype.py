@@ -77,3 +77,11 @@ def test_an_unknown_dtype_is_refused_in_one_line(tmp_path: Path, capsys) -> None
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["spikec: error: --dtype 'int8' is not a weight dtype spikec loads; choose one of float32, bfloat16"]
     assert not (tmp_path / "x").exists()
+
+
+def test_bfloat16_is_for_named_models_only() -> None:
+    import spikec
+
+    model = load_model("gpt2", random_weights=True, config_overrides=TINY["gpt2"]).model
+    with pytest.raises(UsageError, match="dtype: only for a named model"):
+        spikec.compile(model, dtype="bfloat16")
