@@ -40,8 +40,10 @@ AFFINE_ROLES = ("qkv", "attn_out", "mlp_in", "mlp_out", "lm_head")
 # Largest accepted |canonical - model| logits difference, relative to max(1, max |logits|).
 CHECK_TOLERANCE = 1e-3
 # The same for a model whose parameters are bfloat16 (8 significant bits: both sides round each
-# op's result to 2^-8 relative, in a different order; a tiny random GPT-2 differs by 0.006).
-BF16_CHECK_TOLERANCE = 3e-2
+# op's result to 2^-8 relative, in a different order, and the error grows with depth: a tiny
+# random GPT-2 differs by 0.006, SmolLM2-135M's 30 layers by 0.036 of its logits' scale 33). A
+# wrong graph differs by about the scale itself.
+BF16_CHECK_TOLERANCE = 0.1
 
 
 def canonicalize(gm: fx.GraphModule, loaded: LoadedModel, share_weights: bool = False) -> fx.GraphModule:
