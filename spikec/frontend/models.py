@@ -207,11 +207,10 @@ def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] |
         if random_weights:
             model = _random_model(builtin_config(key, overrides), seed, canonical)
             return as_loaded(model, canonical, spec, smollm2_tokenizer, dtype)
-        cached = _load_smollm2_model(str(smollm2_gguf_path()))
-        # the copy's parameters made in ``dtype`` straight from the cached ones (no float32 copy)
-        memo = {id(p): torch.nn.Parameter(p.detach().to(dtype, copy=True), requires_grad=p.requires_grad)
-                for p in cached.parameters()} if dtype != torch.float32 else {}
-        model = copy.deepcopy(cached, memo)
+        if dtype == torch.float32:
+            model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
+        else:  # not kept in the process cache, so that no float32 copy stays beside it
+            model = _load_smollm2_model.__wrapped__(str(smollm2_gguf_path()))
         return as_loaded(model, canonical, spec, smollm2_tokenizer, dtype)
 
     if key == MINILM:
