@@ -20,7 +20,7 @@ from spikec.core.errors import UsageError
 from spikec.spiking_model import SpikingModel, check_range
 
 ARGUMENT_NAMES = {"timesteps": "timesteps", "calib_samples": "calib_samples", "seq_len": "seq_len", "options": "options:",
-                  "budget": "budget", "coding": "coding"}
+                  "budget": "budget", "coding": "coding", "dtype": "dtype"}
 """How compile errors name the options: by their Python argument names."""
 
 
@@ -47,6 +47,7 @@ def compile(
     plugins: list[str] | None = None,
     seed: int = 0,
     device: str = "cpu",
+    dtype: str = "float32",
     force: bool = False,
     quiet: bool = True,
     names: dict[str, str] | None = None,
@@ -69,7 +70,10 @@ def compile(
     preset, attention, token_encoding, calibrate, passes, options (pass options such as
     ``{"burst_spikes": 8}``), plugins (files of passes), random_weights and config (field
     overrides, with random weights), seed, target (``nir``, ``sim``, ``lava``), device: as the
-    options of ``spikec compile``. quiet: no status lines on stderr.
+    options of ``spikec compile``. dtype: ``float32`` (default) or ``bfloat16``, the named model's
+    parameters while it is loaded and captured (half the memory; the network is then built in
+    float32 on the bfloat16-rounded weights, and ``evaluate`` loads the reference ANN in bfloat16);
+    a model object is refused with ``bfloat16``. quiet: no status lines on stderr.
     names: how error messages name the options, ``{argument: shown name}`` over the argument
     names (the ``spikec compile`` command passes its flags, ``spikec.compiler.CLI_FLAGS``).
 
@@ -88,6 +92,9 @@ def compile(
     check_range(n["seq_len"], seq_len, 2, 8192)
     loaded = None
     if isinstance(model, torch.nn.Module):
+        if dtype != "float32":
+            raise UsageError(f"{n['dtype']}: only for a named model; a model object is captured in float32",
+                             hint="compile it by name or directory to load it in bfloat16")
         loaded = loaded_from_object(model, tokenizer)
         name = loaded.name
     elif isinstance(model, (str, Path)):
@@ -103,7 +110,7 @@ def compile(
         calib_samples=calib_samples, seq_len=seq_len, passes=list(passes or ["default"]), plugins=list(plugins or []),
         random_weights=random_weights, config_overrides={str(k): str(v) for k, v in (config or {}).items()},
         seed=seed, force=force, options=dict(options or {}), preset=preset, device=device, attention=attention,
-        token_encoding=token_encoding, calibrate=calibrate, coding=coding, budget=budget,
+        token_encoding=token_encoding, calibrate=calibrate, coding=coding, budget=budget, dtype=dtype,
     )
     console = Console(stderr=True, quiet=quiet)
     try:

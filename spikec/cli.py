@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=seed_arg, default=0, help="seed of random weights and calibration sampling (default 0)")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     c.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where calibration runs")
+    c.add_argument("--dtype", default="float32", metavar="DTYPE",
+                   help="float32 (default) or bfloat16: the source model's weights while loading and capturing "
+                        "(half the memory; the network is built in float32 on the rounded weights, and eval's "
+                        "reference ANN runs in bfloat16; docs/memory.md)")
 
     e = sub.add_parser("eval", help="compare the original model and its spiking network on held-out text")
     e.add_argument("dir", help=DIR_HELP)
@@ -177,7 +181,7 @@ def _cmd_compile(a: argparse.Namespace) -> int:
         plugins=a.plugin, random_weights=a.random_weights, config=a.config, seed=a.seed, force=a.force,
         options=pass_options(a.option), device=a.device, preset=a.preset,
         attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate, coding=a.coding,
-        budget=a.budget, quiet=False, names=CLI_FLAGS,
+        budget=a.budget, dtype=a.dtype, quiet=False, names=CLI_FLAGS,
     )
     report = snn.compile_report
     check = report["simulator_check"]

@@ -35,7 +35,7 @@ from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
-from spikec.frontend.models import LoadedModel, load_model
+from spikec.frontend.models import LoadedModel, check_dtype, load_model
 from spikec.frontend.weight_cache import REFERENCE_DIR, save_weights
 from spikec.lower import lower_to_nir
 from spikec.outputs import atomic_directory
@@ -46,7 +46,7 @@ from spikec.verify import compare_fx_and_simulator
 
 TARGETS = ("nir", "sim", "lava")
 CLI_FLAGS = {"timesteps": "-T", "calib_samples": "--calib-samples", "seq_len": "--seq-len", "options": "--option",
-             "budget": "--budget", "coding": "--coding"}
+             "budget": "--budget", "coding": "--coding", "dtype": "--dtype"}
 """How ``CompileOptions.validate`` names the options it checks, by default."""
 
 
@@ -75,6 +75,7 @@ class CompileOptions:
     calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
     coding: str = "rate"  # rate | binary | ternary (spikec.passes.pipelines.CODINGS)
     budget: float | None = None  # few-spike coding: per-layer steps within this calibration ppl ratio (spikec.budget)
+    dtype: str = "float32"  # the source model's parameters while loading and capturing (spikec.frontend.models.DTYPES)
 
     def validate(self, names: dict[str, str] | None = None) -> None:
         """Raise ``UsageError`` for a value out of range, naming the option as ``names`` maps it
@@ -91,6 +92,7 @@ class CompileOptions:
         if not 2 <= self.seq_len <= 8192:
             raise UsageError(f"{n['seq_len']} must be between 2 and 8192, got {self.seq_len}")
         resolve_device(self.device)
+        check_dtype(self.dtype, n["dtype"])
         if self.budget is not None and (self.coding not in FEW_SPIKE_CODINGS or not self.budget >= 1.0):
             raise UsageError(f"{n['budget']} takes a perplexity ratio >= 1 with {n['coding']} binary or ternary, got "
                              f"{self.budget} with {n['coding']} {self.coding}")
@@ -205,7 +207,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             with status(console, f"loading {opts.model}"):
                 loaded = load_model(
                     opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
-                    seed=opts.seed,
+                    seed=opts.seed, dtype=opts.dtype,
                 )
         else:
             save_weights(loaded.model, tmp / REFERENCE_DIR)
@@ -221,6 +223,9 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             # what gm does not share of the model would otherwise stay resident (docs/memory.md)
             loaded = dataclasses.replace(loaded, model=None)
             gc.collect()  # the captured module's wrapper holds the model in a reference cycle
+        # passes, calibration, NIR and the simulator check run in float32 (exact, on a bfloat16
+        # model's rounded weights); ``float()`` converts one parameter at a time
+        gm = gm.float()
         t0 = step_done("capture", t0)
         ctx = PassContext(
             options={"timesteps": opts.timesteps, **builtin_passes.PRESETS[opts.preset], **mode_options, **opts.options},

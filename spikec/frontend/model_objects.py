@@ -17,7 +17,14 @@ from .models import SMOLLM2, SMOLLM2_CONFIG, LoadedModel, as_loaded, gpt2_tokeni
 
 
 def describe_spec(spec: dict[str, Any]) -> str:
-    """Where the model of a ``LoadedModel.spec`` comes from, in words."""
+    """Where the model of a ``LoadedModel.spec`` comes from, in words (and its weights' dtype
+    when not float32: its logits are then that dtype's arithmetic)."""
+    where = _describe_source(spec)
+    dtype = spec.get("dtype", "float32")
+    return where if dtype == "float32" else f"{where}, {dtype} weights and arithmetic"
+
+
+def _describe_source(spec: dict[str, Any]) -> str:
     name = str(spec.get("name", "?"))
     if spec.get("random_weights"):
         overrides = spec.get("config_overrides") or {}

@@ -16,7 +16,9 @@ Names understood by :func:`load_model`:
 - any other Hugging Face id or a local model directory: real weights via ``from_pretrained``;
   with ``random_weights=True`` its (cached or local) config with random weights.
 
-Every model comes back in eval mode, float32, with sdpa attention (what the frontend captures).
+Every model comes back in eval mode with sdpa attention (what the frontend captures), its
+parameters float32, or bfloat16 with ``dtype="bfloat16"`` (buffers such as rotary frequencies
+stay float32, as ``from_pretrained(dtype=torch.bfloat16)`` leaves them).
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ SMOLLM2_CONFIG: dict[str, Any] = dict(
     pad_token_id=2,
 )
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""The parameter dtypes :func:`load_model` takes, by name (``spikec compile --dtype``)."""
+
 BUILTIN_NAMES = (*GPT2_SHAPES, SMOLLM2, LLAMA_ALIAS, *FAMILY_MODELS, MINILM)
 _NOT_FOUND_HINT = "use --random-weights for its architecture with random weights, or pass a local directory"
 _HUB_CONNECT_TIMEOUT_S = 3.0
@@ -95,9 +100,9 @@ _HUB_CONNECT_TIMEOUT_S = 3.0
 class LoadedModel:
     """A loaded causal LM and how to load it again.
 
-    ``model`` is in eval mode and float32; ``family`` is the config's ``model_type`` (the key of
+    ``model`` is in eval mode, its parameters float32 (or ``spec["dtype"]``); ``family`` is the config's ``model_type`` (the key of
     its entry in ``spikec.frontend.architectures.ARCHITECTURES`` when supported); ``spec`` is a JSON-able dict
-    ``{name, random_weights, config_overrides, seed}`` that :func:`load_from_spec` turns back
+    ``{name, random_weights, config_overrides, seed}`` (plus ``dtype`` when not float32) that :func:`load_from_spec` turns back
     into an identical model. The tokenizer is loaded on first access (SmolLM2's takes ~5 s).
     """
 
@@ -129,7 +134,24 @@ def load_from_spec(spec: dict[str, Any]) -> LoadedModel:
         random_weights=bool(spec.get("random_weights", False)),
         config_overrides=spec.get("config_overrides") or None,
         seed=int(spec.get("seed", 0)),
+        dtype=str(spec.get("dtype", "float32")),
     )
+
+
+def check_dtype(dtype: str, flag: str = "--dtype") -> torch.dtype:
+    """The torch dtype named ``dtype`` (a key of ``DTYPES``); ``UsageError`` naming ``flag`` otherwise."""
+    if dtype not in DTYPES:
+        raise UsageError(f"{flag} {dtype!r} is not a weight dtype spikec loads; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast ``model``'s floating-point parameters to ``dtype`` in place, one at a time (the old
+    tensor is freed before the next is made), and return it. Buffers are left as they are."""
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return model
 
 
 def load_model(
@@ -138,8 +160,13 @@ def load_model(
     random_weights: bool = False,
     config_overrides: dict[str, str] | None = None,
     seed: int = 0,
+    dtype: str = "float32",
 ) -> LoadedModel:
     """Load the model ``name`` (see the module docstring for the names understood).
+
+    ``dtype`` (a key of ``DTYPES``): the parameters' dtype. ``"bfloat16"`` halves the memory the
+    weights take; random weights are drawn in float32 (the same draw as ``"float32"``) and
+    rounded, real ones converted as they are read.
 
     ``config_overrides`` (``{"n_layer": "2", ...}``, values as strings) change config fields
     before the model is built and need ``random_weights``. Random weights are drawn after
@@ -147,6 +174,16 @@ def load_model(
     spec gives the same weights. Raises ``ModelNotFoundError`` when real weights are neither
     local nor downloadable, ``UsageError`` for bad overrides.
     """
+    torch_dtype = check_dtype(dtype, "dtype")
+    loaded = _load_as(name, random_weights, config_overrides, seed, torch_dtype)
+    if torch_dtype != torch.float32:
+        loaded.spec["dtype"] = dtype
+    return loaded
+
+
+def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] | None, seed: int,
+             dtype: torch.dtype) -> LoadedModel:
+    # ``dtype`` only where the weights are read, so that no float32 copy of real weights is kept.
     overrides = {str(k): str(v) for k, v in (config_overrides or {}).items()}
     key = name.lower()
     if key == LLAMA_ALIAS or key in FAMILY_MODELS:
@@ -162,36 +199,39 @@ def load_model(
     if key in GPT2_SHAPES:
         if random_weights:
             model = _random_model(builtin_config(key, overrides), seed, canonical)
-            return as_loaded(model, canonical, spec, gpt2_tokenizer)
-        model, tok_factory = _load_pretrained(_GPT2_HUB_IDS[key], display=canonical, aliases=[key])
-        return as_loaded(model, canonical, spec, tok_factory)
+            return as_loaded(model, canonical, spec, gpt2_tokenizer, dtype)
+        model, tok_factory = _load_pretrained(_GPT2_HUB_IDS[key], display=canonical, aliases=[key], dtype=dtype)
+        return as_loaded(model, canonical, spec, tok_factory, dtype)
 
     if key in (SMOLLM2, LLAMA_ALIAS):
         if random_weights:
             model = _random_model(builtin_config(key, overrides), seed, canonical)
-            return as_loaded(model, canonical, spec, smollm2_tokenizer)
-        model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
-        return as_loaded(model, canonical, spec, smollm2_tokenizer)
+            return as_loaded(model, canonical, spec, smollm2_tokenizer, dtype)
+        if dtype == torch.float32:
+            model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
+        else:  # not kept in the process cache, so that no float32 copy stays beside it
+            model = _load_smollm2_model.__wrapped__(str(smollm2_gguf_path()))
+        return as_loaded(model, canonical, spec, smollm2_tokenizer, dtype)
 
     if key == MINILM:
         model = build_encoder(builtin_config(key, overrides), seed)
         if not random_weights:
             load_minilm_weights(model)
-        return as_loaded(model, canonical, spec, minilm_tokenizer)
+        return as_loaded(model, canonical, spec, minilm_tokenizer, dtype)
 
     if key in FAMILY_MODELS:
         model = _random_model(builtin_config(key, overrides), seed, canonical)
         tokenizer = {"gpt2": gpt2_tokenizer, "smollm2": smollm2_tokenizer}[FAMILY_MODELS[key].tokenizer]
-        return as_loaded(model, canonical, spec, tokenizer)
+        return as_loaded(model, canonical, spec, tokenizer, dtype)
 
     if random_weights:
         base = _load_config(canonical)
         cls = type(base)
         config = _config_with_overrides(cls, base.to_dict(), overrides, canonical)
         model = _random_model(config, seed, canonical)
-        return as_loaded(model, canonical, spec, lambda: _load_tokenizer(canonical))
-    model, tok_factory = _load_pretrained(canonical, display=canonical)
-    return as_loaded(model, canonical, spec, tok_factory)
+        return as_loaded(model, canonical, spec, lambda: _load_tokenizer(canonical), dtype)
+    model, tok_factory = _load_pretrained(canonical, display=canonical, dtype=dtype)
+    return as_loaded(model, canonical, spec, tok_factory, dtype)
 
 
 # ---------------------------------------------------------------------------- tokenizers
@@ -352,10 +392,13 @@ def _random_model(config, seed: int, name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def as_loaded(model: torch.nn.Module, name: str, spec: dict[str, Any], tokenizer_factory: Callable) -> LoadedModel:
-    """``model`` (a transformers causal LM), float32 and in eval mode, as a ``LoadedModel`` named
-    ``name`` with ``spec`` and a tokenizer made by ``tokenizer_factory()`` on first use."""
-    model = model.to(torch.float32).eval()
+def as_loaded(model: torch.nn.Module, name: str, spec: dict[str, Any], tokenizer_factory: Callable,
+              dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """``model`` (a transformers causal LM), float32 (or its parameters in ``dtype``, see
+    :func:`cast_parameters`) and in eval mode, as a ``LoadedModel`` named ``name`` with ``spec``
+    and a tokenizer made by ``tokenizer_factory()`` on first use."""
+    model = model.to(torch.float32) if dtype == torch.float32 else cast_parameters(model, dtype)
+    model = model.eval()
     config = model.config
     return LoadedModel(
         model=model,
@@ -382,12 +425,13 @@ def _canonical_path_or_id(name: str) -> str:
 
 
 @weight_cache.quiet_loading()
-def _load_pretrained(name: str, *, display: str, aliases: list[str] = ()) -> tuple[torch.nn.Module, Callable]:
+def _load_pretrained(name: str, *, display: str, aliases: list[str] = (),
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Callable]:
     """Real weights from a directory, the local HF cache, or (if reachable) the hub -- in
     that order, failing within seconds when offline rather than after minutes of retries."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = dict(dtype=torch.float32, attn_implementation="sdpa")
+    kwargs = dict(dtype=dtype, attn_implementation="sdpa")
     if Path(name).is_dir():
         try:
             model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs)
