@@ -15,8 +15,7 @@ import nir
 import numpy as np
 
 from spikec.core.errors import NIRFormatError
-from spikec.core.few_spike import MAX_STEPS as MAX_FEW_SPIKE_STEPS
-from spikec.core.few_spike import MAX_TERNARY_STEPS
+from spikec.core.few_spike import RADICES, check_radix, max_steps
 from spikec.core.ir import (
     SpikecActivation,
     SpikecAdd,
@@ -105,9 +104,11 @@ def check_extension(node: SpikecNode, bad: Callable[[str], NIRFormatError]) -> N
             raise bad("has a threshold <= 0 or not finite; thresholds must be positive")
         if not isinstance(node.signed_digits, (bool, np.bool_)):
             raise bad(f"has signed_digits {node.signed_digits!r}; expected a bool")
-        if getattr(node, "radix", 2) not in (2, 3) or (node.radix == 3 and not node.signed_digits):
-            raise bad(f"has radix {node.radix} (signed_digits {node.signed_digits}); expected 2, or 3 with signed digits")
-        top = MAX_TERNARY_STEPS if node.radix == 3 else MAX_FEW_SPIKE_STEPS
+        try:
+            check_radix(node.radix, bool(node.signed_digits))
+        except ValueError as e:
+            raise bad(f"has radix {node.radix} (signed_digits {node.signed_digits}): {e}") from None
+        top = max_steps(node.radix)
         if not 0 <= node.steps <= top:
             raise bad(f"has steps {node.steps}; expected 0 (the whole window) or 1..{top}")
     elif isinstance(node, SpikecAttention):
@@ -138,7 +139,7 @@ def check_extension(node: SpikecNode, bad: Callable[[str], NIRFormatError]) -> N
     elif isinstance(node, (SpikecActivation, SpikecGatedActivation, SpikecAdd, SpikecRateReadout, SpikecBinaryReadout)):
         if not 1 <= node.features <= MAX_COUNT:
             raise bad(f"has features {node.features}; expected a positive count below 2**31")
-        if isinstance(node, SpikecBinaryReadout) and getattr(node, "radix", 2) not in (2, 3):
+        if isinstance(node, SpikecBinaryReadout) and node.radix not in RADICES:
             raise bad(f"has radix {node.radix}; expected 2 or 3")
         activation = getattr(node, "activation", None)
         if activation is not None and activation not in ACTIVATIONS:

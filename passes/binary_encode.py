@@ -115,20 +115,21 @@ def binary_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
         stats = affine.meta[CALIBRATION_KEY]
         base = thresholds(stats, cfg)
         if radix == 3:
-            lead = torch.zeros(0, dtype=torch.int64)
             theta = (base.double() * (opts.ternary_span / span)).float()
+            setting_range = {"ternary_span": opts.ternary_span}
         else:
             lead = leading_steps(stats["absmax"], base, span, opts.headroom, opts.max_lead)
             theta = (base.double() * torch.pow(2.0, lead.double())).float()
+            setting_range = {"lead_mean": float(lead.double().mean()), "lead_max": int(lead.max())}
         site = AffineSite.of(gm, affine, theta)
+        if radix == 2:
+            leads.setdefault(site.role, []).extend(lead.tolist())
         graph = gm.graph
         with graph.inserting_before(affine):
             theta_node = graph.get_attr(new_attr(gm, f"{site.name}.neuron.threshold", theta.to(site.w.device)))
             kwargs = {"timesteps": timesteps, "signed_digits": signed_digits, **({"radix": 3} if radix == 3 else {})}
             spikes = graph.call_function(ops.few_spike, (site.x, theta_node), kwargs)
-            setting = {"coding": coding, "digits": opts.digits, "timesteps": timesteps,
-                       **({"ternary_span": opts.ternary_span} if radix == 3 else
-                          {"lead_mean": float(lead.double().mean()), "lead_max": int(lead.max())})}
+            setting = {"coding": coding, "digits": opts.digits, "timesteps": timesteps, **setting_range}
             spikes.meta.update({**site.neuron_meta(), NEURON_KEY: setting})
             readout = graph.call_function(ops.binary_readout_affine,
                                           (spikes, fold_weight(gm, site, theta), site.b_node),
@@ -136,7 +137,6 @@ def binary_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
         stale |= replace_affine(gm, site, readout)
         readout.meta[NEURON_KEY] = dict(setting)
         neurons[site.role] = neurons.get(site.role, 0) + int(theta.numel())
-        leads.setdefault(site.role, []).extend(lead.tolist())
     finish(gm, ctx, stale, len(todo), neurons)
     ctx.record("digits", opts.digits)
     if radix == 3:

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from typing import Any
 
 import nir
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from spikec.backends.simulator import Simulator, resolve_device
-from spikec.core.lazy import graph_is_lazy
+from spikec.backends.simulator import evaluation_simulator, resolve_device, run_sequences
 from spikec.core.errors import InputError, UsageError
 from spikec.core.ir import SpikecAttention
 from spikec.text import HELDOUT_TEXT, read_text
@@ -130,22 +127,14 @@ def evaluate_encoder(compiled: Any, text_path: str | None = None, tokens: int = 
     dev = resolve_device(device)
     model = compiled.loaded.model.to(dev)
     ann = torch.cat([model(input_ids=ids.to(dev)).last_hidden_state.float().mean(1).cpu() for ids in sentences])
-    sim = simulator if simulator is not None else Simulator(
-        compiled.graph, device=dev, keep_parameters=not graph_is_lazy(compiled.graph))
+    sim = simulator if simulator is not None else evaluation_simulator(compiled.graph, dev)
     results = []
     for t in timesteps:
-        start = time.perf_counter()
-        outputs, spikes, neuron_steps = [], 0.0, 0.0
-        runs = sim.run_many([ids.to(dev) for ids in sentences], t)
-        for result in tqdm(runs, total=len(sentences), desc=f"simulating T={t}", disable=not progress, leave=False):
-            outputs.append(result.output.float().mean(1).cpu())
-            for name, count in result.spike_counts.items():
-                spikes += count
-                neuron_steps += count / result.firing_rates[name] if result.firing_rates[name] else 0.0
-        seconds = time.perf_counter() - start
+        runs = run_sequences(sim, [ids.to(dev) for ids in sentences], t, progress=progress,
+                             reduce=lambda out: out.float().mean(1))  # mean pooling, as the ANN
         results.append({
-            **embedding_metrics(ann, torch.cat(outputs)), "timesteps": t,
+            **embedding_metrics(ann, torch.cat(runs.outputs)), "timesteps": t,
             "tokens": sum(int(ids.numel()) for ids in sentences),
-            "spikes_per_neuron_step": spikes / neuron_steps if neuron_steps else 0.0, "seconds": seconds,
+            "spikes_per_neuron_step": runs.spikes_per_neuron_step, "seconds": runs.seconds,
         })
     return results

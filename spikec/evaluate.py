@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,12 +13,10 @@ from typing import Any, Callable
 import nir
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from spikec.backends.simulator import Simulator, resolve_device
+from spikec.backends.simulator import Simulator, evaluation_simulator, resolve_device, run_sequences
 from spikec.compiled_checks import check_positions, check_vocabulary
 from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, UsageError
-from spikec.core.lazy import graph_is_lazy
 from spikec.encoder_eval import evaluate_encoder, is_encoder
 from spikec.frontend.model_objects import describe_spec, loaded_from_directory
 from spikec.frontend.models import LoadedModel, load_from_spec, load_model
@@ -185,22 +182,13 @@ def evaluate(
     ann = compiled.loaded.model.to(dev)(input_ids=ids.to(dev), use_cache=False).logits.float().cpu()
     if not keep_model:
         compiled.release_model()
-    sim = simulator if simulator is not None else Simulator(
-        compiled.graph, device=dev, keep_parameters=not graph_is_lazy(compiled.graph))
+    sim = simulator if simulator is not None else evaluation_simulator(compiled.graph, dev)
     results = []
     for t in timesteps:
-        start = time.perf_counter()
-        outputs, spikes, neuron_steps = [], 0.0, 0.0
-        runs = sim.run_many([ids[i : i + 1] for i in range(ids.shape[0])], t)
-        for result in tqdm(runs, total=ids.shape[0], desc=f"simulating T={t}", disable=not progress, leave=False):
-            outputs.append(result.output.cpu())
-            for name, count in result.spike_counts.items():
-                spikes += count
-                neuron_steps += count / result.firing_rates[name] if result.firing_rates[name] else 0.0
-        seconds = time.perf_counter() - start
+        runs = run_sequences(sim, [ids[i : i + 1] for i in range(ids.shape[0])], t, progress=progress)
         results.append({
-            **metrics(ids, ann, torch.cat(outputs)), "timesteps": t, "tokens": int(ids.numel()),
-            "spikes_per_neuron_step": spikes / neuron_steps if neuron_steps else 0.0, "seconds": seconds,
+            **metrics(ids, ann, torch.cat(runs.outputs)), "timesteps": t, "tokens": int(ids.numel()),
+            "spikes_per_neuron_step": runs.spikes_per_neuron_step, "seconds": runs.seconds,
         })
     return results
 

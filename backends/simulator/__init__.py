@@ -76,5 +76,7 @@ the same spikes, bit for bit, and the same values (see docs/simulator.md):
 """
 
 from .engine import MODES, SPARSE_POLICIES, SimResult, Simulator, resolve_device, simulate
+from .sequences import SequenceRuns, evaluation_simulator, run_sequences
 
-__all__ = ["MODES", "SPARSE_POLICIES", "SimResult", "Simulator", "resolve_device", "simulate"]
+__all__ = ["MODES", "SPARSE_POLICIES", "SequenceRuns", "SimResult", "Simulator", "evaluation_simulator",
+           "resolve_device", "run_sequences", "simulate"]
