@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import json
 import platform
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import LoadedModel, check_dtype, load_model
+from spikec.frontend.placement import OFFLOAD_DIR, Placement, check_placement
 from spikec.frontend.weight_cache import REFERENCE_DIR, save_weights
 from spikec.lower import lower_to_nir
 from spikec.outputs import atomic_directory
@@ -46,7 +48,8 @@ from spikec.verify import compare_fx_and_simulator
 
 TARGETS = ("nir", "sim", "lava")
 CLI_FLAGS = {"timesteps": "-T", "calib_samples": "--calib-samples", "seq_len": "--seq-len", "options": "--option",
-             "budget": "--budget", "coding": "--coding", "dtype": "--dtype"}
+             "budget": "--budget", "coding": "--coding", "dtype": "--dtype", "device_map": "--device-map",
+             "max_memory": "--max-memory"}
 """How ``CompileOptions.validate`` names the options it checks, by default."""
 
 
@@ -76,6 +79,8 @@ class CompileOptions:
     coding: str = "rate"  # rate | binary | ternary (spikec.passes.pipelines.CODINGS)
     budget: float | None = None  # few-spike coding: per-layer steps within this calibration ppl ratio (spikec.budget)
     dtype: str = "float32"  # the source model's parameters while loading and capturing (spikec.frontend.models.DTYPES)
+    device_map: str | None = None  # place the source model with accelerate (spikec.frontend.placement.PLACEMENTS)
+    max_memory: dict[str | int, int] | None = None  # with device_map: bytes per device ("cpu", GPU index)
 
     def validate(self, names: dict[str, str] | None = None) -> None:
         """Raise ``UsageError`` for a value out of range, naming the option as ``names`` maps it
@@ -93,6 +98,7 @@ class CompileOptions:
             raise UsageError(f"{n['seq_len']} must be between 2 and 8192, got {self.seq_len}")
         resolve_device(self.device)
         check_dtype(self.dtype, n["dtype"])
+        check_placement(self.device_map, self.max_memory, n)
         if self.budget is not None and (self.coding not in FEW_SPIKE_CODINGS or not self.budget >= 1.0):
             raise UsageError(f"{n['budget']} takes a perplexity ratio >= 1 with {n['coding']} binary or ternary, got "
                              f"{self.budget} with {n['coding']} {self.coding}")
@@ -203,11 +209,13 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
     with atomic_directory(out_dir, force=opts.force) as tmp:
         t0 = time.perf_counter()
         own_model = loaded is None
+        # accelerate's offloaded weights go inside this temporary directory, removed with the model
+        placement = None if opts.device_map is None else Placement(opts.device_map, opts.max_memory, tmp / OFFLOAD_DIR)
         if loaded is None:
             with status(console, f"loading {opts.model}"):
                 loaded = load_model(
                     opts.model, random_weights=opts.random_weights, config_overrides=opts.config_overrides or None,
-                    seed=opts.seed, dtype=opts.dtype,
+                    seed=opts.seed, dtype=opts.dtype, placement=placement,
                 )
         else:
             save_weights(loaded.model, tmp / REFERENCE_DIR)
@@ -221,8 +229,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             gm = capture_canonical(loaded, seq_len=min(opts.seq_len, 16), share_weights=drop_model)
         if drop_model:
             # what gm does not share of the model would otherwise stay resident (docs/memory.md)
-            loaded = dataclasses.replace(loaded, model=None)
-            gc.collect()  # the captured module's wrapper holds the model in a reference cycle
+            loaded = drop_source_model(loaded, placement)
         # passes, calibration, NIR and the simulator check run in float32 (exact, on a bfloat16
         # model's rounded weights); ``float()`` converts one parameter at a time
         gm = gm.float()
@@ -243,6 +250,8 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
                 budget = choose_steps(gm, lambda ids: loaded.model(ids).logits, search_ids, opts.timesteps,
                                       opts.budget, on_step=update, text=search_text).to_json()
             t0 = step_done("budget", t0)
+            if placement is not None:
+                loaded = drop_source_model(loaded, placement)
         example = calibration[:1]
         with status(console, "lowering to NIR"):
             metadata = {
@@ -290,6 +299,9 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             report["lava"] = lava_summary
         if budget is not None:
             report["budget"] = budget
+        if placement is not None:
+            report["placement"] = {"device_map": placement.device_map,
+                                   "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()}}
         parts = spiking_parts(graph)  # per layer: which parts spike, the attention mode, the token encoding
         report.update(attention=parts["attention"], token_encoding=parts["token_encoding"], spiking_parts=parts)
         report["compile_seconds"] = time.perf_counter() - start
@@ -297,6 +309,16 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
         with status(console, "writing report.html"):
             write_report(tmp, json.loads((tmp / "report.json").read_text()), graph, loaded.tokenizer, shown_as=out_dir)
     return CompileResult(report, gm, graph)
+
+
+def drop_source_model(loaded: LoadedModel, placement: Placement | None) -> LoadedModel:
+    """``loaded`` without its model (freed now), and ``placement``'s offload folder, which spikec
+    made, removed (the folder only; the directory around it is the compile's own)."""
+    loaded = dataclasses.replace(loaded, model=None)
+    gc.collect()  # the captured module's wrapper holds the model in a reference cycle
+    if placement is not None:
+        shutil.rmtree(placement.offload_folder, ignore_errors=True)
+    return loaded
 
 
 def _json_default(o: Any) -> Any:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import graphlib
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -47,8 +47,10 @@ def per_head_to_concatenated(t: torch.Tensor, num_heads: int, head_dim: int) -> 
 class CanonicalBuilder:
     """Builds the canonical graph of one captured graph of ``loaded.model`` (of architecture ``arch``)."""
 
-    def __init__(self, loaded: LoadedModel, arch: Architecture, share_weights: bool = False):
+    def __init__(self, loaded: LoadedModel, arch: Architecture, share_weights: bool = False,
+                 onload: Callable[[str], None] | None = None):
         self.loaded = loaded
+        self.onload = onload  # called with a region's module path before its weights are read
         self.share_weights = share_weights
         self.shared_storages: set[int] = set()  # storages of the model already given to a parameter
         self.arch = arch
@@ -88,6 +90,8 @@ class CanonicalBuilder:
             for uid in order:
                 unit = units[uid]
                 if isinstance(unit, Region):
+                    if self.onload is not None:
+                        self.onload(unit.path)
                     self._visit_region(unit)
                 else:
                     self._visit_node(unit)
@@ -461,7 +465,7 @@ class CanonicalBuilder:
         target = name.replace(".", "_")
         if target in self.params:
             raise AssertionError(f"parameter {target} emitted twice")
-        t = tensor.detach().to(torch.float32)
+        t = tensor.detach().to(device="cpu", dtype=torch.float32)  # a placed model's weights may be on a GPU
         # shared only once: tied weights (embedding and lm_head) stay two tensors, as clones are
         shared = self.share_weights and t.untyped_storage().data_ptr() not in self.shared_storages
         t = t.contiguous() if shared else t.clone(memory_format=torch.contiguous_format)

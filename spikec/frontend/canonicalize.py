@@ -30,6 +30,7 @@ from .architectures import REFUSED_FEATURES, Architecture, architecture_of, supp
 from .builder import CUSTOM_PASS_HINT, CanonicalBuilder
 from .capture import capture, model_output
 from .models import LoadedModel
+from .placement import BlockOnloader, is_dispatched, meta_skeleton
 
 CANONICAL_OPS = frozenset(
     {ops.embedding, ops.layer_norm, ops.rms_norm, ops.attention, ops.activation,
@@ -64,7 +65,14 @@ def canonicalize(gm: fx.GraphModule, loaded: LoadedModel, share_weights: bool = 
     as ``spikec compile`` does: one copy of the weights fewer at once).
     """
     arch = _architecture(loaded)
-    canonical = CanonicalBuilder(loaded, arch, share_weights).build(gm)
+    if is_dispatched(loaded.model):  # placed with a device map: offloaded weights read a block at a time
+        onloader = BlockOnloader(loaded.model, arch.block_index)
+        try:
+            canonical = CanonicalBuilder(loaded, arch, share_weights, onloader.onload).build(gm)
+        finally:
+            onloader.close()
+    else:
+        canonical = CanonicalBuilder(loaded, arch, share_weights).build(gm)
     ids = _example_ids(loaded.model.config, batch=2, positions=9)
     diff, scale = _compare(canonical, loaded.model, ids)
     bf16 = any(p.dtype == torch.bfloat16 for p in loaded.model.parameters())
@@ -81,6 +89,8 @@ def capture_canonical(loaded: LoadedModel, seq_len: int = 16, share_weights: boo
     (``share_weights`` as for :func:`canonicalize`) and check it against the model."""
     _architecture(loaded)
     ids = _example_ids(loaded.model.config, batch=1, positions=max(2, seq_len))
+    if is_dispatched(loaded.model):  # torch.export cannot trace accelerate's hooks: capture the shapes
+        return canonicalize(capture(meta_skeleton(loaded.model), ids.to("meta")), loaded, share_weights)
     return canonicalize(capture(loaded.model, ids), loaded, share_weights)
 
 
@@ -92,7 +102,7 @@ def check_against_model(gm: fx.GraphModule, model: nn.Module, ids: torch.Tensor)
 
 def _compare(gm: fx.GraphModule, model: nn.Module, ids: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
-        ref = model_output(model, ids)
+        ref = model_output(model, ids).cpu()  # a placed model's output may be on a GPU
         out = gm(ids)
     if out.shape != ref.shape:
         return math.inf, float(ref.abs().max())

@@ -30,6 +30,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from .encoder_models import MINILM, build_encoder, load_minilm_weights, minilm_c
 from .family_models import FAMILY_MODELS
 from . import weight_cache
 from .package_files import package_file
+from .placement import Placement, is_dispatched, rename_safetensors
 
 GPT2_SHAPES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
@@ -161,8 +163,13 @@ def load_model(
     config_overrides: dict[str, str] | None = None,
     seed: int = 0,
     dtype: str = "float32",
+    placement: Placement | None = None,
 ) -> LoadedModel:
     """Load the model ``name`` (see the module docstring for the names understood).
+
+    ``placement``: load real weights with accelerate's device map (``spikec.frontend.placement``;
+    GPUs, CPU memory, disk within its ``max_memory``); ``UsageError`` for a model with no
+    checkpoint to place from (random weights, the sentence encoder of its package).
 
     ``dtype`` (a key of ``DTYPES``): the parameters' dtype. ``"bfloat16"`` halves the memory the
     weights take; random weights are drawn in float32 (the same draw as ``"float32"``) and
@@ -175,14 +182,14 @@ def load_model(
     local nor downloadable, ``UsageError`` for bad overrides.
     """
     torch_dtype = check_dtype(dtype, "dtype")
-    loaded = _load_as(name, random_weights, config_overrides, seed, torch_dtype)
+    loaded = _load_as(name, random_weights, config_overrides, seed, torch_dtype, placement)
     if torch_dtype != torch.float32:
         loaded.spec["dtype"] = dtype
     return loaded
 
 
 def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] | None, seed: int,
-             dtype: torch.dtype) -> LoadedModel:
+             dtype: torch.dtype, placement: Placement | None = None) -> LoadedModel:
     # ``dtype`` only where the weights are read, so that no float32 copy of real weights is kept.
     overrides = {str(k): str(v) for k, v in (config_overrides or {}).items()}
     key = name.lower()
@@ -194,20 +201,28 @@ def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] |
             hint="add --random-weights, or drop the overrides",
         )
     canonical = key if key in BUILTIN_NAMES else _canonical_path_or_id(name)
+    if placement is not None and (random_weights or key == MINILM):
+        what = "random weights have" if random_weights else f"{key} (loaded from its package) has"
+        raise UsageError(f"--device-map places a model read from a checkpoint; {what} none",
+                         hint="save the model with save_pretrained and compile that directory, or drop --device-map")
     spec = {"name": canonical, "random_weights": bool(random_weights), "config_overrides": overrides, "seed": int(seed)}
 
     if key in GPT2_SHAPES:
         if random_weights:
             model = _random_model(builtin_config(key, overrides), seed, canonical)
             return as_loaded(model, canonical, spec, gpt2_tokenizer, dtype)
-        model, tok_factory = _load_pretrained(_GPT2_HUB_IDS[key], display=canonical, aliases=[key], dtype=dtype)
+        model, tok_factory = _load_pretrained(_GPT2_HUB_IDS[key], display=canonical, aliases=[key], dtype=dtype,
+                                              placement=placement)
         return as_loaded(model, canonical, spec, tok_factory, dtype)
 
     if key in (SMOLLM2, LLAMA_ALIAS):
         if random_weights:
             model = _random_model(builtin_config(key, overrides), seed, canonical)
             return as_loaded(model, canonical, spec, smollm2_tokenizer, dtype)
-        if dtype == torch.float32:
+        if placement is not None:
+            model, _ = _load_pretrained(str(_smollm2_checkpoint(placement)), display=canonical, dtype=dtype,
+                                        placement=placement)
+        elif dtype == torch.float32:
             model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
         else:  # not kept in the process cache, so that no float32 copy stays beside it
             model = _load_smollm2_model.__wrapped__(str(smollm2_gguf_path()))
@@ -230,7 +245,7 @@ def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] |
         config = _config_with_overrides(cls, base.to_dict(), overrides, canonical)
         model = _random_model(config, seed, canonical)
         return as_loaded(model, canonical, spec, lambda: _load_tokenizer(canonical), dtype)
-    model, tok_factory = _load_pretrained(canonical, display=canonical, dtype=dtype)
+    model, tok_factory = _load_pretrained(canonical, display=canonical, dtype=dtype, placement=placement)
     return as_loaded(model, canonical, spec, tok_factory, dtype)
 
 
@@ -281,7 +296,30 @@ def _load_smollm2_model(gguf: str) -> torch.nn.Module:
         return model.eval()
 
     with weight_cache.quiet_loading():
-        return weight_cache.load_through_cache(Path(gguf), "smollm2-135m-q4_1", dequantise)
+        return weight_cache.load_through_cache(Path(gguf), SMOLLM2_CACHE_PREFIX, dequantise)
+
+
+SMOLLM2_CACHE_PREFIX = "smollm2-135m-q4_1"
+
+
+def _smollm2_checkpoint(placement: Placement) -> Path:
+    """A checkpoint of SmolLM2's de-quantised weights that accelerate can offload from, in the
+    offload folder: the weight cache's entry (made now if missing) with its tied embedding stored
+    under the name ``save_pretrained`` gives it (accelerate looks offloaded weights up by name)."""
+    gguf = smollm2_gguf_path()
+    entry = weight_cache.cached_entry(gguf, SMOLLM2_CACHE_PREFIX)
+    checkpoint = placement.offload_folder / "checkpoint"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    if entry is None:
+        model = _load_smollm2_model.__wrapped__(str(gguf))  # de-quantised now, not kept in the process
+        weight_cache.save_weights(model, checkpoint / "source")
+        del model
+        entry = checkpoint / "source"
+    shutil.copyfile(entry / "config.json", checkpoint / "config.json")
+    rename_safetensors(entry / "model.safetensors", checkpoint / "model.safetensors",
+                       {"lm_head.weight": "model.embed_tokens.weight"})
+    shutil.rmtree(checkpoint / "source", ignore_errors=True)
+    return checkpoint
 
 
 # ---------------------------------------------------------------------------- configs and models
@@ -397,7 +435,8 @@ def as_loaded(model: torch.nn.Module, name: str, spec: dict[str, Any], tokenizer
     """``model`` (a transformers causal LM), float32 (or its parameters in ``dtype``, see
     :func:`cast_parameters`) and in eval mode, as a ``LoadedModel`` named ``name`` with ``spec``
     and a tokenizer made by ``tokenizer_factory()`` on first use."""
-    model = model.to(torch.float32) if dtype == torch.float32 else cast_parameters(model, dtype)
+    if not is_dispatched(model):  # a placed model was loaded in ``dtype`` and stays where accelerate put it
+        model = model.to(torch.float32) if dtype == torch.float32 else cast_parameters(model, dtype)
     model = model.eval()
     config = model.config
     return LoadedModel(
@@ -426,12 +465,14 @@ def _canonical_path_or_id(name: str) -> str:
 
 @weight_cache.quiet_loading()
 def _load_pretrained(name: str, *, display: str, aliases: list[str] = (),
-                     dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Callable]:
+                     dtype: torch.dtype = torch.float32,
+                     placement: Placement | None = None) -> tuple[torch.nn.Module, Callable]:
     """Real weights from a directory, the local HF cache, or (if reachable) the hub -- in
-    that order, failing within seconds when offline rather than after minutes of retries."""
+    that order, failing within seconds when offline rather than after minutes of retries.
+    ``placement``: placed with accelerate's device map (its ``from_pretrained_kwargs``)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = dict(dtype=dtype, attn_implementation="sdpa")
+    kwargs = dict(dtype=dtype, attn_implementation="sdpa", **(placement.from_pretrained_kwargs() if placement else {}))
     if Path(name).is_dir():
         try:
             model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs)
