@@ -20,7 +20,8 @@ from spikec.core.errors import UsageError
 from spikec.spiking_model import SpikingModel, check_range
 
 ARGUMENT_NAMES = {"timesteps": "timesteps", "calib_samples": "calib_samples", "seq_len": "seq_len", "options": "options:",
-                  "budget": "budget", "coding": "coding", "dtype": "dtype"}
+                  "budget": "budget", "coding": "coding", "dtype": "dtype", "device_map": "device_map",
+                  "max_memory": "max_memory"}
 """How compile errors name the options: by their Python argument names."""
 
 
@@ -48,6 +49,8 @@ def compile(
     seed: int = 0,
     device: str = "cpu",
     dtype: str = "float32",
+    device_map: str | None = None,
+    max_memory: str | dict[str | int, int | str] | None = None,
     force: bool = False,
     quiet: bool = True,
     names: dict[str, str] | None = None,
@@ -73,7 +76,10 @@ def compile(
     options of ``spikec compile``. dtype: ``float32`` (default) or ``bfloat16``, the named model's
     parameters while it is loaded and captured (half the memory; the network is then built in
     float32 on the bfloat16-rounded weights, and ``evaluate`` loads the reference ANN in bfloat16);
-    a model object is refused with ``bfloat16``. quiet: no status lines on stderr.
+    a model object is refused with ``bfloat16``. device_map: ``auto``, ``cpu`` or ``disk``, place the
+    named model with accelerate while it is loaded and captured (GPUs, CPU memory, disk; docs/memory.md),
+    within max_memory (``"cpu=4GiB,0=20GB"`` or ``{"cpu": "4GiB"}``); the network is the same.
+    quiet: no status lines on stderr.
     names: how error messages name the options, ``{argument: shown name}`` over the argument
     names (the ``spikec compile`` command passes its flags, ``spikec.compiler.CLI_FLAGS``).
 
@@ -85,6 +91,7 @@ def compile(
     from spikec.compiler import CompileOptions, compile_network
     from spikec.evaluate import load_compiled
     from spikec.frontend.model_objects import loaded_from_object
+    from spikec.frontend.placement import parse_max_memory
 
     n = {**ARGUMENT_NAMES, **(names or {})}
     check_range(n["timesteps"], timesteps, 1, 4096)
@@ -95,6 +102,8 @@ def compile(
         if dtype != "float32":
             raise UsageError(f"{n['dtype']}: only for a named model; a model object is captured in float32",
                              hint="compile it by name or directory to load it in bfloat16")
+        if device_map is not None:
+            raise UsageError(f"{n['device_map']}: only for a named model or directory; a model object is already loaded")
         loaded = loaded_from_object(model, tokenizer)
         name = loaded.name
     elif isinstance(model, (str, Path)):
@@ -103,6 +112,7 @@ def compile(
             raise UsageError("tokenizer: only for a model object; a named model brings its own")
     else:
         raise UsageError(f"model: expected a model name, a directory or a torch.nn.Module, got {type(model).__name__}")
+    memory = None if max_memory is None else parse_max_memory(max_memory, n["max_memory"])
     made = None if output is not None else Path(tempfile.mkdtemp(prefix="spikec-"))
     out = Path(output) if made is None else made / "model"
     opts = CompileOptions(
@@ -111,6 +121,7 @@ def compile(
         random_weights=random_weights, config_overrides={str(k): str(v) for k, v in (config or {}).items()},
         seed=seed, force=force, options=dict(options or {}), preset=preset, device=device, attention=attention,
         token_encoding=token_encoding, calibrate=calibrate, coding=coding, budget=budget, dtype=dtype,
+        device_map=device_map, max_memory=memory,
     )
     console = Console(stderr=True, quiet=quiet)
     try:

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32 (default) or bfloat16: the source model's weights while loading and capturing "
                         "(half the memory; the network is built in float32 on the rounded weights, and eval's "
                         "reference ANN runs in bfloat16; docs/memory.md)")
+    c.add_argument("--device-map", default=None, metavar="PLACE",
+                   help="place the source model with accelerate while loading and capturing it: auto (GPUs, then "
+                        "CPU memory, then disk), cpu (CPU memory, then disk) or disk (every weight read from disk "
+                        "when needed); same network, less memory for the source model (docs/memory.md)")
+    c.add_argument("--max-memory", default=None, metavar="DEVICE=SIZE,...",
+                   help="with --device-map auto or cpu: memory per device for the source model's weights, e.g. "
+                        "cpu=2GiB or 0=20GB,cpu=8GiB (the rest goes to disk, in a folder removed afterwards)")
 
     e = sub.add_parser("eval", help="compare the original model and its spiking network on held-out text")
     e.add_argument("dir", help=DIR_HELP)
@@ -181,7 +188,8 @@ def _cmd_compile(a: argparse.Namespace) -> int:
         plugins=a.plugin, random_weights=a.random_weights, config=a.config, seed=a.seed, force=a.force,
         options=pass_options(a.option), device=a.device, preset=a.preset,
         attention=a.attention, token_encoding=a.token_encoding, calibrate=a.calibrate, coding=a.coding,
-        budget=a.budget, dtype=a.dtype, quiet=False, names=CLI_FLAGS,
+        budget=a.budget, dtype=a.dtype, device_map=a.device_map,
+        max_memory=a.max_memory, quiet=False, names=CLI_FLAGS,
     )
     report = snn.compile_report
     check = report["simulator_check"]

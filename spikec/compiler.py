@@ -37,7 +37,7 @@ from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import LoadedModel, check_dtype, load_model
-from spikec.frontend.placement import OFFLOAD_DIR, Placement, check_placement
+from spikec.frontend.placement import OFFLOAD_DIR, Placement, check_placement, placement_counts
 from spikec.frontend.weight_cache import REFERENCE_DIR, save_weights
 from spikec.lower import lower_to_nir
 from spikec.outputs import atomic_directory
@@ -219,6 +219,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
                 )
         else:
             save_weights(loaded.model, tmp / REFERENCE_DIR)
+        placed = None if placement is None else placement_counts(loaded.model)
         search = SEARCH_SAMPLES if opts.budget is not None else 0  # --budget measures on later sequences
         calib_stream = leading_tokens(loaded.tokenizer, opts.calib_text, CALIBRATION_TEXT,
                                       (opts.calib_samples + search) * opts.seq_len)
@@ -301,7 +302,8 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
             report["budget"] = budget
         if placement is not None:
             report["placement"] = {"device_map": placement.device_map,
-                                   "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()}}
+                                   "max_memory": {str(k): v for k, v in (placement.max_memory or {}).items()},
+                                   "modules": placed}
         parts = spiking_parts(graph)  # per layer: which parts spike, the attention mode, the token encoding
         report.update(attention=parts["attention"], token_encoding=parts["token_encoding"], spiking_parts=parts)
         report["compile_seconds"] = time.perf_counter() - start

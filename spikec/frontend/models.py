@@ -203,7 +203,7 @@ def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] |
     canonical = key if key in BUILTIN_NAMES else _canonical_path_or_id(name)
     if placement is not None and (random_weights or key == MINILM):
         what = "random weights have" if random_weights else f"{key} (loaded from its package) has"
-        raise UsageError(f"--device-map places a model read from a checkpoint; {what} none",
+        raise UsageError(f"placing the model (--device-map, device_map=) needs a checkpoint to read; {what} none",
                          hint="save the model with save_pretrained and compile that directory, or drop --device-map")
     spec = {"name": canonical, "random_weights": bool(random_weights), "config_overrides": overrides, "seed": int(seed)}
 

@@ -67,12 +67,14 @@ def _available_cpu_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def parse_max_memory(text: str, flag: str = "--max-memory") -> dict[str | int, int]:
-    """``"cpu=4GiB,0=20GB"`` -> ``{"cpu": 4294967296, 0: 20000000000}``: bytes per device,
-    ``cpu`` or a GPU index (``cuda:N`` too), sizes as accelerate writes them (``4GiB``, ``500MB``,
-    or bytes). ``UsageError`` naming ``flag`` for anything else."""
+def parse_max_memory(text: str | dict[Any, Any], flag: str = "--max-memory") -> dict[str | int, int]:
+    """``"cpu=4GiB,0=20GB"`` (or ``{"cpu": "4GiB", 0: "20GB"}``) -> ``{"cpu": 4294967296, 0:
+    20000000000}``: bytes per device, ``cpu`` or a GPU index (``cuda:N`` too), sizes as accelerate
+    writes them (``4GiB``, ``500MB``, or bytes). ``UsageError`` naming ``flag`` for anything else."""
     from accelerate.utils import convert_file_size_to_int
 
+    if isinstance(text, dict):
+        text = ",".join(f"{k}={v}" for k, v in text.items())
     out: dict[str | int, int] = {}
     for item in filter(None, (s.strip() for s in str(text).split(","))):
         key, sep, value = item.partition("=")
@@ -85,7 +87,7 @@ def parse_max_memory(text: str, flag: str = "--max-memory") -> dict[str | int, i
         if device != "cpu" and not isinstance(device, int):
             raise UsageError(f"{flag} {item!r}: unknown device {key!r}; use cpu or a GPU index (0, 1, ...)")
         try:
-            size = convert_file_size_to_int(value)
+            size = int(value) if value.isdigit() else convert_file_size_to_int(value)
         except (ValueError, TypeError):
             raise UsageError(f"{flag} {item!r}: {value!r} is not a size; write e.g. cpu=4GiB or 0=20GB") from None
         if size < 0:
@@ -133,6 +135,15 @@ def rename_safetensors(source: Path, target: Path, names: dict[str, str]) -> Non
 def is_dispatched(model: nn.Module) -> bool:
     """Whether ``model`` was loaded with a device map (accelerate's hooks place its modules)."""
     return getattr(model, "hf_device_map", None) is not None
+
+
+def placement_counts(model: nn.Module) -> dict[str, int]:
+    """How many entries of a dispatched ``model``'s device map went to each device
+    (``{"cpu": 4, "disk": 27}``; GPU indices as strings), as report.json's ``placement`` records."""
+    counts: dict[str, int] = {}
+    for device in model.hf_device_map.values():
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    return counts
 
 
 def meta_skeleton(model: nn.Module) -> nn.Module:
