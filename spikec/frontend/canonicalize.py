@@ -86,7 +86,9 @@ def canonicalize(gm: fx.GraphModule, loaded: LoadedModel, share_weights: bool = 
 
 def capture_canonical(loaded: LoadedModel, seq_len: int = 16, share_weights: bool = False) -> fx.GraphModule:
     """Capture ``loaded.model`` on seeded random ids of ``seq_len`` positions, canonicalize it
-    (``share_weights`` as for :func:`canonicalize`) and check it against the model."""
+    (``share_weights`` as for :func:`canonicalize`) and check it against the model. A model
+    placed with a device map (``spikec.frontend.placement``) is captured from its meta skeleton
+    and its offloaded weights are read a decoder block at a time; the result is the same module."""
     _architecture(loaded)
     ids = _example_ids(loaded.model.config, batch=1, positions=max(2, seq_len))
     if is_dispatched(loaded.model):  # torch.export cannot trace accelerate's hooks: capture the shapes
