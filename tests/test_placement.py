@@ -15,7 +15,7 @@ import spikec
 from spikec.cli import main
 from spikec.compiler import CompileOptions, compile_network
 from spikec.core.errors import UsageError
-from spikec.frontend.models import load_model, smollm2_tokenizer
+from spikec.frontend.models import gpt2_tokenizer, load_model, smollm2_tokenizer
 from spikec.frontend.placement import OFFLOAD_DIR, Placement, parse_max_memory
 
 TINY = {"num_hidden_layers": "4", "hidden_size": "64", "num_attention_heads": "4", "num_key_value_heads": "2",
@@ -31,6 +31,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-llama")
     load_model("llama", random_weights=True, config_overrides=TINY).model.save_pretrained(directory)
     smollm2_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def gpt2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2 (Conv1D projections, learned positions, tied embedding) saved with save_pretrained."""
+    directory = tmp_path_factory.mktemp("tiny-gpt2")
+    load_model("gpt2", random_weights=True, config_overrides={"n_layer": "3", "n_embd": "32", "n_head": "2"}
+               ).model.save_pretrained(directory)
+    gpt2_tokenizer().save_pretrained(directory)
     return directory
 
 
@@ -111,3 +121,26 @@ def test_only_a_disk_placement_keeps_no_memory(tmp_path: Path) -> None:
     cpu = Placement("cpu", {"cpu": 5}, tmp_path / "b").from_pretrained_kwargs()
     assert cpu["max_memory"] == {"cpu": 5} and cpu["offload_folder"] == str(tmp_path / "b")
     assert (tmp_path / "b").is_dir()
+
+
+@pytest.mark.parametrize("case", ["gpt2", "bfloat16", "budget"])
+def test_placement_changes_no_other_compile(checkpoint: Path, gpt2_checkpoint: Path, tmp_path: Path, case: str) -> None:
+    """Another architecture, a bfloat16 source model and ``--budget`` (which runs the placed model
+    to choose steps, and drops it after): the placed compile writes the plain one's model.nir."""
+    source, kwargs = {
+        "gpt2": (gpt2_checkpoint, {}),
+        "bfloat16": (checkpoint, {"dtype": "bfloat16"}),
+        "budget": (checkpoint, {"coding": "binary", "budget": 1.5}),
+    }[case]
+    plain = compile_dir(source, tmp_path / "plain", **kwargs)
+    placed = compile_dir(source, tmp_path / "placed", device_map="disk", **kwargs)
+    assert placed.report["placement"]["modules"] == {"disk": 1}  # the whole model read from disk
+    assert placed.report["model_nir_sha256"] == plain.report["model_nir_sha256"]
+    assert placed.report.get("budget") == plain.report.get("budget")
+    assert not (tmp_path / "placed" / OFFLOAD_DIR).exists()
+
+
+def test_a_model_that_fits_is_not_dispatched(checkpoint: Path, tmp_path: Path) -> None:
+    """With room for every weight in memory transformers places the model on the CPU without hooks."""
+    placed = compile_dir(checkpoint, tmp_path / "placed", device_map="cpu")
+    assert placed.report["placement"]["modules"] == {"cpu": 1}

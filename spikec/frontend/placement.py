@@ -139,9 +139,11 @@ def is_dispatched(model: nn.Module) -> bool:
 
 def placement_counts(model: nn.Module) -> dict[str, int]:
     """How many entries of a dispatched ``model``'s device map went to each device
-    (``{"cpu": 4, "disk": 27}``; GPU indices as strings), as report.json's ``placement`` records."""
+    (``{"cpu": 4, "disk": 27}``; GPU indices as strings), as report.json's ``placement`` records.
+    A model that fitted on one device is not dispatched: ``{that device: 1}``."""
     counts: dict[str, int] = {}
-    for device in model.hf_device_map.values():
+    device_map = getattr(model, "hf_device_map", None) or {"": next(model.parameters()).device.type}
+    for device in device_map.values():
         counts[str(device)] = counts.get(str(device), 0) + 1
     return counts
 
