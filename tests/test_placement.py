@@ -6,6 +6,7 @@ is the very one of the plain compile. Bad placements are refused in one line."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from spikec.cli import main
 from spikec.compiler import CompileOptions, compile_network
 from spikec.core.errors import UsageError
 from spikec.frontend.models import gpt2_tokenizer, load_model, smollm2_tokenizer
-from spikec.frontend.placement import OFFLOAD_DIR, Placement, parse_max_memory
+from spikec.frontend.placement import OFFLOAD_DIR, Placement, parse_max_memory, rename_safetensors
 
 TINY = {"num_hidden_layers": "4", "hidden_size": "64", "num_attention_heads": "4", "num_key_value_heads": "2",
         "intermediate_size": "128"}
@@ -112,6 +113,31 @@ def test_random_weights_have_nothing_to_place(tmp_path: Path, capsys) -> None:
 def test_max_memory_sizes_are_bytes_per_device() -> None:
     assert parse_max_memory("cpu=4GiB, cuda:1=20GB,0=100") == {"cpu": 4 * 2**30, 1: 20 * 10**9, 0: 100}
     assert parse_max_memory({"cpu": "2MB", 0: 5}) == {"cpu": 2_000_000, 0: 5}
+
+
+def test_the_cli_places_quietly_and_says_so_in_the_report(checkpoint: Path, tmp_path: Path, capsys, caplog) -> None:
+    """stderr stays for errors: accelerate's notice about offloaded parameters is not shown."""
+    caplog.set_level(logging.WARNING)
+    assert main(["compile", str(checkpoint), "-o", str(tmp_path / "out"), "-T", "4", "--calib-samples", "2",
+                 "--seq-len", "16", "--device-map", "cpu", "--max-memory", "cpu=13MB"]) == 0
+    assert capsys.readouterr().err == ""
+    assert not [r for r in caplog.records if "offloaded" in r.getMessage()]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["placement"]["max_memory"] == {"cpu": 13_000_000}
+
+
+def test_renaming_safetensors_keeps_every_tensor(tmp_path: Path) -> None:
+    """The header alone changes: the renamed file reads back the same tensors under the new names."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {"lm_head.weight": torch.randn(5, 3), "b": torch.arange(7, dtype=torch.int64),
+               "c": torch.randn(2).to(torch.bfloat16)}
+    save_file(tensors, tmp_path / "a.safetensors")
+    rename_safetensors(tmp_path / "a.safetensors", tmp_path / "b.safetensors", {"lm_head.weight": "embed.weight"})
+    back = load_file(tmp_path / "b.safetensors")
+    assert sorted(back) == ["b", "c", "embed.weight"]
+    assert torch.equal(back["embed.weight"], tensors["lm_head.weight"])
+    assert torch.equal(back["b"], tensors["b"]) and torch.equal(back["c"], tensors["c"])
 
 
 def test_only_a_disk_placement_keeps_no_memory(tmp_path: Path) -> None:

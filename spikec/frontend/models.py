@@ -46,7 +46,7 @@ from .encoder_models import MINILM, build_encoder, load_minilm_weights, minilm_c
 from .family_models import FAMILY_MODELS
 from . import weight_cache
 from .package_files import package_file
-from .placement import Placement, is_dispatched, rename_safetensors
+from .placement import Placement, is_dispatched, offload_notice_off, rename_safetensors
 
 GPT2_SHAPES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
@@ -182,7 +182,8 @@ def load_model(
     local nor downloadable, ``UsageError`` for bad overrides.
     """
     torch_dtype = check_dtype(dtype, "dtype")
-    loaded = _load_as(name, random_weights, config_overrides, seed, torch_dtype, placement)
+    with offload_notice_off() if placement is not None else contextlib.nullcontext():
+        loaded = _load_as(name, random_weights, config_overrides, seed, torch_dtype, placement)
     if torch_dtype != torch.float32:
         loaded.spec["dtype"] = dtype
     return loaded

@@ -14,13 +14,15 @@ without placement, and the calibration and the other passes run on it, giving th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -114,6 +116,19 @@ def check_placement(device_map: str | None, max_memory: dict[str | int, int] | N
                          hint=f"use {n['device_map']} cpu with {n['max_memory']} cpu=SIZE")
     if max_memory and device_map == "cpu" and set(max_memory) != {"cpu"}:
         raise UsageError(f"{n['max_memory']}: {n['device_map']} cpu uses no GPU; give cpu=SIZE only")
+
+
+@contextlib.contextmanager
+def offload_notice_off() -> Iterator[None]:
+    """accelerate's warning that parameters "are on the meta device because they were offloaded"
+    (what ``--device-map`` asked for; stderr is for errors) off inside the block, as it was after."""
+    log = logging.getLogger("accelerate.big_modeling")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def rename_safetensors(source: Path, target: Path, names: dict[str, str]) -> None:
