@@ -170,3 +170,26 @@ def test_a_model_that_fits_is_not_dispatched(checkpoint: Path, tmp_path: Path) -
     """With room for every weight in memory transformers places the model on the CPU without hooks."""
     placed = compile_dir(checkpoint, tmp_path / "placed", device_map="cpu")
     assert placed.report["placement"]["modules"] == {"cpu": 1}
+
+
+def test_offloaded_weights_are_read_two_blocks_at_most(checkpoint: Path, tmp_path: Path) -> None:
+    """The canonical builder's view of a model on disk: a block's weights are in memory from its
+    first region until two blocks later, the embedding (outside the blocks) until the end."""
+    from spikec.frontend.architectures import architecture_of
+    from spikec.frontend.placement import BlockOnloader
+
+    model = load_model(str(checkpoint), placement=Placement("disk", None, tmp_path / "offload")).model
+    onloader = BlockOnloader(model, architecture_of(model).block_index)
+
+    def in_memory(path: str) -> bool:
+        return not model.get_submodule(path).weight.is_meta
+
+    blocks = [f"model.layers.{i}.self_attn.q_proj" for i in range(4)]
+    assert not any(in_memory(p) for p in [*blocks, "model.embed_tokens"])
+    onloader.onload("model.embed_tokens")
+    for i, path in enumerate(blocks):
+        onloader.onload(f"model.layers.{i}.input_layernorm")
+        assert [in_memory(p) for p in blocks] == [i - 1 <= j <= i for j in range(4)]
+        assert in_memory(f"model.layers.{i}.mlp.down_proj") and in_memory("model.embed_tokens")
+    onloader.close()
+    assert not any(in_memory(p) for p in [*blocks, "model.embed_tokens"])

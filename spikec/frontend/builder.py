@@ -465,6 +465,8 @@ class CanonicalBuilder:
         target = name.replace(".", "_")
         if target in self.params:
             raise AssertionError(f"parameter {target} emitted twice")
+        if tensor.is_meta:  # a placed model's weight read while offloaded (spikec.frontend.placement)
+            raise RuntimeError(f"internal error: the weight of {name} was read while offloaded; please report this")
         t = tensor.detach().to(device="cpu", dtype=torch.float32)  # a placed model's weights may be on a GPU
         # shared only once: tied weights (embedding and lm_head) stay two tensors, as clones are
         shared = self.share_weights and t.untyped_storage().data_ptr() not in self.shared_storages

@@ -202,18 +202,19 @@ class BlockOnloader:
         from accelerate.utils import align_module_device
 
         unit = self._unit(path)
-        if unit not in self.units:
-            unit = next((u for u in self.units if u[0] == "module" and path.startswith(u[1] + ".")), None)
-            if unit is None:
-                return
         if unit[0] == "block":
             for old in [u for u in self.loaded if u[0] == "block" and u[1] < unit[1] - 1]:
                 self.loaded.pop(old).close()
-        if unit not in self.loaded:
-            stack = ExitStack()
-            for module in self.units[unit]:
-                stack.enter_context(align_module_device(module, torch.device("cpu")))
-            self.loaded[unit] = stack
+            wanted = [unit] if unit in self.units else []
+        else:  # a module outside the blocks, with its offloaded submodules (or inside an offloaded module)
+            wanted = [u for u in self.units if u[0] == "module" and (
+                u[1] == path or u[1].startswith(path + ".") or path.startswith(u[1] + ".") or not u[1])]
+        for u in wanted:
+            if u not in self.loaded:
+                stack = ExitStack()
+                for module in self.units[u]:
+                    stack.enter_context(align_module_device(module, torch.device("cpu")))
+                self.loaded[u] = stack
 
     def close(self) -> None:
         """Offload every weight still loaded."""
