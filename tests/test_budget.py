@@ -13,7 +13,8 @@ from spikec.backends import nirio
 from spikec.backends.lava import compare, export
 from spikec.backends.simulator import simulate
 import spikec.budget as budget_search
-from spikec.budget import choose_steps, few_spike_layers
+from spikec.budget import choose_steps
+from spikec.layer_costs import few_spike_layers
 from spikec.cli import build_parser
 from spikec.compiler import CompileOptions, compile_model
 from spikec.core import few_spike, ir
