@@ -4,15 +4,21 @@ Every few-spike layer may use ``S <= T`` steps. The choice minimises the estimat
 token while the perplexity ratio (SNN against the ANN, next-token perplexity) stays within ``R``:
 
 1. One forward and backward pass gives every layer's predicted loss increase and operations at
-   each ``S`` (spikec.layer_costs: diagonal Fisher of the code's error, spikes counted).
-2. For a loss allowance ``D`` (nats per token) the layers' lengths that minimise
-   ``operations + w x predicted loss`` are found for the weight ``w`` at which the predicted
-   increase just fits ``D`` (a Lagrangian of a multiple-choice knapsack; per layer, not per role).
+   each ``S``, per channel and for each multiple ``m`` of the channel's threshold in
+   ``CHANNEL_SCALES`` (spikec.layer_costs: diagonal Fisher of the code's error, spikes counted).
+   A channel whose errors cost little may take a coarser grid (and a wider span: ``theta m``,
+   ``m >= 1``) and spend fewer spikes; the readout's folded weight column is scaled with it, so
+   the network stays a plain few-spike network and every backend agrees spike for spike.
+2. For a loss allowance ``D`` (nats per token) the layers' lengths and channels' multiples that
+   minimise ``operations + w x predicted loss`` are found for the weight ``w`` at which the
+   predicted increase just fits ``D`` (a Lagrangian of a multiple-choice knapsack; every layer
+   and channel trades at the same price).
 3. The choice is measured with the fx module. The first allowance is ``log R`` minus the measured
-   full-length log ratio; each measurement rescales the prediction to what was measured (the
-   errors of layers are not exactly additive, and the Fisher is an estimate) and the next
-   allowance aims at ``R`` again. The cheapest measured choice within ``R`` is kept (``MEASUREMENTS``
-   at most; every layer at T if none is).
+   full-length log ratio; as the prediction is only an estimate (the errors of layers do not add
+   exactly; the Fisher is a second-order guess), the next allowances close in on ``R`` by a secant
+   between the largest one measured within ``R`` and the smallest past it (``next_allowance``).
+   The cheapest measured choice within ``R`` is kept (``MEASUREMENTS`` at most; every layer at T
+   if none is).
 
 Everything is measured on ``SEARCH_SAMPLES`` sequences of the CALIBRATION text (never the
 evaluation text) that follow the ones the thresholds were fitted to (``search_sequences``): on the
@@ -32,11 +38,12 @@ from torch import fx
 
 from spikec.core import ops
 from spikec.layer_costs import (
-    FewSpikeLayer, allocation_for_loss, few_spike_layers, predicted_loss, step_costs,
+    FewSpikeLayer, LayerChoice, allocation_for_loss, attribute, few_spike_layers, layer_costs, predicted_loss,
 )
 
-SEARCH_SAMPLES = 4
-"""Calibration sequences the search measures on (the first ones)."""
+SEARCH_SAMPLES = 8
+"""Calibration sequences the search measures on (1,024 tokens at the default 128 positions: on 512
+the measured ratio of two nearly equal choices differed by up to 0.03, SmolLM2-135M ternary T=8)."""
 MEASUREMENTS = 6
 """Choices the search measures with the fx module at most (besides every layer at T)."""
 CLOSE_ENOUGH = 0.15
@@ -59,6 +66,7 @@ class BudgetChoice:
     evaluations: int
     trail: list[dict[str, Any]] = field(default_factory=list)  # measured choices, in order
     text: str = "calibration"  # which sequences were measured (``search_sequences``)
+    coarser_channels: dict[str, int] = field(default_factory=dict)  # per layer: channels given a wider threshold
 
     def to_json(self) -> dict[str, Any]:
         """report.json's ``budget`` entry."""
@@ -66,7 +74,8 @@ class BudgetChoice:
                 "samples": self.samples, "evaluations": self.evaluations,
                 "ppl_ratio_all_T": self.ppl_ratio_full, "ppl_ratio": self.ppl_ratio,
                 "operations_per_token_all_T": self.operations_full, "operations_per_token": self.operations,
-                "steps_per_role": self.groups, "steps": self.steps, "trail": self.trail}
+                "steps_per_role": self.groups, "steps": self.steps,
+                "coarser_channels": self.coarser_channels, "trail": self.trail}
 
 
 class SpikeCounter(fx.Interpreter):
@@ -93,6 +102,51 @@ def set_steps(layers: list[FewSpikeLayer], steps: dict[str, int], timesteps: int
         else:
             kwargs["steps"] = int(s)
         layer.node.kwargs = kwargs
+
+
+class Thresholds:
+    """The calibrated thresholds and folded readout weights of the few-spike layers, kept so that a
+    choice of channel multiples (``LayerChoice.scales``) can be written over them, and undone."""
+
+    def __init__(self, gm: fx.GraphModule, layers: list[FewSpikeLayer]):
+        self.gm, self.layers = gm, layers
+        self.original = {layer.name: (attribute(gm, layer.node.args[1]).detach().clone(),
+                                      [attribute(gm, r.args[1]).detach().clone() for r in layer.readouts])
+                         for layer in layers}
+
+    def apply(self, scales: dict[str, torch.Tensor]) -> None:
+        """Thresholds ``theta * m`` and readout weights ``W theta * m`` (columns), ``m`` per channel
+        (layers not named: their calibrated values)."""
+        for layer in self.layers:
+            theta, weights = self.original[layer.name]
+            m = scales.get(layer.name)
+            with torch.no_grad():
+                attribute(self.gm, layer.node.args[1]).copy_(theta if m is None else theta * m.to(theta.dtype))
+                for r, w in zip(layer.readouts, weights):
+                    attribute(self.gm, r.args[1]).copy_(w if m is None else w * m.to(w.dtype)[None, :])
+
+
+def next_allowance(feasible: list[tuple[float, float]], infeasible: list[tuple[float, float]],
+                   goal: float) -> float | None:
+    """The next predicted-loss allowance to measure, from the measured ``(allowance, log-ratio increase)``
+    pairs within R (``feasible``) and past it: a secant between the largest feasible and the smallest
+    infeasible allowance towards the increase ``goal`` (kept off the ends of that bracket), or,
+    before both exist, a step out (at most 4x) or in (at least 4x less); None once the bracket is
+    empty (measurements that contradict each other: the noise of the measured tokens)."""
+    lo = max(feasible, default=None)
+    hi = min(infeasible, default=None)
+    if hi is None:
+        allowance, increase = lo
+        return allowance * min(max(goal / max(increase, goal / 4), 1.25), 4.0)
+    if lo is None:
+        allowance, increase = hi
+        return allowance * min(max(goal / increase, 0.25), 0.8)
+    (a_lo, m_lo), (a_hi, m_hi) = lo, hi
+    if a_hi <= a_lo:
+        return None
+    guess = (a_lo + a_hi) / 2 if m_hi <= m_lo else a_lo + (goal - m_lo) * (a_hi - a_lo) / (m_hi - m_lo)
+    margin = 0.1 * (a_hi - a_lo)
+    return min(max(guess, a_lo + margin), a_hi - margin)
 
 
 def search_sequences(stream: torch.Tensor, fitted: int, seq_len: int) -> tuple[torch.Tensor, str]:
@@ -144,40 +198,49 @@ def choose_steps(gm: fx.GraphModule, ann: Callable[[torch.Tensor], torch.Tensor]
 
     full = {l.name: timesteps for l in layers}
     full_ratio, full_ops = measure(full)
-    best = (full, full_ratio, full_ops)
+    best: tuple[dict[str, LayerChoice] | None, float, float] = (None, full_ratio, full_ops)
     trail: list[dict[str, Any]] = []
     allowance = math.log(budget) - math.log(full_ratio)
+    thresholds = Thresholds(gm, layers)
     if layers and allowance > 0:
         if on_step:
             on_step("budget: per-layer sensitivities")
-        costs, _ = step_costs(gm, layers, ids, timesteps)
-        scale = 1.0  # measured / predicted log-ratio increase
-        tried: list[dict[str, int]] = []
-        for _ in range(MEASUREMENTS):
-            steps = allocation_for_loss(costs, allowance / scale)
-            if steps in tried or steps == full:
+        costs, _ = layer_costs(gm, layers, ids, timesteps)
+        feasible: list[tuple[float, float]] = []  # (allowance, measured log-ratio increase) within R
+        infeasible: list[tuple[float, float]] = []
+        tried: list[dict[str, Any]] = []
+        target: float | None = allowance
+        while target is not None and len(tried) < MEASUREMENTS:
+            choices = allocation_for_loss(costs, target)
+            key = {n: (c.steps, tuple(c.scales.tolist())) for n, c in choices.items()}
+            if key in tried or all(c.steps == timesteps and bool((c.scales == 1).all()) for c in choices.values()):
                 break
-            tried.append(steps)
+            tried.append(key)
             if on_step:
                 on_step(f"budget: measuring a choice ({len(tried)}/{MEASUREMENTS})")
-            ratio, operations = measure(steps)
-            predicted = predicted_loss(costs, steps)
-            trail.append({"predicted_ppl_ratio": full_ratio * math.exp(predicted), "ppl_ratio": ratio,
-                          "operations_per_token": operations, "mean_steps": sum(steps.values()) / len(steps)})
+            thresholds.apply({n: c.scales for n, c in choices.items()})
+            ratio, operations = measure({n: c.steps for n, c in choices.items()})
+            trail.append({"allowance_nats": target, "predicted_ppl_ratio": full_ratio * math.exp(
+                          predicted_loss(costs, choices)), "ppl_ratio": ratio, "operations_per_token": operations,
+                          "mean_steps": sum(c.steps for c in choices.values()) / len(choices),
+                          "coarser_channels": sum(int((c.scales > 1).sum()) for c in choices.values())})
+            (feasible if ratio <= budget else infeasible).append((target, math.log(ratio) - math.log(full_ratio)))
             if ratio <= budget and operations < best[2]:
-                best = (steps, ratio, operations)
-            measured = math.log(ratio) - math.log(full_ratio)
-            if predicted > 0:
-                scale = min(max(measured / predicted, 0.1), 10.0)
+                best = (choices, ratio, operations)
             if ratio <= budget and math.log(budget) - math.log(ratio) <= CLOSE_ENOUGH * allowance:
                 break
-    chosen, ratio, operations = best
+            target = next_allowance(feasible, infeasible, allowance)
+    picked, ratio, operations = best
+    chosen = {n: c.steps for n, c in picked.items()} if picked else full
+    thresholds.apply({n: c.scales for n, c in picked.items()} if picked else {})
     set_steps(layers, chosen, timesteps)
     gm.recompile()
+    coarser = {n: int((c.scales > 1).sum()) for n, c in picked.items() if bool((c.scales > 1).any())} if picked else {}
     roles: dict[str, list[int]] = {}
     for layer in layers:
         roles.setdefault(layer.role, []).append(chosen[layer.name])
     return BudgetChoice(budget=float(budget), timesteps=int(timesteps), steps=chosen,
                         groups={r: round(sum(v) / len(v), 2) for r, v in roles.items()},
                         ppl_ratio_full=full_ratio, ppl_ratio=ratio, operations_full=full_ops, operations=operations,
-                        samples=int(ids.shape[0]), evaluations=evaluations, trail=trail, text=text)
+                        samples=int(ids.shape[0]), evaluations=evaluations, trail=trail, text=text,
+                        coarser_channels=coarser)

@@ -83,12 +83,42 @@ def few_spike_layers(gm: fx.GraphModule) -> list[FewSpikeLayer]:
     return out
 
 
-@dataclass
-class StepCosts:
-    """One layer's costs per code length: index ``S - 1`` for ``S = 1 .. T``."""
+CHANNEL_SCALES = (1.0, 3 ** 0.5, 3.0, 3 ** 1.5, 9.0)
+"""Multiples of a channel's threshold an allocation may give it: a coarser grid and a wider span
+(never a narrower one, so nothing calibration saw is clipped that was not before), in steps of
+sqrt(3), half a ternary step and about 0.8 of a binary one."""
 
-    loss: list[float]  # predicted loss increase over no quantization, nats per predicted token
-    operations: list[float]  # per token
+
+@dataclass
+class LayerCosts:
+    """One layer's cost tables on the measured tokens, for ``S = 1 .. T`` steps (index ``S - 1``)
+    and each channel's threshold times ``CHANNEL_SCALES[j]``.
+
+    loss: ``[T, J, F]`` float64, each channel's predicted loss (nats per predicted token);
+    synaptic: ``[T, J, F]`` float64, each channel's spikes x fan-out per token;
+    per_step: neuron updates and readout shift-and-adds per token of one step of the layer."""
+
+    loss: torch.Tensor
+    synaptic: torch.Tensor
+    per_step: float
+
+    @property
+    def steps(self) -> int:
+        return int(self.loss.shape[0])
+
+    def full_loss(self) -> float:
+        """The predicted loss at full length and the calibrated thresholds."""
+        return float(self.loss[-1, 0].sum())
+
+
+@dataclass
+class LayerChoice:
+    """A layer's code length, its channels' threshold multiples and their predicted costs."""
+
+    steps: int
+    scales: torch.Tensor  # [F] float32, each channel's multiple of its calibrated threshold
+    loss: float  # predicted, nats per predicted token
+    operations: float  # per token
 
 
 class StraightThrough(fx.Interpreter):
@@ -127,20 +157,23 @@ class StraightThrough(fx.Interpreter):
 
 
 def code_value(x: torch.Tensor, layer: FewSpikeLayer, threshold: torch.Tensor, timesteps: int, steps: int
-               ) -> tuple[torch.Tensor, int]:
-    """``(u_hat float64 [..., F], spikes)``: the value in threshold units that the layer's ``steps``-step
-    code of the current ``x`` stands for, and its number of spikes."""
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u_hat float64 [..., F], spikes int64 [..., F])``: the value in threshold units that the layer's
+    ``steps``-step code of the current ``x`` stands for, and each neuron's number of spikes."""
+    if layer.radix == 3:
+        counts, spikes = few_spike.ternary_code(x, threshold, timesteps, steps)
+        scales = few_spike.group_scales(timesteps, 3)
+        return sum(counts[g] * scales[g] for g in range(counts.shape[0])), spikes
     train = few_spike.few_spike_encode(
-        x, few_spike.FewSpikeParams(threshold, signed_digits=layer.signed_digits, radix=layer.radix),
-        timesteps, steps)
-    return few_spike.weighted_count(train, layer.radix), int(train.abs().sum(dtype=torch.int64))
+        x, few_spike.FewSpikeParams(threshold, signed_digits=layer.signed_digits), timesteps, steps)
+    return few_spike.weighted_count(train), train.abs().sum(0, dtype=torch.int64)
 
 
-def step_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tensor, timesteps: int
-               ) -> tuple[dict[str, StepCosts], float]:
-    """Every layer's ``StepCosts`` for ``S = 1 .. timesteps`` on token ids ``[B, P]`` (module
-    docstring), and the module's mean next-token loss (nats) at full length. Leaves ``gm``'s
-    parameters as they were (gradients are taken only for the currents)."""
+def layer_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tensor, timesteps: int
+                ) -> tuple[dict[str, LayerCosts], float]:
+    """Every layer's ``LayerCosts`` on token ids ``[B, P]`` (module docstring), and the module's
+    mean next-token loss (nats) at full length. Leaves ``gm``'s parameters as they were (gradients
+    are taken only for the currents)."""
     for layer in layers:  # the costs are of codes that start from the full-length network
         kwargs = dict(layer.node.kwargs)
         kwargs.pop("steps", None)
@@ -161,59 +194,79 @@ def step_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tenso
             p.requires_grad_(flag)
     predicted = ids[:, 1:].numel()
     tokens = ids.numel()
-    costs: dict[str, StepCosts] = {}
+    costs: dict[str, LayerCosts] = {}
     with torch.no_grad():
         for layer in layers:
-            u = run.currents[layer.name]
-            g2 = u.grad.double().square() if u.grad is not None else torch.zeros_like(u, dtype=torch.float64)
+            u = run.currents[layer.name].detach().double()
+            grad = run.currents[layer.name].grad
+            g2 = (grad.double().square() if grad is not None else torch.zeros_like(u)).flatten(0, -2)
+            u = u.flatten(0, -2)
+            x = run.inputs[layer.name]
             threshold = attribute(gm, layer.node.args[1])
-            losses, operations = [], []
-            for s in range(1, timesteps + 1):
-                value, spikes = code_value(run.inputs[layer.name], layer, threshold, timesteps, s)
-                error = value - u.detach().double()
-                losses.append(0.5 * float((g2 * error.square()).sum()) / predicted)
-                operations.append(spikes * layer.fan_out / tokens
-                                  + s * (layer.features + layer.readout_adds * layer.fan_out))
-            costs[layer.name] = StepCosts(losses, operations)
+            shape = (timesteps, len(CHANNEL_SCALES), layer.features)
+            losses = torch.zeros(shape, dtype=torch.float64)
+            synaptic = torch.zeros(shape, dtype=torch.float64)
+            for j, scale in enumerate(CHANNEL_SCALES):
+                scaled = (threshold.double() * scale).float()
+                for s in range(1, timesteps + 1):
+                    value, spikes = code_value(x, layer, scaled, timesteps, s)
+                    error = value.flatten(0, -2) * scale - u
+                    losses[s - 1, j] = 0.5 * (g2 * error.square()).sum(0) / predicted
+                    synaptic[s - 1, j] = spikes.flatten(0, -2).sum(0).double() * layer.fan_out / tokens
+            costs[layer.name] = LayerCosts(losses, synaptic, float(layer.features + layer.readout_adds * layer.fan_out))
     return costs, float(loss.detach()) / predicted
 
 
-def allocate(costs: dict[str, StepCosts], weight: float) -> dict[str, int]:
-    """Each layer's code length minimising ``operations + weight * loss`` (a Lagrangian of "fewest
-    operations for this much predicted loss"; weight in operations per nat)."""
-    out = {}
-    for name, c in costs.items():
-        scores = [o + weight * l for o, l in zip(c.operations, c.loss)]
-        out[name] = 1 + min(range(len(scores)), key=lambda i: (scores[i], -i))
-    return out
+def choose_layer(c: LayerCosts, weight: float) -> LayerChoice:
+    """The layer's steps and channel multiples minimising ``operations + weight * loss`` (weight in
+    operations per nat); on a tie the longer code and the finer grid."""
+    score = c.synaptic + weight * c.loss  # [T, J, F]
+    best, j = score.min(dim=1)  # min keeps the first (finest) multiple on a tie
+    totals = best.sum(-1) + torch.arange(1, c.steps + 1, dtype=torch.float64) * c.per_step
+    s = c.steps - int(torch.argmin(totals.flip(0)))
+    pick = j[s - 1]
+    loss = float(c.loss[s - 1].gather(0, pick[None]).sum())
+    operations = float(c.synaptic[s - 1].gather(0, pick[None]).sum()) + s * c.per_step
+    return LayerChoice(s, torch.tensor(CHANNEL_SCALES, dtype=torch.float64)[pick].float(), loss, operations)
 
 
-def predicted_loss(costs: dict[str, StepCosts], steps: dict[str, int]) -> float:
-    """Predicted increase of the mean loss (nats) of ``steps`` over every layer at full length."""
-    return sum(c.loss[steps[n] - 1] - c.loss[-1] for n, c in costs.items())
+def allocate(costs: dict[str, LayerCosts], weight: float) -> dict[str, LayerChoice]:
+    """Every layer's ``choose_layer`` at one weight: a Lagrangian of "fewest operations for this much
+    predicted loss", so the layers and channels trade at the same price."""
+    return {name: choose_layer(c, weight) for name, c in costs.items()}
 
 
-def predicted_operations(costs: dict[str, StepCosts], steps: dict[str, int]) -> float:
-    """Estimated operations per token of ``steps``."""
-    return sum(c.operations[steps[n] - 1] for n, c in costs.items())
+def full_length(costs: dict[str, LayerCosts]) -> dict[str, LayerChoice]:
+    """Every layer at full length with its calibrated thresholds."""
+    return {name: LayerChoice(c.steps, torch.ones(c.loss.shape[-1]), c.full_loss(),
+                              float(c.synaptic[-1, 0].sum()) + c.steps * c.per_step) for name, c in costs.items()}
 
 
-def allocation_for_loss(costs: dict[str, StepCosts], target: float, iterations: int = 60) -> dict[str, int]:
+def predicted_loss(costs: dict[str, LayerCosts], choices: dict[str, LayerChoice]) -> float:
+    """Predicted increase of the mean loss (nats) of ``choices`` over every layer at full length."""
+    return sum(choices[n].loss - c.full_loss() for n, c in costs.items())
+
+
+def predicted_operations(choices: dict[str, LayerChoice]) -> float:
+    """Estimated operations per token of ``choices``."""
+    return sum(c.operations for c in choices.values())
+
+
+def allocation_for_loss(costs: dict[str, LayerCosts], target: float, iterations: int = 60
+                        ) -> dict[str, LayerChoice]:
     """The Lagrangian allocation with the fewest operations whose predicted loss increase is at most
-    ``target`` nats (bisection on the weight, in log space); every layer at full length if even the
-    largest weight cannot meet it."""
-    full = {n: len(c.loss) for n, c in costs.items()}
+    ``target`` nats (bisection on the weight, in log space); full length if no weight meets it."""
+    best = full_length(costs)
     if target <= 0:
-        return full
-    lo, hi = 1e-3, 1e15  # operations per nat: hi keeps every layer (nearly) at full length
-    best = full
-    if predicted_loss(costs, allocate(costs, lo)) <= target:
-        return allocate(costs, lo)
+        return best
+    lo, hi = 1e-3, 1e15  # operations per nat
+    if predicted_loss(costs, low := allocate(costs, lo)) <= target:
+        return low
     for _ in range(iterations):
         mid = (lo * hi) ** 0.5
-        steps = allocate(costs, mid)
-        if predicted_loss(costs, steps) <= target:
-            hi, best = mid, steps
+        choices = allocate(costs, mid)
+        if predicted_loss(costs, choices) <= target:
+            hi, best = mid, choices
         else:
             lo = mid
     return best
