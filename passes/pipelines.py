@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from spikec.core.codings import CODINGS, FEW_SPIKE_CODINGS  # rate, binary, ternary; --budget's
 from spikec.core.errors import UsageError
 
 ATTENTION_MODES = ("softmax", "spike-softmax", "ssa")
@@ -18,12 +19,6 @@ ssa: spiking self-attention without softmax (docs/ssa.md; fine-tune it with
 ``spikec finetune --method ssa``)."""
 
 TOKEN_ENCODINGS = ("none", "rate", "binary")
-CODINGS = ("rate", "binary", "ternary")
-"""rate: SignedIF neurons, about T |x| / theta spikes per value (the default); binary: few-spike
-neurons, one spike per set bit, step k weighted 2^-k; ternary: few-spike neurons with balanced
-ternary digits, step k weighted 3^-k (docs/few-spike.md)."""
-FEW_SPIKE_CODINGS = ("binary", "ternary")
-"""The codings of the ``binary-encode`` pass (``--budget`` applies to them)."""
 CALIBRATION_MODES = ("none", "coarse", "fine")
 
 _BASE = ["fold-norm-affine", "calibrate", "burst-all"]

@@ -29,7 +29,7 @@ def compile(
     model: str | Path | torch.nn.Module,
     *,
     output: str | Path | None = None,
-    timesteps: int = 16,
+    timesteps: int | None = None,
     tokenizer: Any = None,
     target: str = "nir",
     preset: str = "balanced",
@@ -65,7 +65,8 @@ def compile(
     ``evaluate`` can compare with it later.
     tokenizer: for a model object (default: GPT-2's for ``gpt2``, SmolLM2's for its ``llama``).
     output: the directory to write (default: a new temporary directory; ``save`` keeps it).
-    timesteps: T, timesteps per window (1..4096). seq_len: positions per calibration sample
+    timesteps: T, timesteps per window (1..4096; default: the coding's, ``spikec.core.codings.DEFAULT_TIMESTEPS``:
+    rate 16, binary 8, ternary 7). seq_len: positions per calibration sample
     (2..8192), also the longest sequence the network takes when it has learned positions.
     calib_text: a text file (or ``embedded:NAME``) for calibration, calib_samples of it.
     coding: ``rate``, ``binary`` or ``ternary`` (few-spike neurons, docs/few-spike.md); budget: with
@@ -94,7 +95,8 @@ def compile(
     from spikec.frontend.placement import parse_max_memory
 
     n = {**ARGUMENT_NAMES, **(names or {})}
-    check_range(n["timesteps"], timesteps, 1, 4096)
+    if timesteps is not None:
+        check_range(n["timesteps"], timesteps, 1, 4096)
     check_range(n["calib_samples"], calib_samples, 1)
     check_range(n["seq_len"], seq_len, 2, 8192)
     loaded = None

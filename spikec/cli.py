@@ -15,6 +15,7 @@ from spikec.arguments import (
     ENERGY_TOKENS, OneLineParser, energy_seq_len_arg, key_values, new_tokens_arg, pass_options, samples_arg, seed_arg, seq_len_arg,
     ranks_arg, timesteps_arg, timesteps_list_arg, tokens_arg,
 )
+from spikec.core.codings import timesteps_defaults_text
 from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
 
 EMBEDDED_TEXTS = ("embedded:calibration_gpl3.txt (the GPL-3 licence, compile's default), "
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="convert a model into a spiking network (NIR) in an output directory")
     c.add_argument("model", help="gpt2, gpt2-medium, gpt2-large, distilgpt2, smollm2-135m, llama, a Hugging Face id or a local directory")
     c.add_argument("-o", "--output", help="output directory (default: build/<model>)")
-    c.add_argument("-T", "--timesteps", type=timesteps_arg, default=16, help="timesteps per window (default 16)")
+    c.add_argument("-T", "--timesteps", type=timesteps_arg, default=None,
+                   help=f"timesteps per window (default by --coding: {timesteps_defaults_text()})")
     c.add_argument("--target", default="nir", help="nir (default), sim, or lava (also writes DIR/lava/, docs/lava.md)")
     c.add_argument("--calib-text", help="calibration text file, or embedded:NAME for a shipped text: " + EMBEDDED_TEXTS
                    + " (default: embedded:calibration_gpl3.txt)")
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
     c.add_argument("--coding", default="rate", choices=("rate", "binary", "ternary"),
                    help="spike code: rate (default), binary or ternary (few-spike neurons, -T steps per token, "
-                        "step k weighted 2^-k or 3^-k; docs/few-spike.md)")
+                        f"step k weighted 2^-k or 3^-k; docs/few-spike.md); -T defaults to {timesteps_defaults_text()}")
     c.add_argument("--budget", type=float, default=None, metavar="R",
                    help="with --coding binary or ternary: choose each layer's steps (at most -T) for the least estimated energy "
                         "with the perplexity ratio on the calibration text within R (e.g. 1.04); default: all -T")

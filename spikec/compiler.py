@@ -33,6 +33,7 @@ from spikec.backends.lava.export import export_lava
 from spikec.backends.simulator import resolve_device
 from spikec.budget import SEARCH_SAMPLES, choose_steps, search_sequences
 from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
+from spikec.core.codings import default_timesteps
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext, get_pass, run_passes
 from spikec.frontend.canonicalize import capture_canonical
@@ -59,7 +60,7 @@ class CompileOptions:
 
     model: str
     output: str | None = None
-    timesteps: int = 16
+    timesteps: int | None = None  # None: the coding's default (spikec.core.codings.DEFAULT_TIMESTEPS)
     target: str = "nir"
     calib_text: str | None = None
     calib_samples: int = 16
@@ -76,11 +77,15 @@ class CompileOptions:
     attention: str = "softmax"  # softmax | spike-softmax | ssa (spikec.passes.pipelines)
     token_encoding: str = "none"  # none | rate | binary
     calibrate: str = "none"  # none | coarse | fine (FAS stage 2)
-    coding: str = "rate"  # rate | binary | ternary (spikec.passes.pipelines.CODINGS)
+    coding: str = "rate"  # rate | binary | ternary (spikec.core.codings.CODINGS)
     budget: float | None = None  # few-spike coding: per-layer steps within this calibration ppl ratio (spikec.budget)
     dtype: str = "float32"  # the source model's parameters while loading and capturing (spikec.frontend.models.DTYPES)
     device_map: str | None = None  # place the source model with accelerate (spikec.frontend.placement.PLACEMENTS)
     max_memory: dict[str | int, int] | None = None  # with device_map: bytes per device ("cpu", GPU index)
+
+    def __post_init__(self) -> None:
+        if self.timesteps is None:
+            self.timesteps = default_timesteps(self.coding)
 
     def validate(self, names: dict[str, str] | None = None) -> None:
         """Raise ``UsageError`` for a value out of range, naming the option as ``names`` maps it

@@ -392,8 +392,8 @@ def write_report(
 
 
 def budget_section(budget: dict[str, Any] | None) -> list[str]:
-    """The report's HTML for ``report.json``'s ``budget`` (``--budget``): the steps chosen per role
-    and per layer, and what the search measured on calibration text; nothing without a budget."""
+    """The report's HTML for ``report.json``'s ``budget`` (``--budget``): the steps chosen per layer
+    (and their mean per role), and what the search measured on calibration text; nothing without a budget."""
     if not budget:
         return []
     t = budget["timesteps"]
@@ -403,7 +403,7 @@ def budget_section(budget: dict[str, Any] | None) -> list[str]:
            f"{budget['ppl_ratio_all_T']:.4f} with every layer at T={t}, {budget['ppl_ratio']:.4f} with the choice "
            f"(budget {budget['budget']:g}); estimated operations per token "
            f"{budget['operations_per_token']:.4g} against {budget['operations_per_token_all_T']:.4g}.</p>",
-           _table(["role", "steps"], [[role, s] for role, s in budget["steps_per_role"].items()]),
+           _table(["role", "mean steps"], [[role, s] for role, s in budget["steps_per_role"].items()]),
            _table(["layer", "steps"], [[name, s] for name, s in budget["steps"].items()])]
     return out
 

@@ -13,7 +13,8 @@ from spikec.backends import nirio
 from spikec.backends.lava import compare, export
 from spikec.backends.simulator import simulate
 import spikec.budget as budget_search
-from spikec.budget import choose_steps, few_spike_layers
+from spikec.budget import choose_steps
+from spikec.layer_costs import few_spike_layers
 from spikec.cli import build_parser
 from spikec.compiler import CompileOptions, compile_model
 from spikec.core import few_spike, ir
@@ -98,20 +99,21 @@ def test_compile_records_the_choice_in_report_json_and_the_report(tmp_path):
                                  config_overrides={"n_layer": "1", "n_embd": "32", "n_head": "2"}))
     report = json.loads((out / "report.json").read_text())
     budget = report["budget"]
-    assert budget["text"].startswith("calibration, the 4 sequences after the") and budget["budget"] == 1.5
+    assert budget["text"].startswith(f"calibration, the {budget_search.SEARCH_SAMPLES} sequences after the") and budget["budget"] == 1.5
     assert set(budget["steps"]) and all(1 <= s <= T for s in budget["steps"].values())
     assert report["simulator_check"]["identical_layers"] == report["simulator_check"]["neuron_layers"]
     assert "Per-layer steps (--budget)" in (out / "report.html").read_text()
 
 
 def test_the_search_measures_calibration_sequences_the_thresholds_were_not_fitted_to():
-    stream = torch.arange(10 * 8)
+    n = budget_search.SEARCH_SAMPLES + 6
+    stream = torch.arange(n * 8)
     ids, label = budget_search.search_sequences(stream, fitted=3, seq_len=8)
     assert ids.shape == (budget_search.SEARCH_SAMPLES, 8) and int(ids[0, 0]) == 3 * 8
     assert label == f"calibration, the {budget_search.SEARCH_SAMPLES} sequences after the 3 fitted ones"
-    ids, _ = budget_search.search_sequences(stream, fitted=9, seq_len=8)  # one sequence left
-    assert ids.shape == (1, 8) and int(ids[0, 0]) == 72
-    ids, label = budget_search.search_sequences(stream, fitted=10, seq_len=8)  # none left: the fitted ones
+    ids, _ = budget_search.search_sequences(stream, fitted=n - 1, seq_len=8)  # one sequence left
+    assert ids.shape == (1, 8) and int(ids[0, 0]) == (n - 1) * 8
+    ids, label = budget_search.search_sequences(stream, fitted=n, seq_len=8)  # none left: the fitted ones
     assert int(ids[0, 0]) == 0 and "the text has no more" in label
 
 
@@ -132,3 +134,14 @@ def test_lava_takes_each_layer_s_steps_spike_for_spike(lava_python, tmp_path):
         run = compare.run_export(folder, ids, precision=precision, python=lava_python)
         result = compare.compare(graph, ids, run)
         assert result["spike_agreement"] == 1.0, (precision, result["spike_agreement_per_layer"])
+
+
+def test_the_next_allowance_closes_in_on_the_budget_from_the_measurements():
+    goal = 0.04
+    assert budget_search.next_allowance([(0.04, 0.01)], [], goal) == pytest.approx(0.16)  # too safe: step out
+    assert budget_search.next_allowance([(0.04, 0.03)], [], goal) == pytest.approx(0.04 * 4 / 3)
+    assert budget_search.next_allowance([], [(0.04, 0.08)], goal) == pytest.approx(0.02)  # past R: step in
+    inside = budget_search.next_allowance([(0.04, 0.02)], [(0.12, 0.10)], goal)
+    assert inside == pytest.approx(0.06)  # the secant between the bracket's ends
+    assert 0.048 <= budget_search.next_allowance([(0.04, 0.039)], [(0.12, 0.10)], goal) < 0.12
+    assert budget_search.next_allowance([(0.12, 0.03)], [(0.04, 0.05)], goal) is None  # noise: no bracket
