@@ -64,9 +64,10 @@ class Placement:
 
 
 def _available_cpu_memory() -> int:
-    import psutil
+    """What accelerate would give the CPU by default (the memory available now), in bytes."""
+    from accelerate.utils import get_max_memory
 
-    return int(psutil.virtual_memory().available)
+    return int(get_max_memory()["cpu"])
 
 
 def parse_max_memory(text: str | dict[Any, Any], flag: str = "--max-memory") -> dict[str | int, int]:
