@@ -35,8 +35,8 @@ PLACEMENTS = ("auto", "cpu", "disk")
 
 OFFLOAD_DIR = ".offload"
 """The folder spikec makes inside its own temporary output directory for accelerate's offloaded
-weights (and, for a model with no safetensors checkpoint, the checkpoint it saves), removed once
-the source model is dropped."""
+weights that have no safetensors file to be read from (and SmolLM2's checkpoint, re-headed for
+accelerate), removed once the source model is dropped."""
 
 
 @dataclass(frozen=True)
