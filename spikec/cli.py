@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spike code: rate (default), binary or ternary (few-spike neurons, -T steps per token, "
                         f"step k weighted 2^-k or 3^-k; docs/few-spike.md); -T defaults to {timesteps_defaults_text()}")
     c.add_argument("--budget", type=float, default=None, metavar="R",
-                   help="with --coding binary or ternary: choose each layer's steps (at most -T) for the least estimated energy "
-                        "with the perplexity ratio on the calibration text within R (e.g. 1.04); default: all -T")
+                   help="with --coding binary or ternary: choose each layer's steps (at most -T) and a coarser threshold for "
+                        "channels whose errors cost little, for the least estimated energy with the perplexity "
+                        "ratio on the calibration text within R (e.g. 1.04); default: all -T")
     c.add_argument("--calibrate", default="none", choices=("none", "coarse", "fine"),
                    help="FAS stage-2 calibration of thresholds (coarse) and initial membranes (fine), docs/fas.md")
     c.add_argument("--option", type=key_values, default={}, metavar="KEY=VALUE,...",

