@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy
 
-from spikec.frontend.models import smollm2_tokenizer
+from spikec.frontend.smollm2 import smollm2_tokenizer
 from spikec.text import HELDOUT_TEXT, embedded_text
 
 OUT = Path(__file__).resolve().parent.parent / "spikec" / "data" / "finetune_numpy_docstrings.txt"

@@ -16,7 +16,8 @@ import spikec
 from spikec.cli import main
 from spikec.compiler import CompileOptions, compile_network
 from spikec.core.errors import UsageError
-from spikec.frontend.models import gpt2_tokenizer, load_model, smollm2_tokenizer
+from spikec.frontend.models import gpt2_tokenizer, load_model
+from spikec.frontend.smollm2 import smollm2_tokenizer
 from spikec.frontend.placement import OFFLOAD_DIR, Placement, parse_max_memory, rename_safetensors
 
 TINY = {"num_hidden_layers": "4", "hidden_size": "64", "num_attention_heads": "4", "num_key_value_heads": "2",

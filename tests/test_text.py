@@ -4,7 +4,7 @@ no embedded calibration or fine-tuning text overlaps."""
 import pytest
 
 from spikec.core.errors import InputError
-from spikec.frontend.models import smollm2_tokenizer
+from spikec.frontend.smollm2 import smollm2_tokenizer
 from spikec.text import (
     CALIBRATION_TEXT,
     HELDOUT_TEXT,

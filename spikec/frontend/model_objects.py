@@ -13,7 +13,8 @@ from spikec.core.errors import UsageError
 from . import weight_cache
 from .architectures import architecture_of, supported_text
 from .encoder_models import MINILM, MINILM_DIST
-from .models import SMOLLM2, SMOLLM2_CONFIG, LoadedModel, as_loaded, gpt2_tokenizer, smollm2_tokenizer
+from .models import SMOLLM2, SMOLLM2_CONFIG, LoadedModel, as_loaded, gpt2_tokenizer
+from .smollm2 import smollm2_tokenizer
 
 
 def describe_spec(spec: dict[str, Any]) -> str:
