@@ -18,9 +18,12 @@ held-out text (the embedded docstrings, ``--tokens`` tokens, never used to choos
 
 Writes benchmarks/results/few_spike.json; with ``--only NAME ...`` it measures those settings and
 keeps the others' rows from the file (timing needs its settings measured in the same run); with
-``--lava-only`` only the Lava rows.
+``--lava-only`` only the Lava rows; with ``--cache DIR`` it keeps each compile in DIR and measures a
+directory already there instead of compiling it again (``benchmarks/pareto.py --cache DIR`` makes
+the same settings' compiles).
 
     python benchmarks/few_spike.py [--tokens 1024] [--repeats 3] [--skip-lava] [--only ternary_T7 ...] [--lava-only]
+                                   [--cache DIR]
 """
 
 from __future__ import annotations
@@ -162,6 +165,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-lava", action="store_true")
     ap.add_argument("--only", nargs="+", choices=list(SETTINGS), help="measure only these settings")
+    ap.add_argument("--cache", help="keep compiled directories here and reuse those present (pareto.py's "
+                                     "--cache holds the same settings' compiles)")
     ap.add_argument("--lava-only", action="store_true", help="measure only the Lava rows, keep the others from the file")
     a = ap.parse_args()
     only = [] if a.lava_only else a.only  # None: every setting
@@ -178,10 +183,14 @@ def main() -> None:
         for name, (coding, t, budget) in SETTINGS.items():
             if only is not None and name not in only:
                 continue
-            dirs[name] = f"{tmp}/{name}"
+            dirs[name] = f"{a.cache or tmp}/{name}"
             start = time.perf_counter()
-            compile_model(CompileOptions(model=MODEL, output=dirs[name], timesteps=t, coding=coding, budget=budget))
-            row = {"coding": coding, "timesteps": t, "budget": budget, "compile_seconds": time.perf_counter() - start}
+            reused = a.cache is not None and (Path(dirs[name]) / "model.nir").exists()
+            if not reused:
+                compile_model(CompileOptions(model=MODEL, output=dirs[name], timesteps=t, coding=coding, budget=budget,
+                                             force=True))
+            row = {"coding": coding, "timesteps": t, "budget": budget,
+                   "compile_seconds": None if reused else time.perf_counter() - start}
             row.update(accuracy_and_energy(dirs[name], a.tokens))
             if budget:
                 row["budget_choice"] = load_compiled(dirs[name]).report.get("budget")
