@@ -404,7 +404,8 @@ def budget_section(budget: dict[str, Any] | None) -> list[str]:
            f"(budget {budget['budget']:g}); estimated operations per token "
            f"{budget['operations_per_token']:.4g} against {budget['operations_per_token_all_T']:.4g}.</p>",
            _table(["role", "mean steps"], [[role, s] for role, s in budget["steps_per_role"].items()]),
-           _table(["layer", "steps"], [[name, s] for name, s in budget["steps"].items()])]
+           _table(["layer", "steps", "channels with a coarser threshold"],
+                  [[name, s, budget.get("coarser_channels", {}).get(name, 0)] for name, s in budget["steps"].items()])]
     return out
 
 

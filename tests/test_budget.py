@@ -14,7 +14,7 @@ from spikec.backends.lava import compare, export
 from spikec.backends.simulator import simulate
 import spikec.budget as budget_search
 from spikec.budget import choose_steps
-from spikec.layer_costs import few_spike_layers
+from spikec.layer_costs import attribute, few_spike_layers
 from spikec.cli import build_parser
 from spikec.compiler import CompileOptions, compile_model
 from spikec.core import few_spike, ir
@@ -65,6 +65,9 @@ def test_a_loose_budget_shortens_some_layer_and_the_simulator_still_agrees_spike
     assert choice.ppl_ratio <= 1.5 and choice.operations < choice.operations_full
     nodes = {n: node for n, node in graph.nodes.items() if isinstance(node, ir.SpikecFewSpike)}
     assert {n: node.steps or T for n, node in nodes.items()} == choice.steps
+    assert choice.coarser_channels  # some channels trade resolution for spikes, in the file too
+    layer = next(l for l in few_spike_layers(gm) if l.name in choice.coarser_channels)
+    assert torch.equal(torch.as_tensor(nodes[layer.name].threshold).float(), attribute(gm, layer.node.args[1]).float())
     agreement = compare_fx_and_simulator(gm, graph, ids, T)
     assert agreement.identical_layers == agreement.layers == 9 and agreement.logits_max_abs_diff == 0.0
     fast, reference = simulate(graph, ids, T), simulate(graph, ids, T, mode="reference", record=True)
@@ -102,7 +105,9 @@ def test_compile_records_the_choice_in_report_json_and_the_report(tmp_path):
     assert budget["text"].startswith(f"calibration, the {budget_search.SEARCH_SAMPLES} sequences after the") and budget["budget"] == 1.5
     assert set(budget["steps"]) and all(1 <= s <= T for s in budget["steps"].values())
     assert report["simulator_check"]["identical_layers"] == report["simulator_check"]["neuron_layers"]
-    assert "Per-layer steps (--budget)" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "Per-layer steps (--budget)" in html and "channels with a coarser threshold" in html
+    assert set(budget["coarser_channels"]) <= set(budget["steps"])
 
 
 def test_the_search_measures_calibration_sequences_the_thresholds_were_not_fitted_to():
