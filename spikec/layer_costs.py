@@ -27,7 +27,7 @@ checks the choice by measuring.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -156,17 +156,28 @@ class StraightThrough(fx.Interpreter):
         return exact + (unquantized - unquantized.detach())
 
 
-def code_value(x: torch.Tensor, layer: FewSpikeLayer, threshold: torch.Tensor, timesteps: int, steps: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(u_hat float64 [..., F], spikes int64 [..., F])``: the value in threshold units that the layer's
-    ``steps``-step code of the current ``x`` stands for, and each neuron's number of spikes."""
+def codes_by_length(x: torch.Tensor, layer: FewSpikeLayer, threshold: torch.Tensor, timesteps: int
+                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(S, u_hat float64 [..., F], spikes int64 [..., F])`` for ``S = 1 .. timesteps``: the value in
+    threshold units that the layer's S-step code of the current ``x`` stands for, and each neuron's
+    number of spikes. Balanced ternary: the first S digits of the full-length code, which are the
+    S-step code (the digits after S sum to less than half of step S-1's weight, so cutting them
+    rounds to nearest, as the S-step neuron does) but where double rounding meets an exact tie; one
+    code per layer instead of T. Binary digits round at their last step: each S coded anew."""
     if layer.radix == 3:
-        counts, spikes = few_spike.ternary_code(x, threshold, timesteps, steps)
-        scales = few_spike.group_scales(timesteps, 3)
-        return sum(counts[g] * scales[g] for g in range(counts.shape[0])), spikes
-    train = few_spike.few_spike_encode(
-        x, few_spike.FewSpikeParams(threshold, signed_digits=layer.signed_digits), timesteps, steps)
-    return few_spike.weighted_count(train), train.abs().sum(0, dtype=torch.int64)
+        train = few_spike.few_spike_encode(x, few_spike.FewSpikeParams(threshold, signed_digits=True, radix=3),
+                                           timesteps)
+        value = torch.zeros(train.shape[1:], dtype=torch.float64)
+        spikes = torch.zeros(train.shape[1:], dtype=torch.int64)
+        for k in range(timesteps):
+            value += train[k].double() * 3.0 ** -k
+            spikes += train[k].abs()
+            yield k + 1, value, spikes
+        return
+    for s in range(1, timesteps + 1):
+        train = few_spike.few_spike_encode(
+            x, few_spike.FewSpikeParams(threshold, signed_digits=layer.signed_digits), timesteps, s)
+        yield s, few_spike.weighted_count(train), train.abs().sum(0, dtype=torch.int64)
 
 
 def layer_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tensor, timesteps: int
@@ -208,8 +219,7 @@ def layer_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tens
             synaptic = torch.zeros(shape, dtype=torch.float64)
             for j, scale in enumerate(CHANNEL_SCALES):
                 scaled = (threshold.double() * scale).float()
-                for s in range(1, timesteps + 1):
-                    value, spikes = code_value(x, layer, scaled, timesteps, s)
+                for s, value, spikes in codes_by_length(x, layer, scaled, timesteps):
                     error = value.flatten(0, -2) * scale - u
                     losses[s - 1, j] = 0.5 * (g2 * error.square()).sum(0) / predicted
                     synaptic[s - 1, j] = spikes.flatten(0, -2).sum(0).double() * layer.fan_out / tokens
