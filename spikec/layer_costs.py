@@ -1,27 +1,29 @@
-"""What each code length costs each few-spike layer: predicted loss and estimated operations.
+"""What each code length and threshold costs each few-spike layer: predicted loss, operations.
 
-For every few-spike layer ``l`` of a converted fx module and every code length ``S = 1 .. T``
-this module estimates, from ONE forward and backward pass over some token ids:
+For every few-spike layer ``l`` of a converted fx module, every code length ``S = 1 .. T``, every
+multiple ``m`` of a channel's threshold in ``CHANNEL_SCALES`` and every channel ``c``, this module
+estimates from ONE forward and backward pass over some token ids (``layer_costs``):
 
-* ``loss[S]``: the expected increase of the next-token loss (nats per predicted token) caused by the
-  layer's quantization error at S steps, by the diagonal Fisher (second-order) approximation
+* ``loss[S, m, c]``: the expected increase of the next-token loss (nats per predicted token)
+  caused by the channel's quantization error, by the diagonal Fisher (second-order)
+  approximation
 
-      loss_l(S) = 1/2 sum_(t, c) g_(t,c)^2 e_(t,c)(S)^2 / N
+      loss_l(S, m, c) = 1/2 sum_t g_(t,c)^2 e_(t,c)(S, m)^2 / N
 
-  where ``e(S) = u_hat(S) - u`` is the code's error in threshold units (``u = x / theta``, the
-  layer's input current; ``u_hat`` the value its S-step spikes stand for), ``g = dL/du`` the
-  gradient of the summed next-token loss ``L`` at the network's own operating point (every code
-  at full length, the gradient passed straight through each code) and ``N`` the predicted tokens.
-  The errors of different layers are taken to add: a choice of ``S_l`` per layer is predicted to
-  raise the mean loss by ``sum_l loss_l(S_l) - loss_l(T)``.
-* ``operations[S]``: per token, ``spikes x fan-out`` synaptic operations, ``features x S`` neuron
-  updates and ``adds x fan-out x S`` readout shift-and-adds (``adds`` 2 binary, 3 ternary), the
-  spikes counted on the same tokens (spikec.analysis's counting, all priced alike).
+  where ``e(S, m) = m u_hat - u`` is the error in threshold units of the S-step code of ``u / m``
+  (``u = x / theta``, the layer's input current; ``u_hat`` the value the spikes stand for),
+  ``g = dL/du`` the gradient of the summed next-token loss ``L`` at the network's own operating
+  point (every code at full length, the gradient passed straight through each code) and ``N``
+  the predicted tokens. The errors of different layers and channels are taken to add.
+* ``synaptic[S, m, c]``: per token, the channel's ``spikes x fan-out`` synaptic operations (spikes
+  counted on the same tokens); per step of the layer, ``features`` neuron updates and ``adds x
+  fan-out`` readout shift-and-adds (``adds`` 2 binary, 3 ternary; spikec.analysis's counting, all
+  priced alike).
 
 The first-order term ``g e`` is left out on purpose: its sign depends on the tokens, so it averages
 out over text, while on the few hundred tokens of a search it is the noise that made a measured
-one-step change look like a gain or a loss at random. spikec.budget chooses with these tables and
-checks the choice by measuring.
+one-step change look like a gain or a loss at random. ``allocation_for_loss`` turns the tables into
+a choice per layer (steps) and channel (multiple); spikec.budget measures it.
 """
 
 from __future__ import annotations
