@@ -34,7 +34,8 @@ from spikec.passes.spike_softmax import PIPELINE, PIPELINE_WITH_TOKENS
 
 from spikec.compiler import CompileOptions, compile_model
 from spikec.core import streaming
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.evaluate import evaluate, load_compiled
 
 VARIANTS = {  # name -> (passes, preset, options)

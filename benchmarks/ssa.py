@@ -41,7 +41,8 @@ from spikec.backends.simulator import Simulator
 
 from spikec.core import ops
 from spikec.core.options import parse_value
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import load_model
 from spikec.lower import lower_to_nir

@@ -1,14 +1,23 @@
 """Rewrite passes over canonical spikec GraphModules (importable as ``spikec.passes``).
 
-``PASS_MODULES`` lists the modules that define the built-in passes: each registers its
-passes with ``spikec.core.passes`` through ``@register_pass`` (the mechanism plugins use
-too) when it is imported here. ``OPTION_RECORDS`` names the typed options record of each pass
-(``spikec.core.options``), and ``option_keys`` gives every ``--option`` key a pipeline reads.
+``BUILTIN_PASSES`` is the table of the built-in passes, assembled here from the functions of
+the pass modules (they register nothing themselves). User passes (plugins, notebooks) register
+with ``@spikec.register_pass`` into ``spikec.core.passes``; ``all_passes`` merges the two, and
+``get_pass``, ``registered_passes`` and ``run_passes`` look passes up in that merge.
+``OPTION_RECORDS`` names the typed options record of each pass (``spikec.core.options``), and
+``option_keys`` gives every ``--option`` key a pipeline reads.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+
+from spikec.core import passes as core_passes
+from spikec.core.errors import InputError
 from spikec.core.options import option_specs
+from spikec.core.passes import PassContext, PassInfo, PassRecord, pass_info
 
 from . import (
     binary_encode,  # few-spike coding (docs/few-spike.md)
@@ -25,9 +34,25 @@ from . import (
     token_encoding,
 )
 
-PASS_MODULES = (calibrate, encode, binary_encode, fold, outliers, ssa, ssa_finetune, portable_encode, qcfs_finetune,
-                fas_calibrate, spike_softmax, token_encoding)
-"""The modules defining the built-in passes (``spikec passes`` lists what they register)."""
+BUILTIN_PASSES: dict[str, PassInfo] = {
+    info.name: info for info in (
+        pass_info("fold-norm-affine", fold.fold_norm_affine, "builtin"),
+        pass_info("calibrate", calibrate.calibrate, "builtin"),
+        pass_info("burst-mlp-out", outliers.burst_mlp_out, "builtin"),
+        pass_info("wide-range-mlp-out", outliers.wide_range_mlp_out, "builtin"),
+        pass_info("burst-all", outliers.burst_all, "builtin"),
+        pass_info("spike-encode", encode.spike_encode, "builtin"),
+        pass_info("binary-encode", binary_encode.binary_encode, "builtin"),
+        pass_info("portable-encode", portable_encode.portable_encode, "builtin"),
+        pass_info("token-encode", token_encoding.token_encode, "builtin"),
+        pass_info("spike-softmax", spike_softmax.spike_softmax, "builtin"),
+        pass_info("ssa", ssa.ssa_pass, "builtin"),
+        pass_info("ssa-finetune", ssa_finetune.ssa_finetune, "builtin"),
+        pass_info("qcfs-finetune", qcfs_finetune.qcfs_finetune, "builtin"),
+        pass_info("fas-calibrate", fas_calibrate.fas_calibrate, "builtin"),
+    )
+}
+"""Pass name -> the built-in pass (``spikec passes`` lists these and the user passes)."""
 
 OPTION_RECORDS: dict[str, type] = {
     "calibrate": calibrate.CalibrateOptions,
@@ -92,5 +117,38 @@ def option_keys(pass_names: list[str]) -> set[str]:
     return keys
 
 
-__all__ = ["ALSO_READS", "COMMON_OPTION_KEYS", "DEFAULT_PIPELINE", "OPTION_RECORDS", "PASS_MODULES", "PRESETS",
-           "UNTYPED_OPTION_KEYS", "option_keys"]
+def all_passes() -> dict[str, PassInfo]:
+    """Every pass by name: ``BUILTIN_PASSES`` and the user passes of ``@spikec.register_pass``.
+    A user pass may not take a built-in pass's name (plugins are refused when they load; a pass
+    registered in Python is refused here)."""
+    user = core_passes.user_passes()
+    for name in sorted(user.keys() & BUILTIN_PASSES.keys()):
+        raise InputError(f"the user pass {name!r} ({user[name].source}) has the name of a built-in pass",
+                         hint="register it under another name")
+    return {**BUILTIN_PASSES, **user}
+
+
+def get_pass(name: str) -> PassInfo:
+    """The pass ``name`` (built in or user); raises ``UnknownPassError`` listing known names."""
+    return core_passes.lookup_pass(all_passes(), name)
+
+
+def registered_passes() -> list[PassInfo]:
+    """Every pass, built in or user, sorted by name."""
+    registry = all_passes()
+    return [registry[k] for k in sorted(registry)]
+
+
+def run_passes(
+    gm: torch.fx.GraphModule,
+    names: list[str],
+    ctx: PassContext,
+    on_pass: Callable[[str], None] | None = None,
+) -> tuple[torch.fx.GraphModule, list[PassRecord]]:
+    """``spikec.core.passes.run_passes`` over ``all_passes()``: run the passes ``names`` in
+    order on ``gm``; returns the final module and one ``PassRecord`` per pass."""
+    return core_passes.run_passes(gm, names, ctx, all_passes(), on_pass)
+
+
+__all__ = ["ALSO_READS", "BUILTIN_PASSES", "COMMON_OPTION_KEYS", "DEFAULT_PIPELINE", "OPTION_RECORDS", "PRESETS",
+           "UNTYPED_OPTION_KEYS", "all_passes", "get_pass", "option_keys", "registered_passes", "run_passes"]

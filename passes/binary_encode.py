@@ -26,7 +26,7 @@ from torch import fx
 from spikec.core import few_spike, ops
 from spikec.core.errors import UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .affine_rewrite import AffineSite, finish, fold_weight, replace_affine
 from .calibrate import META_KEY as CALIBRATION_KEY
@@ -82,7 +82,6 @@ def leading_steps(absmax: torch.Tensor, base: torch.Tensor, span: float, headroo
     return torch.ceil(need - 1e-12).clamp(max=max_lead).to(torch.int64)
 
 
-@register_pass("binary-encode")
 def binary_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Replace each calibrated affine by few-spike neurons and a Horner-readout affine.
 

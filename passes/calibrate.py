@@ -13,7 +13,7 @@ from tqdm import tqdm
 from spikec.core import ops
 from spikec.core.errors import InputError, ResourceError, UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .fx_graph import attr_tensor, calls, get_arg, module_device
 
@@ -104,7 +104,6 @@ def observe_nodes(gm: fx.GraphModule, data: torch.Tensor, watch: dict[fx.Node, A
             observer.run(data[start:start + batch].to(device))
 
 
-@register_pass("calibrate")
 def calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Measure per-channel abs-max and a high percentile of |x| at every affine input.
 

@@ -11,7 +11,7 @@ from torch import fx
 from spikec.core import ops
 from spikec.core.errors import UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .affine_rewrite import AffineSite, finish, fold_weight, replace_affine
 from .fx_graph import calls, get_arg, new_attr, spikec_name
@@ -71,7 +71,6 @@ def provably_nonnegative(x: fx.Node) -> bool:
             and get_arg(x, 1, "kind") == "relu")
 
 
-@register_pass("spike-encode")
 def spike_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Replace each calibrated affine by SignedIF neurons and a rate-readout affine.
 

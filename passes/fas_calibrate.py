@@ -23,7 +23,7 @@ from torch import fx
 
 from spikec.core.errors import UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .encode import NEURON_KEY
 from .fas_layer import (
@@ -212,7 +212,6 @@ def _calibrate(gm: fx.GraphModule, layers: list[Layer], ids: torch.Tensor, opts:
     return losses
 
 
-@register_pass("fas-calibrate")
 def fas_calibrate(gm: fx.GraphModule, ctx: PassContext) -> None:
     """FAS stage 2: coarse-to-fine calibration of the SignedIF thresholds and initial membranes.
 

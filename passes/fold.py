@@ -6,7 +6,7 @@ import torch
 from torch import fx
 
 from spikec.core import ops
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .fx_graph import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, set_arg, spikec_name
 
@@ -56,7 +56,6 @@ def _foldable(gm: fx.GraphModule, norm: fx.Node) -> bool:
     return all(p is None or attr_tensor(gm, p) is not None for p in params)
 
 
-@register_pass("fold-norm-affine")
 def fold_norm_affine(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Fold each LayerNorm/RMSNorm weight and bias into the affines that read the norm.
 

@@ -14,7 +14,7 @@ from torch import fx
 
 from spikec.core import ops
 from spikec.core.errors import UsageError
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .fx_graph import calls
 from .encode import NEURON_KEY
@@ -41,7 +41,6 @@ def _burst(ctx: PassContext) -> dict[str, Any]:
     return {"range": "percentile", "range_scale": scale, "max_spikes": int(spikes)}
 
 
-@register_pass("burst-mlp-out")
 def burst_mlp_out(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Give the MLP down-projection input burst neurons: percentile threshold, B spikes a step.
 
@@ -54,7 +53,6 @@ def burst_mlp_out(gm: fx.GraphModule, ctx: PassContext) -> None:
     _configure(gm, ctx, {"mlp_out"}, _burst(ctx))
 
 
-@register_pass("wide-range-mlp-out")
 def wide_range_mlp_out(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Give the MLP down-projection input binary neurons over a widened abs-max range.
 
@@ -69,7 +67,6 @@ def wide_range_mlp_out(gm: fx.GraphModule, ctx: PassContext) -> None:
     _configure(gm, ctx, {"mlp_out"}, {"range": "absmax", "range_scale": scale, "max_spikes": 1})
 
 
-@register_pass("burst-all")
 def burst_all(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Give every affine input burst neurons (percentile threshold, B spikes a step).
 

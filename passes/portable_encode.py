@@ -31,7 +31,7 @@ from torch import fx
 from spikec.core import ops
 from spikec.core.errors import UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .affine_rewrite import AffineSite, finish, replace_affine
 from .fx_graph import calls, get_arg, new_attr, spikec_name
@@ -137,7 +137,6 @@ def fit_channels(gm: fx.GraphModule, ctx: PassContext, fits: dict[fx.Node, Chann
     observe_nodes(gm, data, fits, from_options(CalibrateOptions, ctx.options).batch)
 
 
-@register_pass("portable-encode")
 def portable_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Replace each calibrated affine by standard NIR IF neurons (reset to zero) and a readout affine.
 

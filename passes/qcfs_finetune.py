@@ -31,7 +31,7 @@ from torch import fx
 from spikec.core import ops
 from spikec.core.errors import UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .calibrate import META_KEY as CALIBRATION_KEY
 from .encode import NEURON_KEY, neuron_config, provably_nonnegative, thresholds
@@ -248,7 +248,6 @@ def _state_paths(opts: QCFSOptions, run_id: str) -> tuple[Path | None, Path | No
     return ckpt, None if folder is None else folder / f"qcfs-{run_id}.done"
 
 
-@register_pass("qcfs-finetune")
 def qcfs_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
     """FAS stage 1: fine-tune all weights with QCFS-quantized affine inputs and learnable clip thresholds.
 

@@ -21,7 +21,7 @@ from torch import fx
 from spikec.core import ops, streaming
 from spikec.core.errors import InputError, UnsupportedError, UsageError
 from spikec.core.options import from_options
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .fx_graph import (
     calls,
@@ -105,7 +105,6 @@ def _neuron(gm: fx.GraphModule, before: fx.Node, x: fx.Node, theta: torch.Tensor
     return count
 
 
-@register_pass("spike-softmax")
 def spike_softmax(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Convert to a streaming network: ST-BIF neurons and spike-equivalent operators (SpikeZIP-TF).
 

@@ -22,7 +22,7 @@ from spikec.core import ops
 from spikec.core import ssa as core_ssa
 from spikec.core.errors import InputError, UnsupportedError, UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .fx_graph import (
     attr_tensor,
@@ -339,7 +339,6 @@ def _record_currents(gm: fx.GraphModule, attns: list[fx.Node], data: torch.Tenso
     return {a: torch.cat(currents.pop(a)) for a in attns}  # one list at a time: peak memory as recorded
 
 
-@register_pass("ssa")
 def ssa_pass(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Replace every softmax attention with causal spiking self-attention (SSA).
 

@@ -31,7 +31,7 @@ from spikec.core import ops
 from spikec.core import ssa as core_ssa
 from spikec.core.errors import UnsupportedError, UsageError
 from spikec.core.options import from_options, option_field
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .fx_graph import attr_tensor, calls, drop_unused_attrs, erase_if_unused, get_arg, new_attr, set_arg, spikec_name
 from .fx_graph import module_device
@@ -529,7 +529,6 @@ def _record_stats(ctx: PassContext, cfg: SSAFinetuneOptions, train_cfg: TrainCon
     ctx.record("train_losses", [round(x, 6) for x in result.losses[:: max(1, len(result.losses) // 50)]])
 
 
-@register_pass("ssa-finetune")
 def ssa_finetune(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Fine-tune the SSA layers with surrogate-gradient BPTT, layer by layer, against softmax attention.
 

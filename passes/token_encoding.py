@@ -13,7 +13,7 @@ from torch import fx
 
 from spikec.core import ops, streaming
 from spikec.core.errors import UsageError
-from spikec.core.passes import PassContext, register_pass
+from spikec.core.passes import PassContext
 
 from .fx_graph import calls, new_attr, spikec_name
 from .encode import thresholds
@@ -35,7 +35,6 @@ def _is_streaming(gm: fx.GraphModule) -> bool:
                for n in gm.graph.nodes)
 
 
-@register_pass("token-encode")
 def token_encode(gm: fx.GraphModule, ctx: PassContext) -> None:
     """Encode each embedding output as spikes: rate (ST-BIF) or binary-expansion coding.
 

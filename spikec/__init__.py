@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _HOMES = {
     "PassContext": "spikec.core.passes",
     "register_pass": "spikec.core.passes",
-    "registered_passes": "spikec.core.passes",
+    "registered_passes": "spikec.passes",
     "compile": "spikec.api",
     "load": "spikec.api",
     "SpikingModel": "spikec.spiking_model",

@@ -289,11 +289,10 @@ def _load(directory: str, reference: str | None = None, tokenizer_from_reference
 def _cmd_passes(a: argparse.Namespace) -> int:
     import spikec.passes as builtin
     from spikec.compiler import load_plugins
-    from spikec.core.passes import registered_passes
 
     load_plugins(a.plugin)
-    width = max(len(p.name) for p in registered_passes())
-    for p in registered_passes():
+    width = max(len(p.name) for p in builtin.registered_passes())
+    for p in builtin.registered_passes():
         origin = "" if p.source == "builtin" else f"  [{p.source}]"
         print(f"{p.name:<{width}}  {p.summary}{origin}")
     print(f"\ndefault = {','.join(builtin.DEFAULT_PIPELINE)}")

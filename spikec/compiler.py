@@ -35,7 +35,7 @@ from spikec.budget import SEARCH_SAMPLES, choose_steps, search_sequences
 from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
 from spikec.core.codings import default_timesteps
 from spikec.core.errors import UsageError
-from spikec.core.passes import PassContext, get_pass, run_passes
+from spikec.core.passes import PassContext
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import LoadedModel, check_dtype, load_model
 from spikec.frontend.placement import OFFLOAD_DIR, Placement, check_placement, placement_counts
@@ -130,14 +130,14 @@ def resolve_pipeline(names: list[str], default: list[str] | None = None) -> list
     for name in names:
         resolved.extend((default or builtin_passes.DEFAULT_PIPELINE) if name == "default" else [name])
     for name in resolved:
-        get_pass(name)  # raises UnknownPassError listing the known passes
+        builtin_passes.get_pass(name)  # raises UnknownPassError listing the known passes
     return resolved
 
 
 def check_option_keys(options: dict[str, Any], pipeline: list[str], flag: str = "--option") -> None:
     """Refuse ``--option`` keys that no pass of ``pipeline`` reads (a typo would otherwise be
     ignored). A pipeline with a plugin pass may read any key, so it is not checked."""
-    if any(get_pass(name).source != "builtin" for name in pipeline):
+    if any(builtin_passes.get_pass(name).source != "builtin" for name in pipeline):
         return
     valid = builtin_passes.option_keys(pipeline)
     unknown = sorted(set(options) - valid)
@@ -246,7 +246,7 @@ def compile_network(opts: CompileOptions, console: Console | None = None, loaded
         )
         with status(console, "running passes") as update:
             gm = gm.to(resolve_device(opts.device))
-            gm, records = run_passes(gm, pipeline, ctx, on_pass=lambda n: update(f"pass {n}"))
+            gm, records = builtin_passes.run_passes(gm, pipeline, ctx, on_pass=lambda n: update(f"pass {n}"))
             gm = gm.to("cpu")
         t0 = step_done("passes", t0)
         budget = None

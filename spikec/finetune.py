@@ -105,11 +105,10 @@ def run(a: argparse.Namespace) -> int:
     """The ``finetune`` command: check the method and settings, compile, print a summary."""
     import spikec.passes as builtin
     from spikec.compiler import CompileOptions, compile_model, load_plugins
-    from spikec.core.passes import registered_passes
 
     method = METHODS[a.method]
     load_plugins(a.plugin)
-    known = {p.name for p in registered_passes()}
+    known = {p.name for p in builtin.registered_passes()}
     missing = [p for p in method.passes if p not in known]
     if missing:
         raise UsageError(f"--method {a.method} needs the pass {', '.join(map(repr, missing))}, which is not registered "

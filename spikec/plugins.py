@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from spikec.core.errors import InputError, one_line
-from spikec.core.passes import set_registration_source
+from spikec.core.passes import registering_from
+from spikec.passes import BUILTIN_PASSES
 
 ENTRY_POINT_GROUP = "spikec.passes"
 
@@ -25,28 +26,24 @@ def load_plugin_file(path: str | Path) -> None:
     if spec is None or spec.loader is None:
         raise InputError(f"plugin {str(p)!r} is not an importable Python file")
     module = importlib.util.module_from_spec(spec)
-    old = set_registration_source(str(p))
     try:
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        with registering_from(str(p), reserved=BUILTIN_PASSES):
+            spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:  # the plugin's own bug: report it as bad input, with its location
         sys.modules.pop(module_name, None)
         raise InputError(f"plugin {str(p)!r} failed to import: {type(e).__name__}: {one_line(e)}") from e
-    finally:
-        set_registration_source(old)
 
 
 def load_entry_point_plugins() -> list[str]:
     """Load every installed entry point of the group ``spikec.passes``; returns their names."""
     loaded = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        old = set_registration_source(f"entry point {ep.name} ({ep.value})")
         try:
-            ep.load()
+            with registering_from(f"entry point {ep.name} ({ep.value})", reserved=BUILTIN_PASSES):
+                ep.load()
         except (Exception, SystemExit) as e:
             raise InputError(f"installed spikec plugin {ep.name!r} failed to load: {type(e).__name__}: {one_line(e)}"
                              ) from e
-        finally:
-            set_registration_source(old)
         loaded.append(ep.name)
     return loaded

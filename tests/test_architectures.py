@@ -19,7 +19,8 @@ from spikec.backends.lava import compare, env, export
 from spikec.backends.lava.runtime import numpy_ops
 from spikec.core import ir, ops
 from spikec.core.errors import ResourceError, UnsupportedError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.frontend.architectures import ARCHITECTURES, architecture_of
 from spikec.frontend.canonicalize import CANONICAL_OPS, capture_canonical, check_against_model
 from spikec.frontend.family_models import FAMILY_MODELS

@@ -19,7 +19,8 @@ from spikec.cli import build_parser
 from spikec.compiler import CompileOptions, compile_model
 from spikec.core import few_spike, ir
 from spikec.core.errors import UsageError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.lower import lower_to_nir
 from spikec.verify import compare_fx_and_simulator
 

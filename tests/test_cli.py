@@ -114,6 +114,23 @@ def test_passes_lists_builtin_and_plugin_passes(capsys) -> None:
     assert "--option keys the default pipeline reads:" in out and "burst_spikes" in out
 
 
+def test_a_plugin_pass_may_not_take_a_builtin_name(tmp_path: Path, capsys) -> None:
+    plugin = tmp_path / "shadow.py"
+    plugin.write_text('import spikec\n\n@spikec.register_pass("calibrate")\ndef mine(gm, ctx):\n    """Mine."""\n')
+    assert main(["passes", "--plugin", str(plugin)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a pass named 'calibrate' is built in" in err
+    assert main(["passes"]) == 0 and "(no docstring)" not in capsys.readouterr().out  # the built-in one stays
+
+
+def test_a_pass_registered_in_python_may_not_take_a_builtin_name() -> None:
+    script = ("import spikec\n@spikec.register_pass('calibrate')\ndef mine(gm, ctx):\n    'Mine.'\n"
+              "spikec.registered_passes()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "InputError: the user pass 'calibrate' (user) has the name of a built-in pass" in proc.stderr
+
+
 def test_a_plugin_pass_runs_in_the_pipeline_and_reports_statistics(tmp_path: Path) -> None:
     plugin = REPO / "examples" / "custom_pass.py"
     out = tmp_path / "p"

@@ -22,7 +22,8 @@ from spikec.backends.lava.runtime import numpy_ops
 from spikec.cli import main
 from spikec.core import ir, ops
 from spikec.core.errors import UnsupportedError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.encoder_eval import average_ranks, embedding_metrics, heldout_sentences, is_encoder, spearman
 from spikec.frontend.architectures import architecture_of
 from spikec.frontend.canonicalize import capture_canonical

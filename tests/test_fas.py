@@ -27,7 +27,8 @@ from torch import fx
 
 from spikec.core import ir, neurons, ops
 from spikec.core.errors import UnsupportedError, UsageError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.lower import lower_to_nir
 from spikec.verify import compare_fx_and_simulator
 

@@ -21,7 +21,8 @@ from spikec.backends.simulator import native_build, native_loops, simulate
 from spikec.cli import build_parser
 from spikec.core import few_spike, ir, ops
 from spikec.core.errors import NIRFormatError, UnsupportedError, UsageError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.lower import lower_to_nir
 from spikec.passes.pipelines import build_pipeline
 from spikec.verify import compare_fx_and_simulator

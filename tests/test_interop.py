@@ -19,7 +19,8 @@ import spikec.passes  # noqa: F401  (registers the passes)
 from canonical_models import gpt2_like, llama_like, token_ids
 from spikec.backends import interop, nirio, portable
 from spikec.backends.simulator import simulate
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.lower import lower_to_nir
 
 T = 16

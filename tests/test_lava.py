@@ -31,7 +31,8 @@ from spikec.backends.lava.runtime.schedule import plan_segments, schedule
 from spikec.backends.simulator import simulate
 from spikec.core import ir, ops
 from spikec.core.errors import InputError, ResourceError, UnsupportedError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.lower import lower_to_nir
 
 T = 8

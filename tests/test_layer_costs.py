@@ -7,7 +7,8 @@ import torch
 
 from canonical_models import gpt2_like, token_ids
 import spikec.passes  # noqa: F401  (the built-in passes)
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.layer_costs import (
     CHANNEL_SCALES, StraightThrough, allocate, allocation_for_loss, few_spike_layers, full_length, layer_costs,
     predicted_loss, predicted_operations,

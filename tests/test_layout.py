@@ -5,7 +5,9 @@
   never import each other nor the orchestration above them; the Lava runtime that an export copies
   imports only lava, nir, numpy, the standard library and itself.
 - Assembly in plain sight: no import after the first definition of a module (no tail imports), no
-  module assigns another module's attributes.
+  module assigns another module's attributes, no module of the package registers its functions or
+  classes with a decorator (a registry is a table built from explicit imports, like
+  ``spikec.passes.BUILTIN_PASSES``; ``@register_pass`` is for user passes).
 - No private name (``_x``) of one module is used by another, in the package, the tests, the benchmarks
   or the examples.
 """
@@ -178,6 +180,22 @@ def test_no_module_assigns_another_modules_attributes():
                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in aliases:
                     wrong.append(f"{s.path.relative_to(ROOT)}:{node.lineno} assigns {t.value.id}.{t.attr}")
     assert not wrong, "\n".join(wrong)
+
+
+def _decorator_name(decorator: ast.expr) -> str:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return target.attr if isinstance(target, ast.Attribute) else target.id if isinstance(target, ast.Name) else ""
+
+
+def test_no_module_registers_by_decorator():
+    wrong = []
+    for s in SOURCES:
+        for node in ast.walk(s.tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                wrong += [f"{s.path.relative_to(ROOT)}:{d.lineno} @{_decorator_name(d)}" for d in node.decorator_list
+                          if "regist" in _decorator_name(d).lower()]
+    assert not wrong, "registration by decorator (build the table in the package's __init__ instead): " + \
+        ", ".join(wrong)
 
 
 def _ours(source: Source, name: str) -> bool:

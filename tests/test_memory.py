@@ -19,7 +19,8 @@ from spikec.compiler import CompileOptions, compile_model
 from spikec.core.errors import NIRFormatError, ResourceError
 from spikec.core.lazy import LazyArray, is_lazy
 from spikec.energy import measure_energy
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.evaluate import evaluate, load_compiled
 from spikec.frontend.canonicalize import capture_canonical
 from spikec.frontend.models import load_model

@@ -16,7 +16,8 @@ from canonical_models import FAMILIES, GraphBuilder, by_name, calls_to, gpt2_lik
 from spikec.core import ops
 from spikec.core.errors import InputError, UsageError
 from spikec.core.neurons import SignedIFParams, signed_if_rate
-from spikec.core.passes import PassContext, get_pass, registered_passes, run_passes
+from spikec.core.passes import PassContext, register_pass, registering_from
+from spikec.passes import get_pass, registered_passes, run_passes
 
 BUILTIN = ["fold-norm-affine", "calibrate", "spike-encode", "burst-mlp-out", "wide-range-mlp-out", "burst-all"]
 
@@ -356,9 +357,8 @@ def test_default_pipeline_names_registered_passes_in_order() -> None:
 
 def test_the_registry_lists_every_pass_module_and_options_record() -> None:
     registered = {info.name for info in registered_passes() if info.source == "builtin"}
-    defined = {info.name for info in registered_passes()
-               if any(info.fn.__module__ == m.__name__ for m in spikec.passes.PASS_MODULES)}
-    assert registered <= defined  # every built-in pass comes from a listed module
+    assert registered == set(spikec.passes.BUILTIN_PASSES)  # the table is the only source of built-in passes
+    assert all(info.fn.__module__.startswith("spikec.passes.") for info in spikec.passes.BUILTIN_PASSES.values())
     assert set(spikec.passes.OPTION_RECORDS) <= registered
     assert set(spikec.passes.UNTYPED_OPTION_KEYS) <= registered
     keys = spikec.passes.option_keys(spikec.passes.DEFAULT_PIPELINE)
@@ -367,3 +367,21 @@ def test_the_registry_lists_every_pass_module_and_options_record() -> None:
     fas = spikec.passes.option_keys(["qcfs-finetune", "fas-calibrate"])
     assert {"qcfs_steps", "fas_steps", "fas_state_dir", "calibrate", "progress"} <= fas
     assert spikec.passes.option_keys(["my-plugin-pass"]) == {"timesteps"}
+
+
+def test_a_user_pass_is_recorded_apart_from_the_builtin_ones_and_may_not_take_a_builtin_name() -> None:
+    def census(gm, ctx):
+        """Count nothing."""
+
+    with registering_from("tests/test_passes.py"):
+        register_pass("test-user-census")(census)
+        register_pass("test-user-census")(census)  # registering again from the same source is allowed
+    assert "test-user-census" not in spikec.passes.BUILTIN_PASSES
+    info = get_pass("test-user-census")
+    assert (info.fn, info.summary, info.source) == (census, "Count nothing.", "tests/test_passes.py")
+    with registering_from("another.py"), pytest.raises(ValueError, match="'test-user-census' is already registered"):
+        register_pass("test-user-census")(lambda gm, ctx: None)
+    with registering_from("plugin.py", reserved=spikec.passes.BUILTIN_PASSES), \
+            pytest.raises(ValueError, match="'calibrate' is built in"):
+        register_pass("calibrate")(census)
+    assert get_pass("calibrate").source == "builtin"

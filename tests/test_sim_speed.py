@@ -18,7 +18,8 @@ from spikec.backends.simulator import native_build, native_loops
 from spikec.backends.simulator import Simulator, resolve_device, simulate
 from spikec.core import neurons, ops
 from spikec.core.errors import UsageError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.lower import lower_to_nir
 from spikec.verify import compare_fx_and_simulator
 

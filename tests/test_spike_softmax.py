@@ -20,7 +20,8 @@ from spikec.passes.spike_softmax import PIPELINE
 
 from spikec.core import ir, neurons, ops, streaming
 from spikec.core.errors import UnsupportedError, UsageError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.core.ir import (
     SpikecSpikeAttention,
     SpikecSTBIF,

@@ -22,7 +22,8 @@ from spikec.cli import main
 from spikec.core import ops, ssa
 from spikec.core.ir import SpikecSSA
 from spikec.core.errors import UnsupportedError, UsageError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.lower import lower_to_nir
 from spikec.verify import SpikeRecorder, compare_fx_and_simulator
 
@@ -374,7 +375,7 @@ def test_finetune_command_errors(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setitem(finetune.METHODS, "ssa", finetune.Method(("ssa", "no-such-pass"), None))
     assert main(["finetune", *TINY, "--method", "ssa", "-o", str(tmp_path / "k")]) == 2
     assert "'no-such-pass', which is not registered" in _error(capsys)
-    if "qcfs-finetune" in {p.name for p in __import__("spikec.core.passes", fromlist=["x"]).registered_passes()}:
+    if "qcfs-finetune" in {p.name for p in __import__("spikec.passes", fromlist=["x"]).registered_passes()}:
         assert main(["finetune", *TINY, "--method", "qcfs", "--surrogate", "arctan", "-o", str(tmp_path / "q")]) == 2
         assert "--surrogate does not apply" in _error(capsys)
 

@@ -16,7 +16,8 @@ from spikec.passes.token_encoding import RATE_PIPELINE
 
 from spikec.core import ops, streaming
 from spikec.core.errors import UsageError
-from spikec.core.passes import PassContext, run_passes
+from spikec.core.passes import PassContext
+from spikec.passes import run_passes
 from spikec.core.ir import SpikecSpikeDecode, SpikecTokenEncoder
 from spikec.lower import lower_to_nir
 from spikec.verify import compare_fx_and_simulator

@@ -1,13 +1,18 @@
 """The pass registry and the context every pass receives.
 
 A pass is a plain function ``(gm, ctx) -> GraphModule | None`` over a canonical
-torch.fx GraphModule (returning None means "modified in place"). Register it with
-``@register_pass("name")``; its docstring's first line is its one-line summary.
+torch.fx GraphModule (returning None means "modified in place"); its docstring's first
+line is its one-line summary. The built-in passes are assembled in ``spikec.passes``
+(``BUILTIN_PASSES``); user passes (plugins, notebooks) register with ``@register_pass("name")``
+into the registry of user passes here, and ``spikec.passes.all_passes`` merges the two.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,11 +30,15 @@ class PassInfo:
     name: str
     fn: PassFn
     summary: str
-    source: str  # "builtin", a plugin file path, or an entry point name
+    source: str  # "builtin", a plugin file path, an entry point, or "user" (registered in Python)
 
 
-_REGISTRY: dict[str, PassInfo] = {}
-_current_source = "builtin"
+_USER_PASSES: dict[str, PassInfo] = {}
+"""Passes registered with ``@register_pass`` (plugins, notebooks); the built-in ones are
+assembled by ``spikec.passes.BUILTIN_PASSES``."""
+
+_SOURCE: ContextVar[str] = ContextVar("spikec_pass_source", default="user")
+_RESERVED: ContextVar[frozenset[str]] = ContextVar("spikec_reserved_pass_names", default=frozenset())
 
 
 class UnknownPassError(KeyError):
@@ -43,41 +52,56 @@ class UnknownPassError(KeyError):
         return f"unknown pass {self.name!r}; known passes: {', '.join(self.known)}"
 
 
+def pass_info(name: str, fn: PassFn, source: str) -> PassInfo:
+    """The ``PassInfo`` of ``fn`` under ``name``: its summary is the first line of its docstring."""
+    doc = inspect.getdoc(fn) or ""
+    summary = doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"
+    return PassInfo(name, fn, summary, source)
+
+
+@contextmanager
+def registering_from(source: str, reserved: Collection[str] = ()) -> Iterator[None]:
+    """Label the passes ``@register_pass`` records inside the block with ``source`` (a plugin
+    file path or an entry point), and refuse the names in ``reserved`` (the built-in passes)."""
+    token = _SOURCE.set(source)
+    reserved_token = _RESERVED.set(frozenset(reserved))
+    try:
+        yield
+    finally:
+        _RESERVED.reset(reserved_token)
+        _SOURCE.reset(token)
+
+
 def register_pass(name: str) -> Callable[[PassFn], PassFn]:
-    """Decorator registering ``fn`` as the pass ``name`` (names are unique)."""
+    """Decorator registering ``fn`` as the user pass ``name`` (names are unique; a user pass
+    may not take a built-in pass's name)."""
 
     def decorate(fn: PassFn) -> PassFn:
-        existing = _REGISTRY.get(name)
+        source = _SOURCE.get()
+        if name in _RESERVED.get():
+            raise ValueError(f"a pass named {name!r} is built in; give the user pass another name")
+        existing = _USER_PASSES.get(name)
         # Re-importing the same plugin file re-registers its passes: allowed. A clash
         # between two different sources is not.
-        if existing is not None and existing.fn is not fn and existing.source != _current_source:
-            raise ValueError(f"a pass named {name!r} is already registered ({_REGISTRY[name].source})")
-        doc = inspect.getdoc(fn) or ""
-        summary = doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"
-        _REGISTRY[name] = PassInfo(name, fn, summary, _current_source)
+        if existing is not None and existing.fn is not fn and existing.source != source:
+            raise ValueError(f"a pass named {name!r} is already registered ({existing.source})")
+        _USER_PASSES[name] = pass_info(name, fn, source)
         return fn
 
     return decorate
 
 
-def set_registration_source(source: str) -> str:
-    """Label passes registered from now on (used while importing plugins); returns the old label."""
-    global _current_source
-    old, _current_source = _current_source, source
-    return old
+def user_passes() -> dict[str, PassInfo]:
+    """A copy of the passes registered with ``@register_pass``, by name."""
+    return dict(_USER_PASSES)
 
 
-def get_pass(name: str) -> PassInfo:
-    """The registered pass ``name``; raises ``UnknownPassError`` listing known names."""
+def lookup_pass(registry: Mapping[str, PassInfo], name: str) -> PassInfo:
+    """``registry[name]``; raises ``UnknownPassError`` listing the names of ``registry``."""
     try:
-        return _REGISTRY[name]
+        return registry[name]
     except KeyError:
-        raise UnknownPassError(name, sorted(_REGISTRY)) from None
-
-
-def registered_passes() -> list[PassInfo]:
-    """Every registered pass, sorted by name."""
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+        raise UnknownPassError(name, sorted(registry)) from None
 
 
 @dataclass
@@ -121,14 +145,15 @@ def run_passes(
     gm: torch.fx.GraphModule,
     names: list[str],
     ctx: PassContext,
+    registry: Mapping[str, PassInfo],
     on_pass: Callable[[str], None] | None = None,
 ) -> tuple[torch.fx.GraphModule, list[PassRecord]]:
-    """Run the named passes in order. Each pass gets the module returned by the one
+    """Run the passes ``names`` of ``registry`` (name -> ``PassInfo``) in order. Each pass gets the module returned by the one
     before; the graph is linted and recompiled after each. ``on_pass(name)`` is called
     before each pass (for progress display). Unknown names fail before anything runs."""
     import time
 
-    infos = [get_pass(n) for n in names]
+    infos = [lookup_pass(registry, n) for n in names]
     records: list[PassRecord] = []
     for info in infos:
         if on_pass is not None:
