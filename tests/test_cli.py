@@ -128,7 +128,7 @@ def test_a_pass_registered_in_python_may_not_take_a_builtin_name() -> None:
               "spikec.registered_passes()\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "InputError: the user pass 'calibrate' (user) has the name of a built-in pass" in proc.stderr
+    assert "InputError: the user pass 'calibrate' (registered in Python) has the name of a built-in pass" in proc.stderr
 
 
 def test_a_plugin_pass_runs_in_the_pipeline_and_reports_statistics(tmp_path: Path) -> None:

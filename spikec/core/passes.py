@@ -30,14 +30,17 @@ class PassInfo:
     name: str
     fn: PassFn
     summary: str
-    source: str  # "builtin", a plugin file path, an entry point, or "user" (registered in Python)
+    source: str  # "builtin", a plugin file path, an entry point, or IN_PYTHON
 
+
+IN_PYTHON = "registered in Python"
+"""The source of a user pass registered outside ``registering_from`` (a notebook, a script)."""
 
 _USER_PASSES: dict[str, PassInfo] = {}
 """Passes registered with ``@register_pass`` (plugins, notebooks); the built-in ones are
 assembled by ``spikec.passes.BUILTIN_PASSES``."""
 
-_SOURCE: ContextVar[str] = ContextVar("spikec_pass_source", default="user")
+_SOURCE: ContextVar[str] = ContextVar("spikec_pass_source", default=IN_PYTHON)
 _RESERVED: ContextVar[frozenset[str]] = ContextVar("spikec_reserved_pass_names", default=frozenset())
 
 
@@ -182,9 +185,9 @@ def _apply(info: PassInfo, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.
 
 
 def _apply_plugin(info: PassInfo, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-    """A pass from a plugin: whatever goes wrong in it (an exception, ``sys.exit``, a result
-    that is not a GraphModule, a graph that fails lint) is the plugin's error, exit 3."""
-    where = f"plugin pass {info.name!r} ({one_line(info.source, 120)})"
+    """A user pass (plugin or registered in Python): whatever goes wrong in it (an exception, ``sys.exit``, a result
+    that is not a GraphModule, a graph that fails lint) is the user's error, exit 3."""
+    where = f"user pass {info.name!r} ({one_line(info.source, 120)})"
     try:
         return _apply(info, gm, ctx)
     except SpikecError:
