@@ -1,4 +1,4 @@
-"""The pass registry and the context every pass receives.
+"""The registry of user passes, the context every pass receives, and running passes.
 
 A pass is a plain function ``(gm, ctx) -> GraphModule | None`` over a canonical
 torch.fx GraphModule (returning None means "modified in place"); its docstring's first
@@ -151,9 +151,10 @@ def run_passes(
     registry: Mapping[str, PassInfo],
     on_pass: Callable[[str], None] | None = None,
 ) -> tuple[torch.fx.GraphModule, list[PassRecord]]:
-    """Run the passes ``names`` of ``registry`` (name -> ``PassInfo``) in order. Each pass gets the module returned by the one
-    before; the graph is linted and recompiled after each. ``on_pass(name)`` is called
-    before each pass (for progress display). Unknown names fail before anything runs."""
+    """Run the passes ``names`` of ``registry`` (name -> ``PassInfo``) in order. Each pass gets
+    the module returned by the one before; the graph is linted and recompiled after each.
+    ``on_pass(name)`` is called before each pass (for progress display). Unknown names fail
+    before anything runs."""
     import time
 
     infos = [lookup_pass(registry, n) for n in names]
