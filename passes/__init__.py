@@ -122,7 +122,9 @@ def all_passes() -> dict[str, PassInfo]:
     A user pass may not take a built-in pass's name (plugins are refused when they load; a pass
     registered in Python is refused here)."""
     user = core_passes.user_passes()
-    for name in sorted(user.keys() & BUILTIN_PASSES.keys()):
+    clashes = sorted(user.keys() & BUILTIN_PASSES.keys())
+    if clashes:
+        name = clashes[0]
         raise InputError(f"the user pass {name!r} ({user[name].source}) has the name of a built-in pass",
                          hint="register it under another name")
     return {**BUILTIN_PASSES, **user}

@@ -38,8 +38,10 @@ from torch import fx
 
 from spikec.core import ops
 from spikec.layer_costs import (
-    FewSpikeLayer, LayerChoice, allocation_for_loss, attribute, few_spike_layers, layer_costs, predicted_loss,
+    FewSpikeLayer, LayerChoice, allocation_for_loss, few_spike_layers, layer_costs, next_token_loss, predicted_loss,
+    set_steps,
 )
+from spikec.passes.fx_graph import fetch_attr
 
 SEARCH_SAMPLES = 8
 """Calibration sequences the search measures on (1,024 tokens at the default 128 positions: on 512
@@ -92,26 +94,14 @@ class SpikeCounter(fx.Interpreter):
         return result
 
 
-def set_steps(layers: list[FewSpikeLayer], steps: dict[str, int], timesteps: int) -> None:
-    """Write each layer's steps into its fx node (``steps`` kwarg; absent where it is T)."""
-    for layer in layers:
-        s = steps[layer.name]
-        kwargs = dict(layer.node.kwargs)
-        if s == timesteps:
-            kwargs.pop("steps", None)
-        else:
-            kwargs["steps"] = int(s)
-        layer.node.kwargs = kwargs
-
-
 class Thresholds:
     """The calibrated thresholds and folded readout weights of the few-spike layers, kept so that a
     choice of channel multiples (``LayerChoice.scales``) can be written over them, and undone."""
 
     def __init__(self, gm: fx.GraphModule, layers: list[FewSpikeLayer]):
         self.gm, self.layers = gm, layers
-        self.original = {layer.name: (attribute(gm, layer.node.args[1]).detach().clone(),
-                                      [attribute(gm, r.args[1]).detach().clone() for r in layer.readouts])
+        self.original = {layer.name: (fetch_attr(gm, layer.node.args[1].target).detach().clone(),
+                                      [fetch_attr(gm, r.args[1].target).detach().clone() for r in layer.readouts])
                          for layer in layers}
 
     def apply(self, scales: dict[str, torch.Tensor]) -> None:
@@ -121,9 +111,9 @@ class Thresholds:
             theta, weights = self.original[layer.name]
             m = scales.get(layer.name)
             with torch.no_grad():
-                attribute(self.gm, layer.node.args[1]).copy_(theta if m is None else theta * m.to(theta.dtype))
+                fetch_attr(self.gm, layer.node.args[1].target).copy_(theta if m is None else theta * m.to(theta.dtype))
                 for r, w in zip(layer.readouts, weights):
-                    attribute(self.gm, r.args[1]).copy_(w if m is None else w * m.to(w.dtype)[None, :])
+                    fetch_attr(self.gm, r.args[1].target).copy_(w if m is None else w * m.to(w.dtype)[None, :])
 
 
 def next_allowance(feasible: list[tuple[float, float]], infeasible: list[tuple[float, float]],
@@ -164,12 +154,6 @@ def search_sequences(stream: torch.Tensor, fitted: int, seq_len: int) -> tuple[t
             f"calibration, {n} of the fitted sequences (the text has no more)")
 
 
-def mean_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
-    """Mean next-token negative log-likelihood (nats) of ``logits [B, P, V]`` on ``ids [B, P]``."""
-    return float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                                   ids[:, 1:].reshape(-1)))
-
-
 @torch.no_grad()
 def choose_steps(gm: fx.GraphModule, ann: Callable[[torch.Tensor], torch.Tensor], calibration: torch.Tensor,
                  timesteps: int, budget: float, on_step: Callable[[str], None] | None = None,
@@ -181,7 +165,7 @@ def choose_steps(gm: fx.GraphModule, ann: Callable[[torch.Tensor], torch.Tensor]
     ``search_sequences`` picks them), ``text`` their label in the record."""
     layers = few_spike_layers(gm)
     ids = calibration[:SEARCH_SAMPLES].cpu()
-    ann_nll = mean_nll(ann(ids), ids)
+    ann_nll = float(next_token_loss(ann(ids), ids))
     tokens = ids.numel()
     evaluations = 0
 
@@ -190,9 +174,9 @@ def choose_steps(gm: fx.GraphModule, ann: Callable[[torch.Tensor], torch.Tensor]
         set_steps(layers, steps, timesteps)
         gm.recompile()
         counter = SpikeCounter(gm)
-        ratio = math.exp(mean_nll(counter.run(ids), ids) - ann_nll)
+        ratio = math.exp(float(next_token_loss(counter.run(ids), ids)) - ann_nll)
         operations = sum(counter.spikes.get(l.node, 0) * l.fan_out / tokens
-                         + steps[l.name] * (l.features + l.readout_adds * l.fan_out) for l in layers)
+                         + steps[l.name] * l.per_step_operations for l in layers)
         evaluations += 1
         return ratio, operations
 

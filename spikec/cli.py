@@ -15,7 +15,7 @@ from spikec.arguments import (
     ENERGY_TOKENS, OneLineParser, energy_seq_len_arg, key_values, new_tokens_arg, pass_options, samples_arg, seed_arg, seq_len_arg,
     ranks_arg, timesteps_arg, timesteps_list_arg, tokens_arg,
 )
-from spikec.core.codings import timesteps_defaults_text
+from spikec.core.codings import CODINGS, timesteps_defaults_text
 from spikec.core.errors import MESSAGE_LIMIT, Interrupted, SpikecError, UsageError, from_os_error, one_line
 
 EMBEDDED_TEXTS = ("embedded:calibration_gpl3.txt (the GPL-3 licence, compile's default), "
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "no softmax (fine-tune it with `spikec finetune --method ssa`, docs/ssa.md)")
     c.add_argument("--token-encoding", default="none", choices=("none", "rate", "binary"),
                    help="how token embeddings enter the network: none (a real current, default), rate or binary spikes")
-    c.add_argument("--coding", default="rate", choices=("rate", "binary", "ternary"),
+    c.add_argument("--coding", default="rate", choices=CODINGS,
                    help="spike code: rate (default), binary or ternary (few-spike neurons, -T steps per token, "
                         f"step k weighted 2^-k or 3^-k; docs/few-spike.md); -T defaults to {timesteps_defaults_text()}")
     c.add_argument("--budget", type=float, default=None, metavar="R",

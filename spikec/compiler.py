@@ -26,14 +26,14 @@ import torch
 from rich.console import Console
 
 import spikec.passes as builtin_passes
-from spikec.passes.pipelines import FEW_SPIKE_CODINGS, build_pipeline
+from spikec.passes.pipelines import build_pipeline
 from spikec.analysis.spiking_parts import spiking_parts
 from spikec.backends import nirio
 from spikec.backends.lava.export import export_lava
 from spikec.backends.simulator import resolve_device
 from spikec.budget import SEARCH_SAMPLES, choose_steps, search_sequences
 from spikec.compiled_checks import SHA256_KEY, file_sha256, node_counts
-from spikec.core.codings import default_timesteps
+from spikec.core.codings import FEW_SPIKE_CODINGS, default_timesteps
 from spikec.core.errors import UsageError
 from spikec.core.passes import PassContext
 from spikec.frontend.canonicalize import capture_canonical

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from spikec.core import few_spike, ops
+from spikec.passes.fx_graph import fetch_attr
 
 
 @dataclass
@@ -49,7 +50,6 @@ class FewSpikeLayer:
     role: str
     features: int
     fan_out: int
-    readout_adds: int = 2  # per output and step: 2 (binary Horner: shift, add), 3 (ternary: shift, two adds)
 
     @property
     def radix(self) -> int:
@@ -59,13 +59,30 @@ class FewSpikeLayer:
     def signed_digits(self) -> bool:
         return bool(self.node.kwargs.get("signed_digits", False))
 
+    @property
+    def per_step_operations(self) -> int:
+        """Operations per token of one step besides the spikes: ``features`` neuron updates and
+        the readout's shift-and-adds per output (2 binary: shift, add; 3 ternary: shift, two adds)."""
+        return self.features + (3 if self.radix == 3 else 2) * self.fan_out
 
-def attribute(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
-    """The tensor a ``get_attr`` node names in ``gm``."""
-    obj: Any = gm
-    for part in str(node.target).split("."):
-        obj = getattr(obj, part)
-    return obj
+
+def set_steps(layers: list[FewSpikeLayer], steps: dict[str, int], timesteps: int) -> None:
+    """Write each layer's steps into its fx node (``steps`` kwarg; absent where it is T)."""
+    for layer in layers:
+        s = steps[layer.name]
+        kwargs = dict(layer.node.kwargs)
+        if s == timesteps:
+            kwargs.pop("steps", None)
+        else:
+            kwargs["steps"] = int(s)
+        layer.node.kwargs = kwargs
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token negative log-likelihood (nats) of ``logits [B, P, V]`` on ``ids [B, P]``, the mean
+    or the sum over the ``B (P - 1)`` predicted tokens."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
+                           reduction=reduction)
 
 
 def few_spike_layers(gm: fx.GraphModule) -> list[FewSpikeLayer]:
@@ -76,12 +93,11 @@ def few_spike_layers(gm: fx.GraphModule) -> list[FewSpikeLayer]:
         if n.op != "call_function" or n.target is not ops.few_spike:
             continue
         users = [u for u in n.users if u.op == "call_function" and u.target is ops.binary_readout_affine]
-        fan_out = sum(int(attribute(gm, u.args[1]).shape[0]) for u in users)
+        fan_out = sum(int(fetch_attr(gm, u.args[1].target).shape[0]) for u in users)
         role = str(users[0].meta.get("role", "")) if users else ""
         name = str(n.meta.get("spikec_name", n.name)).replace(".", "_")
-        adds = 3 if int(n.kwargs.get("radix", 2)) == 3 else 2
-        out.append(FewSpikeLayer(n, users, name, role or "other", int(attribute(gm, n.args[1]).shape[0]),
-                                 fan_out, adds))
+        out.append(FewSpikeLayer(n, users, name, role or "other", int(fetch_attr(gm, n.args[1].target).shape[0]),
+                                 fan_out))
     return out
 
 
@@ -187,10 +203,7 @@ def layer_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tens
     """Every layer's ``LayerCosts`` on token ids ``[B, P]`` (module docstring), and the module's
     mean next-token loss (nats) at full length. Leaves ``gm``'s parameters as they were (gradients
     are taken only for the currents)."""
-    for layer in layers:  # the costs are of codes that start from the full-length network
-        kwargs = dict(layer.node.kwargs)
-        kwargs.pop("steps", None)
-        layer.node.kwargs = kwargs
+    set_steps(layers, {layer.name: timesteps for layer in layers}, timesteps)  # costs start from full length
     gm.recompile()
     saved = [(p, p.requires_grad) for p in gm.parameters()]
     for p, _ in saved:
@@ -199,8 +212,7 @@ def layer_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tens
         with torch.enable_grad():
             run = StraightThrough(gm, layers)
             logits = run.run(ids)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
-                                   reduction="sum")
+            loss = next_token_loss(logits, ids, reduction="sum")
             loss.backward()
     finally:
         for p, flag in saved:
@@ -215,7 +227,7 @@ def layer_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tens
             g2 = (grad.double().square() if grad is not None else torch.zeros_like(u)).flatten(0, -2)
             u = u.flatten(0, -2)
             x = run.inputs[layer.name]
-            threshold = attribute(gm, layer.node.args[1])
+            threshold = fetch_attr(gm, layer.node.args[1].target)
             shape = (timesteps, len(CHANNEL_SCALES), layer.features)
             losses = torch.zeros(shape, dtype=torch.float64)
             synaptic = torch.zeros(shape, dtype=torch.float64)
@@ -225,7 +237,7 @@ def layer_costs(gm: fx.GraphModule, layers: list[FewSpikeLayer], ids: torch.Tens
                     error = value.flatten(0, -2) * scale - u
                     losses[s - 1, j] = 0.5 * (g2 * error.square()).sum(0) / predicted
                     synaptic[s - 1, j] = spikes.flatten(0, -2).sum(0).double() * layer.fan_out / tokens
-            costs[layer.name] = LayerCosts(losses, synaptic, float(layer.features + layer.readout_adds * layer.fan_out))
+            costs[layer.name] = LayerCosts(losses, synaptic, float(layer.per_step_operations))
     return costs, float(loss.detach()) / predicted
 
 

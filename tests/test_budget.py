@@ -14,7 +14,8 @@ from spikec.backends.lava import compare, export
 from spikec.backends.simulator import simulate
 import spikec.budget as budget_search
 from spikec.budget import choose_steps
-from spikec.layer_costs import attribute, few_spike_layers
+from spikec.layer_costs import few_spike_layers
+from spikec.passes.fx_graph import fetch_attr
 from spikec.cli import build_parser
 from spikec.compiler import CompileOptions, compile_model
 from spikec.core import few_spike, ir
@@ -68,7 +69,7 @@ def test_a_loose_budget_shortens_some_layer_and_the_simulator_still_agrees_spike
     assert {n: node.steps or T for n, node in nodes.items()} == choice.steps
     assert choice.coarser_channels  # some channels trade resolution for spikes, in the file too
     layer = next(l for l in few_spike_layers(gm) if l.name in choice.coarser_channels)
-    assert torch.equal(torch.as_tensor(nodes[layer.name].threshold).float(), attribute(gm, layer.node.args[1]).float())
+    assert torch.equal(torch.as_tensor(nodes[layer.name].threshold).float(), fetch_attr(gm, layer.node.args[1].target).float())
     agreement = compare_fx_and_simulator(gm, graph, ids, T)
     assert agreement.identical_layers == agreement.layers == 9 and agreement.logits_max_abs_diff == 0.0
     fast, reference = simulate(graph, ids, T), simulate(graph, ids, T, mode="reference", record=True)
